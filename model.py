@@ -1,0 +1,597 @@
+"""
+model.py: a DeepSeek-V3-style transformer in one file, that also loads real Hugging Face checkpoints.
+
+What is here, top to bottom: the config dataclass and named presets (tiny test models, the zero-* models
+trained from scratch, and the real shapes of DeepSeek-V3/V2-Lite, Moonlight, Qwen2.5, Llama-3.2), a
+parameter count computed from the config alone, RMSNorm, RoPE (interleaved or half-split pairs) with YaRN
+and Llama-3 frequency scaling, Multi-head Latent Attention (MLA, textbook and weight-absorbed paths),
+grouped-query attention (GQA, for Qwen/Llama-shaped dense models), the SwiGLU MLP, DeepSeekMoE (shared +
+routed experts, sigmoid or softmax routing, group-limited top-k, auxiliary-loss-free bias balancing and the
+sequence-wise balance loss), the KV cache, and Hugging Face checkpoint loading and saving (safetensors).
+
+Simplifications relative to the paper / production systems:
+1. No multi-token prediction (MTP) module; no tensor/expert parallelism (FSDP lives in train.py).
+2. Attention is torch's scaled_dot_product_attention with a boolean mask; no paged or FlashMLA kernels.
+3. The KV cache is one preallocated tensor pair per layer with a single shared length for the batch
+   (ragged prompts are left-padded and masked with `valid`), not a paged cache.
+4. FP8 checkpoints are dequantised to the model dtype when loaded; there is no FP8 compute.
+5. Expert load for the bias update is counted only in forwards run with grad enabled (training forwards),
+   so sampling does not move the router bias; the sequence-wise aux loss ignores padding.
+6. YaRN/Llama-3 scaling use static inverse frequencies (no dynamic NTK).
+
+Use:
+    cfg = ModelConfig.from_preset("tiny-moe"); model = Transformer(cfg)
+    logits = model(tokens)                                   # tokens (B, T) -> (B, T, V) float32
+    cache = model.make_cache(B, max_len); logits = model(prompt, cache=cache)   # then one token at a time
+    model = Transformer.from_pretrained("path/to/hf_dir")    # qwen2 / llama / deepseek_v3 / deepseek_v2
+    print(count_params(ModelConfig.from_preset("deepseek-v3"), active=True))
+
+Shape letters: B batch, T time (new tokens), S cache slots (keys), H heads, D head dim, C model dim,
+V vocab, E experts, K active experts per token, N flattened tokens (B*T), R kv latent rank, I expert width.
+"""
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------------------------
+# Config and presets
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 512
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    max_seq_len: int = 512
+    attn: str = "mla"  # "mla" | "gqa"
+    # MLA
+    q_lora_rank: int = 0  # 0 -> plain wq
+    kv_lora_rank: int = 32
+    qk_nope_head_dim: int = 16
+    qk_rope_head_dim: int = 8
+    v_head_dim: int = 16
+    # GQA
+    n_kv_heads: int = 4
+    head_dim: int = 16
+    qkv_bias: bool = False
+    # FFN
+    inter_dim: int = 256  # dense SwiGLU width
+    n_routed_experts: int = 0  # 0 -> every layer dense
+    n_dense_layers: int = 1
+    n_shared_experts: int = 1
+    n_activated_experts: int = 2
+    moe_inter_dim: int = 64
+    score_func: str = "sigmoid"  # "sigmoid" (V3) | "softmax" (V2)
+    norm_topk_prob: bool = True
+    route_scale: float = 1.0
+    n_expert_groups: int = 1
+    n_limited_groups: int = 1
+    bias_update_speed: float = 1e-3
+    aux_loss_alpha: float = 0.0
+    # RoPE
+    rope_theta: float = 10000.0
+    rope_interleave: bool = True  # True: rotate pairs (2i, 2i+1) (DeepSeek); False: (i, i+D/2) (Qwen/Llama)
+    rope_scaling: dict | None = None  # {"type": "yarn", "factor", "original_max_position_embeddings", ...}
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+    mla_absorb: bool = False  # the one switch: textbook (expand K/V) vs absorbed path
+    moe_impl: str = "fast"  # "loop" (reference) | "fast"
+
+    def __post_init__(self):
+        self.q_lora_rank = self.q_lora_rank or 0
+        choices = {"attn": ("mla", "gqa"), "score_func": ("sigmoid", "softmax"), "moe_impl": ("loop", "fast")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; valid: {valid}")
+        positive = ["vocab_size", "dim", "n_layers", "n_heads", "max_seq_len", "inter_dim", "norm_eps"]
+        positive += ["kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"] if self.attn == "mla" \
+            else ["n_kv_heads", "head_dim"]
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)} must be > 0")
+        rope_dim = self.qk_rope_head_dim if self.attn == "mla" else self.head_dim
+        if rope_dim % 2:
+            raise ValueError(f"rope head dim {rope_dim} must be even")
+        if self.attn == "gqa" and self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.n_routed_experts:
+            E, G = self.n_routed_experts, self.n_expert_groups
+            if not 0 <= self.n_dense_layers <= self.n_layers:
+                raise ValueError(f"n_dense_layers={self.n_dense_layers} must be in [0, n_layers={self.n_layers}]")
+            if G < 1 or E % G:
+                raise ValueError(f"n_expert_groups={G} must divide n_routed_experts={E}")
+            if self.score_func == "sigmoid" and G > 1 and E // G < 2:
+                raise ValueError(f"sigmoid group routing needs >= 2 experts per group, got {E}/{G}")
+            if not 1 <= self.n_limited_groups <= G:
+                raise ValueError(f"n_limited_groups={self.n_limited_groups} must be in [1, n_expert_groups={G}]")
+            if not 1 <= self.n_activated_experts <= self.n_limited_groups * E // G:
+                raise ValueError(f"n_activated_experts={self.n_activated_experts} must be in "
+                                 f"[1, {self.n_limited_groups * E // G}] (experts in the limited groups)")
+            if self.moe_inter_dim <= 0 or self.n_shared_experts < 0:
+                raise ValueError("moe_inter_dim must be > 0 and n_shared_experts >= 0")
+        if self.rope_scaling is not None and self.rope_scaling.get("type") not in ("yarn", "llama3"):
+            raise ValueError(f"rope_scaling type {self.rope_scaling.get('type')!r}; valid: 'yarn', 'llama3' or None")
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; valid: {sorted(PRESETS)}")
+        valid = {f.name for f in fields(cls)}
+        bad = sorted(set(overrides) - valid)
+        if bad:
+            raise ValueError(f"unknown ModelConfig fields {bad}; valid: {sorted(valid)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def is_moe_layer(self, i):
+        return self.n_routed_experts > 0 and i >= self.n_dense_layers
+
+
+_YARN_V3 = dict(type="yarn", factor=40.0, original_max_position_embeddings=4096, beta_fast=32, beta_slow=1,
+                mscale=1.0, mscale_all_dim=1.0)
+_QWEN = dict(attn="gqa", qkv_bias=True, rope_interleave=False, rope_theta=1e6, max_seq_len=32768, tie_embeddings=True)
+PRESETS = {
+    # tiny shapes for tests (CPU, milliseconds)
+    "tiny-mla": dict(dim=64, n_layers=2, n_heads=4, inter_dim=128),
+    "tiny-gqa": dict(attn="gqa", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, qkv_bias=True,
+                     rope_interleave=False, inter_dim=128),
+    "tiny-moe": dict(dim=64, n_layers=3, n_heads=4, q_lora_rank=32, inter_dim=128, n_routed_experts=8,
+                     n_activated_experts=2, moe_inter_dim=32, n_expert_groups=4, n_limited_groups=2,
+                     route_scale=2.0),
+    # from-scratch R1-Zero models (vocab_size comes from the tokenizer: pass vocab_size=tok.vocab_size)
+    "zero-tiny": dict(dim=128, n_layers=4, n_heads=4, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16,
+                      v_head_dim=32, inter_dim=384, n_routed_experts=8, n_activated_experts=2,
+                      n_shared_experts=1, moe_inter_dim=96, n_dense_layers=1, max_seq_len=512),
+    "zero-small": dict(dim=384, n_layers=8, n_heads=6, kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32,
+                       v_head_dim=64, inter_dim=1024, n_routed_experts=8, n_activated_experts=2,
+                       n_shared_experts=1, moe_inter_dim=256, n_dense_layers=1, max_seq_len=1024),
+    # real shapes (print their parameter counts with count_params; load weights with from_pretrained)
+    "deepseek-v3": dict(vocab_size=129280, dim=7168, n_layers=61, n_heads=128, q_lora_rank=1536, kv_lora_rank=512,
+                        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, inter_dim=18432,
+                        n_routed_experts=256, n_dense_layers=3, n_shared_experts=1, n_activated_experts=8,
+                        moe_inter_dim=2048, route_scale=2.5, n_expert_groups=8, n_limited_groups=4,
+                        max_seq_len=163840, rope_scaling=_YARN_V3, aux_loss_alpha=1e-4),
+    "deepseek-v2-lite": dict(vocab_size=102400, dim=2048, n_layers=27, n_heads=16, kv_lora_rank=512,
+                             qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, inter_dim=10944,
+                             n_routed_experts=64, n_dense_layers=1, n_shared_experts=2, n_activated_experts=6,
+                             moe_inter_dim=1408, score_func="softmax", norm_topk_prob=False, max_seq_len=163840,
+                             rope_scaling={**_YARN_V3, "mscale": 0.707, "mscale_all_dim": 0.707}),
+    "moonlight-16b-a3b": dict(vocab_size=163840, dim=2048, n_layers=27, n_heads=16, kv_lora_rank=512,
+                              qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, inter_dim=11264,
+                              n_routed_experts=64, n_dense_layers=1, n_shared_experts=2, n_activated_experts=6,
+                              moe_inter_dim=1408, route_scale=2.446, rope_theta=50000.0, max_seq_len=8192),
+    "qwen2.5-0.5b": dict(_QWEN, vocab_size=151936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64,
+                         inter_dim=4864),
+    "qwen2.5-1.5b": dict(_QWEN, vocab_size=151936, dim=1536, n_layers=28, n_heads=12, n_kv_heads=2, head_dim=128,
+                         inter_dim=8960),
+    "qwen2.5-7b": dict(_QWEN, vocab_size=152064, dim=3584, n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128,
+                       inter_dim=18944, tie_embeddings=False),
+    "llama-3.2-1b": dict(attn="gqa", vocab_size=128256, dim=2048, n_layers=16, n_heads=32, n_kv_heads=8,
+                         head_dim=64, inter_dim=8192, rope_interleave=False, rope_theta=500000.0, norm_eps=1e-5,
+                         tie_embeddings=True, max_seq_len=131072,
+                         rope_scaling=dict(type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                           original_max_position_embeddings=8192)),
+}
+
+
+def count_params(cfg, active=False):
+    """Parameter count from the config alone (no weights). active=True counts only the experts a token uses."""
+    C, H = cfg.dim, cfg.n_heads
+    if cfg.attn == "mla":
+        Dqk = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
+        q = C * H * Dqk if not cfg.q_lora_rank else C * cfg.q_lora_rank + cfg.q_lora_rank + cfg.q_lora_rank * H * Dqk
+        attn = q + C * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) + cfg.kv_lora_rank \
+            + cfg.kv_lora_rank * H * (cfg.qk_nope_head_dim + cfg.v_head_dim) + H * cfg.v_head_dim * C
+    else:
+        D, Hkv = cfg.head_dim, cfg.n_kv_heads
+        attn = C * H * D + 2 * C * Hkv * D + H * D * C + (H * D + 2 * Hkv * D) * cfg.qkv_bias
+    dense_ffn = 3 * C * cfg.inter_dim
+    n_experts = cfg.n_activated_experts if active else cfg.n_routed_experts
+    moe_ffn = 3 * C * cfg.moe_inter_dim * (n_experts + cfg.n_shared_experts) + cfg.n_routed_experts * C
+    n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.n_layers))
+    layers = cfg.n_layers * (attn + 2 * C) + (cfg.n_layers - n_moe) * dense_ffn + n_moe * moe_ffn
+    embed = cfg.vocab_size * C * (1 if cfg.tie_embeddings else 2)
+    return layers + embed + C
+
+
+def cache_bytes_per_token(cfg, dtype_bytes=2):
+    """KV-cache bytes one token costs in one layer: MLA caches c_kv + the shared rotated k_pe; GQA caches K and V."""
+    if cfg.attn == "mla":
+        return (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * dtype_bytes
+    return 2 * cfg.n_kv_heads * cfg.head_dim * dtype_bytes
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building blocks: RMSNorm, RoPE, SwiGLU
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):  # x (..., C)
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)  # (..., C) fp32
+        return self.weight * xf.to(x.dtype)
+
+
+def yarn_mscale(factor, mscale=1.0):
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def rope_frequencies(dim, theta, scaling=None):
+    """Inverse frequencies (dim/2,) and the factor cos/sin are multiplied by (YaRN's attention factor)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (D/2,)
+    if scaling is None:
+        return inv_freq, 1.0
+    factor, orig = scaling["factor"], scaling["original_max_position_embeddings"]
+    if scaling["type"] == "llama3":  # long wavelengths slowed by `factor`, short kept, smooth ramp between
+        lo, hi = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq  # (D/2,)
+        smooth = ((orig / wavelen - lo) / (hi - lo)).clamp(0, 1)  # (D/2,) 0 -> interpolate, 1 -> keep
+        return (1 - smooth) * inv_freq / factor + smooth * inv_freq, 1.0
+    # YaRN: dims that rotate more than beta_fast times over the original context keep their frequency,
+    # dims rotating fewer than beta_slow times are interpolated by `factor`, linear ramp in between.
+    def dim_at(n_rot):
+        return dim * math.log(orig / (n_rot * 2 * math.pi)) / (2 * math.log(theta))
+    low = max(math.floor(dim_at(scaling.get("beta_fast", 32))), 0)
+    high = min(math.ceil(dim_at(scaling.get("beta_slow", 1))), dim - 1)
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / max(high - low, 1e-3)).clamp(0, 1)  # (D/2,)
+    inv_freq = inv_freq / factor * ramp + inv_freq * (1 - ramp)  # (D/2,)
+    mscale, mscale_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+    attn_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all) if mscale and mscale_all \
+        else yarn_mscale(factor)
+    return inv_freq, attn_factor
+
+
+def apply_rope(x, cos, sin, interleave):
+    """Rotate x (B, T, H, D) by cos/sin (B, T, 1, D/2). interleave: pairs (2i, 2i+1); else (i, i+D/2).
+    The output is always in half-split order; q and k get the same order so q.k is unchanged."""
+    if interleave:
+        x1, x2 = x[..., 0::2], x[..., 1::2]  # (B, T, H, D/2) each
+    else:
+        x1, x2 = x.chunk(2, dim=-1)  # (B, T, H, D/2) each
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # (B, T, H, D)
+
+
+class MLP(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim, inter_dim):
+        super().__init__()
+        self.w1 = nn.Linear(dim, inter_dim, bias=False)
+        self.w2 = nn.Linear(inter_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, inter_dim, bias=False)
+
+    def forward(self, x):  # (..., C)
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))  # (..., C)
+
+
+def attend(q, k, v, mask, scale):
+    """q (B, T, H, Dqk), k (B, S, Hk, Dqk), v (B, S, Hk, Dv), mask (B, 1, T, S) bool or None (causal) -> (B, T, H, Dv)."""
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), (B, Hk, S, D)
+    gqa = k.shape[1] != q.shape[1]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
+                                         enable_gqa=gqa)  # (B, H, T, Dv)
+    return out.transpose(1, 2)  # (B, T, H, Dv)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Attention: MLA and GQA
+
+
+class MLA(nn.Module):
+    """Multi-head Latent Attention. Keys/values come from a small latent c_kv (R dims, normed) plus one rotated
+    rope key k_pe shared by all heads; only (c_kv, k_pe) is cached. Textbook path: expand c_kv into per-head
+    k_nope and v with wkv_b. Absorbed path: fold W_UK into the query and W_UV into the output, attend in latent space."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        H, Dn, Dr, Dv, R = cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+        if cfg.q_lora_rank:
+            self.wq_a = nn.Linear(cfg.dim, cfg.q_lora_rank, bias=False)
+            self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps)
+            self.wq_b = nn.Linear(cfg.q_lora_rank, H * (Dn + Dr), bias=False)
+        else:
+            self.wq = nn.Linear(cfg.dim, H * (Dn + Dr), bias=False)
+        self.wkv_a = nn.Linear(cfg.dim, R + Dr, bias=False)
+        self.kv_norm = RMSNorm(R, cfg.norm_eps)
+        self.wkv_b = nn.Linear(R, H * (Dn + Dv), bias=False)
+        self.wo = nn.Linear(H * Dv, cfg.dim, bias=False)
+        self.scale = (Dn + Dr) ** -0.5
+        if cfg.rope_scaling and cfg.rope_scaling["type"] == "yarn" and cfg.rope_scaling.get("mscale_all_dim"):
+            self.scale *= yarn_mscale(cfg.rope_scaling["factor"], cfg.rope_scaling["mscale_all_dim"]) ** 2
+
+    def forward(self, x, cos, sin, mask, cache=None, layer=0):
+        cfg = self.cfg
+        B, T, _ = x.shape
+        H, Dn, Dr, Dv, R = cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+        q = self.wq_b(self.q_norm(self.wq_a(x))) if cfg.q_lora_rank else self.wq(x)  # (B, T, H*(Dn+Dr))
+        q_nope, q_pe = q.view(B, T, H, Dn + Dr).split([Dn, Dr], dim=-1)  # (B, T, H, Dn), (B, T, H, Dr)
+        q_pe = apply_rope(q_pe, cos, sin, cfg.rope_interleave)  # (B, T, H, Dr)
+        c_kv, k_pe = self.wkv_a(x).split([R, Dr], dim=-1)  # (B, T, R), (B, T, Dr)
+        c_kv = self.kv_norm(c_kv)  # (B, T, R)
+        k_pe = apply_rope(k_pe.unsqueeze(2), cos, sin, cfg.rope_interleave).squeeze(2)  # (B, T, Dr)
+        if cache is not None:
+            c_kv, k_pe = cache.update(layer, c_kv, k_pe)  # (B, S, R), (B, S, Dr)
+        S = c_kv.shape[1]
+        if not cfg.mla_absorb:  # textbook: expand the latent into per-head keys and values
+            kv = self.wkv_b(c_kv).view(B, S, H, Dn + Dv)  # (B, S, H, Dn+Dv)
+            k_nope, v = kv.split([Dn, Dv], dim=-1)  # (B, S, H, Dn), (B, S, H, Dv)
+            k = torch.cat([k_nope, k_pe.unsqueeze(2).expand(B, S, H, Dr)], dim=-1)  # (B, S, H, Dn+Dr)
+            out = attend(torch.cat([q_nope, q_pe], dim=-1), k, v, mask, self.scale)  # (B, T, H, Dv)
+        else:  # absorbed: q_nope.k_nope = (q_nope W_UK) . c_kv, and out = (P c_kv) W_UV^T
+            w = self.wkv_b.weight.view(H, Dn + Dv, R)  # (H, Dn+Dv, R)
+            q_lat = torch.einsum("bthd,hdr->bthr", q_nope, w[:, :Dn])  # (B, T, H, R)
+            q = torch.cat([q_lat, q_pe], dim=-1)  # (B, T, H, R+Dr)
+            k = torch.cat([c_kv, k_pe], dim=-1).unsqueeze(2)  # (B, S, 1, R+Dr): one key head shared by all
+            out_lat = attend(q, k, c_kv.unsqueeze(2), mask, self.scale)  # (B, T, H, R)
+            out = torch.einsum("bthr,hvr->bthv", out_lat, w[:, Dn:])  # (B, T, H, Dv)
+        return self.wo(out.reshape(B, T, H * Dv))  # (B, T, C)
+
+
+class GQA(nn.Module):
+    """Grouped-query attention (Llama/Qwen2): n_kv_heads K/V heads shared by groups of query heads."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        H, Hkv, D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.dim, H * D, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.dim, Hkv * D, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.dim, Hkv * D, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(H * D, cfg.dim, bias=False)
+
+    def forward(self, x, cos, sin, mask, cache=None, layer=0):
+        cfg = self.cfg
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, cfg.n_heads, cfg.head_dim)  # (B, T, H, D)
+        k = self.wk(x).view(B, T, cfg.n_kv_heads, cfg.head_dim)  # (B, T, Hkv, D)
+        v = self.wv(x).view(B, T, cfg.n_kv_heads, cfg.head_dim)  # (B, T, Hkv, D)
+        q, k = apply_rope(q, cos, sin, cfg.rope_interleave), apply_rope(k, cos, sin, cfg.rope_interleave)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, S, Hkv, D) each
+        out = attend(q, k, v, mask, cfg.head_dim ** -0.5)  # (B, T, H, D)
+        return self.wo(out.reshape(B, T, -1))  # (B, T, C)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DeepSeekMoE
+
+
+class MoE(nn.Module):
+    """y = shared(x) + sum over the K chosen experts of g_i * FFN_i(x).
+    Routing (V3): s = sigmoid(x W_g^T); choose experts by s + bias (bias only steers selection, never the
+    weights), restricted to the n_limited_groups best groups (group score = sum of its top-2 biased scores);
+    weights = s at the chosen experts, normalised to sum 1, times route_scale. V2: softmax scores, group
+    score = max. The bias is nudged by update_bias() from the load counted in training forwards."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        E, C, I = cfg.n_routed_experts, cfg.dim, cfg.moe_inter_dim
+        self.gate = nn.Linear(C, E, bias=False)
+        self.register_buffer("bias", torch.zeros(E))  # e_score_correction_bias (kept in fp32)
+        self.register_buffer("load", torch.zeros(E), persistent=False)  # tokens per expert since last update
+        self.w1 = nn.Parameter(torch.empty(E, I, C))  # gate proj per expert
+        self.w2 = nn.Parameter(torch.empty(E, C, I))  # down proj
+        self.w3 = nn.Parameter(torch.empty(E, I, C))  # up proj
+        self.shared = MLP(C, cfg.n_shared_experts * I) if cfg.n_shared_experts else None
+        self.aux_loss = torch.zeros(())
+
+    def route(self, x):
+        """x (N, C) -> weights (N, K) fp32, expert ids (N, K), scores (N, E) fp32."""
+        cfg = self.cfg
+        E, G, K = cfg.n_routed_experts, cfg.n_expert_groups, cfg.n_activated_experts
+        logits = F.linear(x.float(), self.gate.weight.float())  # (N, E)
+        scores = logits.sigmoid() if cfg.score_func == "sigmoid" else logits.softmax(dim=-1)  # (N, E)
+        choice = scores + self.bias.float()  # (N, E) used only to pick experts
+        if G > 1:
+            grouped = choice.view(-1, G, E // G)  # (N, G, E/G)
+            group_score = grouped.topk(2, dim=-1)[0].sum(-1) if cfg.score_func == "sigmoid" \
+                else grouped.amax(dim=-1)  # (N, G)
+            keep = group_score.topk(cfg.n_limited_groups, dim=-1)[1]  # (N, n_limited)
+            group_mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, keep, True)  # (N, G)
+            choice = choice.masked_fill(~group_mask.repeat_interleave(E // G, dim=1), float("-inf"))  # (N, E)
+        idx = choice.topk(K, dim=-1)[1]  # (N, K)
+        weights = scores.gather(1, idx)  # (N, K)
+        if cfg.norm_topk_prob:
+            weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)  # (N, K)
+        return weights * cfg.route_scale, idx, scores
+
+    def experts_loop(self, x, weights, idx):
+        """Reference: for each expert, gather its tokens, run its SwiGLU, add back weighted. x (N, C) -> (N, C)."""
+        y = torch.zeros_like(x)  # (N, C)
+        for e in range(self.cfg.n_routed_experts):
+            tok, slot = torch.where(idx == e)  # (n,), (n,) tokens routed to e and which of their K slots
+            if tok.numel() == 0:
+                continue
+            h = F.silu(x[tok] @ self.w1[e].T) * (x[tok] @ self.w3[e].T)  # (n, I)
+            y.index_add_(0, tok, (h @ self.w2[e].T) * weights[tok, slot, None].to(x.dtype))  # (N, C)
+        return y
+
+    def experts_fast(self, x, weights, idx):
+        """Batched: sort the N*K (token, expert) pairs by expert so each expert's tokens are one contiguous
+        slice, run one matmul per expert (or one grouped matmul on CUDA), then scatter-add back. (N, C) -> (N, C)."""
+        N, K = idx.shape
+        order = idx.flatten().argsort(stable=True)  # (N*K,) pair ids sorted by expert
+        tok = order // K  # (N*K,) source token of each sorted pair
+        xs = x[tok]  # (N*K, C)
+        counts = torch.bincount(idx.flatten(), minlength=self.cfg.n_routed_experts)  # (E,)
+        if x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):
+            offs = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's slice
+            h = F.silu(torch._grouped_mm(xs, self.w1.transpose(1, 2), offs=offs)) \
+                * torch._grouped_mm(xs, self.w3.transpose(1, 2), offs=offs)  # (N*K, I)
+            ys = torch._grouped_mm(h, self.w2.transpose(1, 2), offs=offs)  # (N*K, C)
+        else:
+            outs = []
+            for e, xe in enumerate(xs.split(counts.tolist())):  # xe (n_e, C)
+                outs.append((F.silu(xe @ self.w1[e].T) * (xe @ self.w3[e].T)) @ self.w2[e].T)  # (n_e, C)
+            ys = torch.cat(outs)  # (N*K, C)
+        ys = ys * weights.flatten()[order, None].to(x.dtype)  # (N*K, C)
+        return torch.zeros_like(x).index_add_(0, tok, ys)  # (N, C)
+
+    def forward(self, x):  # x (B, T, C)
+        cfg = self.cfg
+        B, T, C = x.shape
+        xf = x.reshape(B * T, C)  # (N, C)
+        weights, idx, scores = self.route(xf)  # (N, K), (N, K), (N, E)
+        experts = self.experts_fast if cfg.moe_impl == "fast" else self.experts_loop
+        y = experts(xf, weights, idx).view(B, T, C)  # (B, T, C)
+        if torch.is_grad_enabled():
+            self.load += torch.bincount(idx.flatten(), minlength=cfg.n_routed_experts).to(self.load)  # (E,)
+        if cfg.aux_loss_alpha > 0 and torch.is_grad_enabled():
+            self.aux_loss = self.sequence_aux_loss(scores.view(B, T, -1), idx.view(B, T * cfg.n_activated_experts))
+        if self.shared is not None:
+            y = y + self.shared(x)  # (B, T, C)
+        return y
+
+    def sequence_aux_loss(self, scores, idx):
+        """V3 eq. 17-20: alpha * sum_i f_i P_i per sequence, averaged. scores (B, T, E), idx (B, T*K)."""
+        cfg = self.cfg
+        E, K, T = cfg.n_routed_experts, cfg.n_activated_experts, scores.shape[1]
+        counts = torch.zeros(scores.shape[0], E, device=scores.device).scatter_add_(
+            1, idx, torch.ones_like(idx, dtype=torch.float32))  # (B, E)
+        f = counts * E / (K * T)  # (B, E)
+        P = (scores / scores.sum(-1, keepdim=True)).mean(1)  # (B, E)
+        return cfg.aux_loss_alpha * (f * P).sum(-1).mean()
+
+    @torch.no_grad()
+    def update_bias(self):
+        """Aux-loss-free balancing: b_i += gamma * sign(mean load - load_i); then reset the counts."""
+        if self.load.sum() > 0:
+            self.bias += self.cfg.bias_update_speed * torch.sign(self.load.mean() - self.load).to(self.bias)
+        self.load.zero_()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# KV cache and the transformer
+
+
+class KVCache:
+    """Per layer a pair of preallocated tensors: MLA (c_kv (B, S, R), k_pe (B, S, Dr)); GQA (k, v (B, S, Hkv, D)).
+    valid (B, S) marks slots holding real (non-padding) tokens. length: slots filled so far (same for all rows)."""
+
+    def __init__(self, kv, valid):
+        self.kv, self.valid, self.length = kv, valid, 0
+
+    def update(self, layer, a, b):
+        """Write a, b (B, T, ...) at slots length .. length+T-1 of `layer`; return slots 0 .. length+T-1."""
+        L, T = self.length, a.shape[1]
+        ca, cb = self.kv[layer]
+        ca[:, L:L + T], cb[:, L:L + T] = a, b
+        return ca[:, :L + T], cb[:, :L + T]  # (B, S, ...) each
+
+    def select(self, index):
+        """Reindex batch rows in place (index (B',) int64): repeat a prompt's cache n times or drop finished rows."""
+        self.kv = [(a[index], b[index]) for a, b in self.kv]
+        self.valid = self.valid[index]  # (B', S)
+        return self
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, layer):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = MLA(cfg) if cfg.attn == "mla" else GQA(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn = MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg.dim, cfg.inter_dim)
+
+    def forward(self, x, cos, sin, mask, cache, layer):  # x (B, T, C)
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, layer)  # (B, T, C)
+        return x + self.ffn(self.ffn_norm(x))  # (B, T, C)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        rope_dim = cfg.qk_rope_head_dim if cfg.attn == "mla" else cfg.head_dim
+        inv_freq, self.rope_factor = rope_frequencies(rope_dim, cfg.rope_theta, cfg.rope_scaling)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)  # (D/2,)
+        self.aux_loss = torch.zeros(())
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2 style: shrink the residual-branch output projections
+            if name.endswith(("wo.weight", "w2.weight", "w2")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    def _init_weights(self, m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, MoE):
+            for w in (m.w1, m.w2, m.w3):
+                nn.init.normal_(w, std=0.02)
+
+    def make_cache(self, batch_size, max_len, dtype=None, device=None):
+        cfg, p = self.cfg, self.embed.weight
+        dtype, device = dtype or p.dtype, device or p.device
+        if cfg.attn == "mla":
+            shapes = [(batch_size, max_len, cfg.kv_lora_rank), (batch_size, max_len, cfg.qk_rope_head_dim)]
+        else:
+            shapes = [(batch_size, max_len, cfg.n_kv_heads, cfg.head_dim)] * 2
+        kv = [tuple(torch.zeros(s, dtype=dtype, device=device) for s in shapes) for _ in range(cfg.n_layers)]
+        return KVCache(kv, torch.zeros(batch_size, max_len, dtype=torch.bool, device=device))
+
+    def forward(self, tokens, cache=None, pos=None, valid=None, return_hidden=False):
+        B, T = tokens.shape
+        start = cache.length if cache is not None else 0
+        if cache is not None and start + T > cache.valid.shape[1]:
+            raise ValueError(f"KV cache full: length {start} + {T} new tokens > max_len {cache.valid.shape[1]}")
+        if pos is None:
+            pos = torch.arange(start, start + T, device=tokens.device).expand(B, T)  # (B, T)
+        angles = pos[..., None].float() * self.inv_freq  # (B, T, D/2)
+        cos = (angles.cos() * self.rope_factor).unsqueeze(2)  # (B, T, 1, D/2)
+        sin = (angles.sin() * self.rope_factor).unsqueeze(2)  # (B, T, 1, D/2)
+        x = self.embed(tokens)  # (B, T, C)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        mask = None  # None -> plain causal attention (the training fast path)
+        if cache is not None or valid is not None:
+            if valid is None:
+                valid = torch.ones(B, T, dtype=torch.bool, device=tokens.device)  # (B, T)
+            if cache is not None:
+                cache.valid[:, start:start + T] = valid
+                valid = cache.valid[:, :start + T]  # (B, S)
+            q_slot = torch.arange(start, start + T, device=tokens.device)[:, None]  # (T, 1)
+            k_slot = torch.arange(start + T, device=tokens.device)[None, :]  # (1, S)
+            # a query sees earlier real tokens, and always itself (so padding rows never have an empty softmax)
+            mask = ((k_slot <= q_slot) & valid[:, None, :]) | (k_slot == q_slot)  # (B, T, S)
+            mask = mask.unsqueeze(1)  # (B, 1, T, S)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache, i)  # (B, T, C)
+        if cache is not None:
+            cache.length += T
+        moe = [l.ffn for l in self.layers if isinstance(l.ffn, MoE)]
+        self.aux_loss = sum((m.aux_loss for m in moe), torch.zeros((), device=x.device)) \
+            if self.cfg.aux_loss_alpha > 0 and torch.is_grad_enabled() else torch.zeros((), device=x.device)
+        h = self.norm(x)  # (B, T, C)
+        return h if return_hidden else self.lm_head(h).float()  # (B, T, V)
+
+    def update_router_bias(self):
+        """Call after each optimizer step: nudge every MoE layer's selection bias toward balanced load."""
+        for layer in self.layers:
+            if isinstance(layer.ffn, MoE):
+                layer.ffn.update_bias()
+
+    def expert_load(self):
+        """{layer index: (E,) fraction of routed tokens per expert counted since the last bias update}."""
+        return {i: (l.ffn.load / l.ffn.load.sum().clamp(min=1)).cpu() for i, l in enumerate(self.layers)
+                if isinstance(l.ffn, MoE)}
+
+    def num_params(self, active=False):
+        return count_params(self.cfg, active)
