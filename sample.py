@@ -193,7 +193,8 @@ def generate(model, prompts, max_new_tokens=256, temperature=1.0, top_p=1.0, top
         tokens, pos, valid, lens = _left_pad(prompts, pad_id, device)  # (B, P), (B, P), (B, P), (B,)
         B, P = tokens.shape
         cache = model.make_cache(B, P + max_new_tokens)
-        logits = model(tokens, cache=cache, pos=pos, valid=valid)[:, -1]  # (B, V)
+        hidden = model(tokens, cache=cache, pos=pos, valid=valid, return_hidden=True)[:, -1]  # (B, C)
+        logits = model.lm_head(hidden).float()  # (B, V) only the last position: no (B, P, V) tensor
         expand = torch.arange(B, device=device).repeat_interleave(n)  # (N,)
         cache.select(expand)
         logits = logits[expand]  # (N, V)
@@ -338,7 +339,8 @@ def evaluate(model, tokenizer, problems, k=8, temperature=0.6, top_p=0.95, max_n
                        tokenizer=tokenizer, pad_id=tokenizer.pad_id, seed=seed + c)
         for r in range(len(prompts) * k):
             problem = chunk[r // k]
-            completion = tokenizer.decode(gen.tokens[r, :gen.lengths[r]].tolist())
+            ids = gen.tokens[r, :gen.lengths[r]].tolist()
+            completion = tokenizer.decode(ids[:-1] if ids and ids[-1] == tokenizer.eos_id else ids)
             score = rewards.score(completion, problem)
             samples.append({"question": problem.question, "gold": problem.answer,
                             "bucket": problem.bucket, "completion": completion,
@@ -369,7 +371,11 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32):
         model = Transformer(ModelConfig(**meta["model"]))
         state = load_file(os.path.join(path, "model.safetensors"))
         state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
-        model.load_state_dict(state, strict=False)  # strict=False: tied lm_head may be stored once
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not (model.cfg.tie_embeddings and k.startswith("lm_head"))]
+        if missing or unexpected:  # a tied lm_head may be stored once; anything else is an error
+            raise KeyError(f"checkpoint {path} does not match its config: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
         tokenizer = Tokenizer.load(os.path.join(path, "tokenizer"))
     else:  # Hugging Face
         model = Transformer.from_pretrained(path, dtype=dtype)
