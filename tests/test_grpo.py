@@ -1,0 +1,366 @@
+"""Tests for grpo.py: advantages, clipping, k3 KL, every aggregation mode (by hand and under
+micro-batching), the Dr. GRPO length bias, mu > 1, and the Triton kernel path (interpreter on CPU)."""
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from grpo import (GRPOConfig, _frozen_logprobs, group_advantages, grpo_loss, k3_kl, loss_mask,  # noqa: E402
+                  response_logprobs, rl_step, token_weights)
+
+
+class TinyLM(nn.Module):
+    """Embedding -> causal running mean -> linear: a causal LM small enough for exact gradient tests.
+    Optionally carries a MoE-style aux_loss and update_router_bias() to test rl_step's hooks into them."""
+
+    def __init__(self, vocab=13, dim=8, aux=False):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, vocab)
+        self.aux = aux
+        self.bias_updates = 0
+
+    def forward(self, tokens):
+        h = self.embed(tokens)  # (B, T, C)
+        h = h.cumsum(1) / torch.arange(1, tokens.shape[1] + 1)[:, None]  # (B, T, C) causal mean
+        if self.aux:
+            self.aux_loss = 0.1 * h.pow(2).mean()
+        return self.head(torch.tanh(h))  # (B, T, V)
+
+    def update_router_bias(self):
+        self.bias_updates += 1
+
+
+def make_rollouts(B=8, G=4, L=12, vocab=13, seed=0):
+    """Random rows: prompt of 3..4 tokens, response of 1..L-prompt tokens, right padding with 0."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, vocab, (B, L), generator=g)  # (B, L)
+    prompt = torch.randint(3, 5, (B,), generator=g)  # (B,)
+    resp = torch.stack([torch.randint(1, L - int(p) + 1, (1,), generator=g)[0] for p in prompt])  # (B,)
+    pos = torch.arange(L)[None]  # (1, L)
+    response_mask = (pos >= prompt[:, None]) & (pos < (prompt + resp)[:, None])  # (B, L)
+    tokens = tokens.masked_fill(pos >= (prompt + resp)[:, None], 0)  # (B, L)
+    rewards = torch.randint(0, 3, (B,), generator=g).float()  # (B,)
+    rewards[:G] = 1.0  # first group has zero spread
+    truncated = resp == L - prompt  # (B,)
+    return {"tokens": tokens, "response_mask": response_mask, "rewards": rewards, "truncated": truncated}
+
+
+# ----------------------------------------------------------------------------- advantages
+
+def test_group_advantages_zero_mean_unit_std_and_exact_zero_for_equal_groups():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.3, 0.7, 0.1, 0.9, 0.1, 0.1, 0.1, 0.1])  # (B,)
+    adv = group_advantages(r, 4).view(3, 4)  # (P, G)
+    torch.testing.assert_close(adv.mean(1), torch.zeros(3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(adv[:2].std(1, correction=0), torch.full((2,), 1.0), atol=1e-3, rtol=0)
+    assert torch.equal(adv[2], torch.zeros(4))  # 0.1 * 4 / 4 != 0.1 in fp: must still be exactly 0
+    plain = group_advantages(r, 4, std_norm=False).view(3, 4)  # (P, G)
+    torch.testing.assert_close(plain[0], torch.tensor([0.5, -0.5, -0.5, 0.5]))
+    # hand value: group [1, 0] has mean .5, population std .5
+    torch.testing.assert_close(group_advantages(torch.tensor([1.0, 0.0]), 2),
+                               torch.tensor([0.5, -0.5]) / (0.5 + 1e-4))
+    with pytest.raises(ValueError):
+        group_advantages(torch.ones(5), 4)
+
+
+def test_equal_reward_group_gives_exactly_zero_policy_gradient():
+    torch.manual_seed(0)
+    ro = make_rollouts(B=8, G=4)
+    model, cfg = TinyLM(), GRPOConfig(group_size=4)
+    mask = ro["response_mask"][:, 1:]  # (B, T)
+    targets = ro["tokens"][:, 1:].masked_fill(~mask, -100)  # (B, T)
+    logp = response_logprobs(model, ro["tokens"][:, :-1], targets, cfg).logp  # (B, T)
+    adv = group_advantages(ro["rewards"], 4)  # (B,)
+    old = logp.detach() + 0.05 * torch.randn_like(logp)  # (B, T) off-policy: ratios != 1
+    loss, diag = grpo_loss(logp[:4], old[:4], None, adv[:4], mask[:4], cfg)  # the equal group alone
+    loss.backward(retain_graph=True)
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())
+    assert diag["zero_spread"] == 1.0
+    model.zero_grad()
+    grpo_loss(logp[4:], old[4:], None, adv[4:], mask[4:], cfg)[0].backward()  # the other group is not zero
+    assert model.head.weight.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- clipping and KL
+
+def _grad_of_loss(ratios, adv, cfg):
+    logp = torch.log(torch.tensor(ratios)).requires_grad_()  # (N,) with old_logp = 0
+    n = logp.shape[0]
+    loss, _ = grpo_loss(logp[None], torch.zeros(1, n), None, torch.tensor([adv]), torch.ones(1, n, dtype=torch.bool), cfg)
+    loss.backward()
+    return loss, logp.grad
+
+
+def test_clipping_blocks_gradient_only_in_the_clipped_direction():
+    cfg = GRPOConfig(group_size=1, clip_low=0.2, clip_high=0.28)
+    # A > 0: above 1 + clip_high the term is flat; below 1 - clip_low it still pulls up
+    _, g = _grad_of_loss([1.4, 0.5], 1.0, cfg)
+    assert g[0] == 0 and g[1] < 0
+    # A < 0: below 1 - clip_low the term is flat; above 1 + clip_high it still pushes down
+    _, g = _grad_of_loss([0.7, 1.5], -1.0, cfg)
+    assert g[0] == 0 and g[1] > 0
+    # asymmetric: 1.25 is inside [0.8, 1.28] so it still gets gradient (symmetric 0.2 would clip it)
+    _, g = _grad_of_loss([1.25], 1.0, cfg)
+    assert g[0] != 0
+    assert _grad_of_loss([1.25], 1.0, GRPOConfig(group_size=1))[1][0] == 0
+    # inside the range: loss and gradient equal the unclipped objective -mean(rho * A)
+    ratios = [0.85, 1.0, 1.1, 1.27]
+    for adv in (1.5, -0.7):
+        loss, g = _grad_of_loss(ratios, adv, cfg)
+        logp = torch.log(torch.tensor(ratios)).requires_grad_()  # (N,)
+        ref = -(logp.exp() * adv).mean()
+        ref.backward()
+        torch.testing.assert_close(loss, ref)
+        torch.testing.assert_close(g, logp.grad)
+
+
+def test_clip_fraction_diagnostics():
+    cfg = GRPOConfig(group_size=2)
+    logp = torch.log(torch.tensor([[1.5, 1.0, 0.5], [0.5, 1.5, 1.0]]))  # (B, T) with old = 0
+    _, d = grpo_loss(logp, torch.zeros(2, 3), None, torch.tensor([1.0, -1.0]), torch.ones(2, 3, dtype=torch.bool), cfg)
+    assert d["clip_high"] == pytest.approx(1 / 6) and d["clip_low"] == pytest.approx(1 / 6)
+    assert d["ratio"] == pytest.approx(1.0)
+
+
+def test_k3_kl_nonnegative_zero_when_equal_and_gradient_matches_definition():
+    torch.manual_seed(0)
+    logp = (-3 * torch.rand(64)).requires_grad_()  # (N,)
+    ref = -3 * torch.rand(64)  # (N,)
+    kl = k3_kl(logp, ref)  # (N,)
+    assert (kl >= 0).all()
+    assert torch.equal(k3_kl(ref, ref), torch.zeros(64))
+    (g,) = torch.autograd.grad(kl.sum(), logp)
+    p = logp.detach().exp().requires_grad_()  # (N,) definition in probabilities
+    definition = ref.exp() / p - torch.log(ref.exp() / p) - 1  # (N,)
+    (gp,) = torch.autograd.grad(definition.sum(), p)
+    torch.testing.assert_close(kl, definition.detach())
+    torch.testing.assert_close(g, gp * p.detach())  # chain rule: d/dlogp = p * d/dp
+    torch.testing.assert_close(g, 1 - (ref - logp.detach()).exp())  # closed form
+    # in the loss: A = 0 leaves beta * mean k3 (paper aggregation, one response)
+    cfg = GRPOConfig(group_size=1, beta=0.1)
+    loss, d = grpo_loss(logp[None], logp.detach()[None], ref[None], torch.zeros(1), torch.ones(1, 64, dtype=torch.bool), cfg)
+    torch.testing.assert_close(loss, 0.1 * kl.mean())
+    assert d["kl"] == pytest.approx(kl.mean().item())
+
+
+# ----------------------------------------------------------------------------- aggregation modes
+
+def _hand_example():
+    """Two groups of two. Group 0: rewards [1, 0] -> A = [.5, -.5] (no std), lengths 1 and 3 with
+    ratios [1.1] and [1.0, 0.9, 1.1]; group 1: equal rewards, lengths 2 and 2.
+    Per-token terms -min(rho A, clip(rho) A): row 0: -0.55; row 1: 0.5, 0.45, 0.55 (sum 1.5); rows 2, 3: 0."""
+    rewards = torch.tensor([1.0, 0.0, 1.0, 1.0])  # (B,)
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1], [1, 1, 0], [0, 1, 1]], dtype=torch.bool)  # (B, T)
+    ratio = torch.tensor([[1.1, 1, 1], [1.0, 0.9, 1.1], [1.3, 0.6, 1], [1, 1, 1]])  # (B, T)
+    return rewards, mask, ratio.log(), torch.tensor([False, True, False, False])
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ({}, (-0.55 + 1.5 / 3) / 4),                                          # DeepSeekMath: per response, then mean
+    ({"token_level": True}, (-0.55 + 1.5) / 8),                           # DAPO: all 8 tokens
+    ({"const_norm": 4}, (-0.55 + 1.5) / (4 * 4)),                         # Dr. GRPO: constant 4, 4 responses
+    ({"drop_equal_groups": True}, (-0.55 + 1.5 / 3) / 2),                 # group 1 leaves the loss and n
+    ({"drop_equal_groups": True, "token_level": True}, (-0.55 + 1.5) / 4),
+    ({"mask_truncated": True}, -0.55 / 3),                                # row 1 leaves: 3 responses left
+    ({"mask_truncated": True, "token_level": True}, -0.55 / 5),
+])
+def test_aggregation_modes_match_hand_computed_values(flags, expected):
+    rewards, mask, logp, truncated = _hand_example()
+    cfg = GRPOConfig(group_size=2, std_norm=False, **flags)
+    m = loss_mask(mask, rewards, truncated, cfg)  # (B, T)
+    adv = group_advantages(rewards, 2, std_norm=False)  # (B,)
+    loss, _ = grpo_loss(logp, torch.zeros(4, 3), None, adv, m, cfg)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert token_weights(m, cfg).sum().item() == pytest.approx(
+        1.0 if not flags.get("const_norm") else 8 / 16)  # weights of the mean modes sum to 1
+
+
+def test_normaliser_override():
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)  # (B, T)
+    w = token_weights(mask, GRPOConfig(group_size=2, token_level=True), normaliser=10)  # (B, T)
+    torch.testing.assert_close(w, mask.float() / 10)
+    w = token_weights(mask, GRPOConfig(group_size=2), normaliser=4)  # (B, T) 4 responses globally
+    torch.testing.assert_close(w[1], torch.full((3,), 1 / 12))
+
+
+MODES = [
+    {},
+    {"token_level": True},
+    {"const_norm": 16, "std_norm": False},
+    {"drop_equal_groups": True, "token_level": True, "clip_high": 0.28},
+    {"mask_truncated": True},
+    {"beta": 0.05},
+]
+
+
+def _grads_after_step(cfg, ro, aux=False):
+    torch.manual_seed(0)
+    model = TinyLM(aux=aux)
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: grads stay those of this batch
+    stats = rl_step(model, opt, ro, cfg, ref_model=ref if cfg.beta else None)
+    return [p.grad.clone() for p in model.parameters()], stats
+
+
+@pytest.mark.parametrize("flags", MODES, ids=lambda f: ",".join(f) or "paper")
+def test_micro_batching_equals_full_batch_gradient(flags):
+    ro = make_rollouts(B=12, G=4)
+    full, s_full = _grads_after_step(GRPOConfig(group_size=4, micro_batch=12, max_grad_norm=0, **flags), ro)
+    micro, s_micro = _grads_after_step(GRPOConfig(group_size=4, micro_batch=5, max_grad_norm=0, **flags), ro)
+    for a, b in zip(full, micro):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert s_full["loss"] == pytest.approx(s_micro["loss"], abs=1e-6)
+    assert s_full["grad_norm"] > 0
+    assert s_full["zero_spread"] == pytest.approx(1 / 3)
+
+
+def test_rl_step_loss_equals_grpo_loss_on_the_whole_batch():
+    ro = make_rollouts(B=8, G=4)
+    cfg = GRPOConfig(group_size=4, micro_batch=3, token_level=True)
+    torch.manual_seed(0)
+    model = TinyLM()
+    mask = ro["response_mask"][:, 1:]  # (B, T)
+    targets = ro["tokens"][:, 1:].masked_fill(~mask, -100)  # (B, T)
+    logp = response_logprobs(model, ro["tokens"][:, :-1], targets, cfg).logp  # (B, T)
+    expected, _ = grpo_loss(logp, logp.detach(), None, group_advantages(ro["rewards"], 4), mask, cfg)
+    stats = rl_step(model, torch.optim.SGD(model.parameters(), lr=0.1), ro, cfg)
+    assert stats["loss"] == pytest.approx(expected.item(), abs=1e-6)
+    assert stats["ratio"] == pytest.approx(1.0) and stats["kl_old"] == pytest.approx(0.0, abs=1e-7)
+    assert stats["tokens"] == mask.sum().item() and stats["entropy"] > 0
+
+
+# ----------------------------------------------------------------------------- Dr. GRPO length bias
+
+def test_length_bias_of_per_response_averaging():
+    """Group of 4: two right (r=1), a short wrong (2 tokens) and a long wrong (8 tokens) answer.
+    Per-response averaging (1/|o_i|) gives each token of the long wrong answer 4x less push-down
+    than the short one's, so long wrong answers are cheap; the constant normaliser treats them alike."""
+    rewards = torch.tensor([1.0, 1.0, 0.0, 0.0])  # (B,)
+    lengths = torch.tensor([3, 3, 2, 8])  # (B,)
+    mask = torch.arange(8)[None] < lengths[:, None]  # (B, T)
+
+    def per_token_grad(cfg):
+        logp = torch.zeros(4, 8, requires_grad=True)  # (B, T) on-policy: ratio 1
+        adv = group_advantages(rewards, 4, std_norm=cfg.std_norm)  # (B,)
+        grpo_loss(logp, logp.detach(), None, adv, mask, cfg)[0].backward()
+        return logp.grad  # d loss / d logp: > 0 means the token is pushed down
+
+    g = per_token_grad(GRPOConfig(group_size=4))
+    short, long = g[2, 0], g[3, 0]
+    assert short > 0 and long > 0
+    torch.testing.assert_close(short / long, torch.tensor(4.0))  # |o_long| / |o_short|
+    assert g[3, :8].sum() == pytest.approx(g[2, :2].sum().item())  # same total: the long one is diluted
+    g = per_token_grad(GRPOConfig(group_size=4, const_norm=8, std_norm=False))
+    assert g[2, 0] == g[3, 0] > 0
+    assert g[3, :8].sum() == pytest.approx(4 * g[2, :2].sum().item())  # longer wrong answer, more penalty
+
+
+# ----------------------------------------------------------------------------- inner updates, hooks, errors
+
+class RecordingSGD(torch.optim.SGD):
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.seen = []
+
+    def step(self, closure=None):
+        self.seen.append([p.grad.clone() for g in self.param_groups for p in g["params"]])
+        return super().step(closure)
+
+
+def test_mu_greater_than_one_first_update_is_on_policy():
+    ro = make_rollouts(B=8, G=4)
+    torch.manual_seed(0)
+    model = TinyLM()
+    cfg = GRPOConfig(group_size=4, micro_batch=3, mu=3)
+    mask = ro["response_mask"][:, 1:]  # (B, T)
+    targets = ro["tokens"][:, 1:].masked_fill(~mask, -100)  # (B, T)
+    batches = torch.arange(8).split(3)
+    old = _frozen_logprobs(model, ro["tokens"][:, :-1], targets, cfg, batches)  # (B, T)
+    new = torch.cat([response_logprobs(model, ro["tokens"][i, :-1], targets[i], cfg).logp for i in batches])  # (B, T)
+    assert torch.equal(torch.exp(new - old), torch.ones_like(new))  # ratio exactly 1 on the first update
+
+    on_policy_model, multi_model = copy.deepcopy(model), copy.deepcopy(model)
+    opt1, opt3 = RecordingSGD(on_policy_model.parameters(), 0.5), RecordingSGD(multi_model.parameters(), 0.5)
+    rl_step(on_policy_model, opt1, ro, GRPOConfig(group_size=4, micro_batch=3, mu=1))
+    stats = rl_step(multi_model, opt3, ro, cfg)
+    assert len(opt3.seen) == 3 and multi_model.bias_updates == 3
+    for a, b in zip(opt1.seen[0], opt3.seen[0]):
+        assert torch.equal(a, b)  # first of the mu updates == the on-policy update
+    assert not all(torch.equal(a, b) for a, b in zip(opt3.seen[0], opt3.seen[2]))
+    assert stats["kl_old"] > 0  # later updates moved away from pi_old
+
+
+def test_aux_loss_is_added_and_router_bias_updated():
+    ro = make_rollouts(B=8, G=4)
+    cfg = GRPOConfig(group_size=4, micro_batch=3, max_grad_norm=0)
+    with_aux, _ = _grads_after_step(cfg, ro, aux=True)
+    without, _ = _grads_after_step(cfg, ro, aux=False)
+    assert not torch.allclose(with_aux[0], without[0])  # the embedding feels the aux loss
+    full, _ = _grads_after_step(GRPOConfig(group_size=4, micro_batch=8, max_grad_norm=0), ro, aux=True)
+    torch.testing.assert_close(with_aux[0], full[0], atol=1e-6, rtol=1e-5)  # aux is micro-batch exact too
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="token_level and const_norm"):
+        GRPOConfig(token_level=True, const_norm=256)
+    with pytest.raises(ValueError):
+        GRPOConfig(clip_low=1.5)
+    model = TinyLM()
+    with pytest.raises(ValueError, match="ref_model"):
+        rl_step(model, torch.optim.SGD(model.parameters(), lr=0.1), make_rollouts(), GRPOConfig(group_size=4, beta=0.1))
+    with pytest.raises(ValueError, match="divisible"):
+        rl_step(model, torch.optim.SGD(model.parameters(), lr=0.1), make_rollouts(B=8), GRPOConfig(group_size=3))
+
+
+# ----------------------------------------------------------------------------- the Triton path
+
+TRITON_SCRIPT = textwrap.dedent("""
+    import copy, sys, torch
+    sys.path.insert(0, sys.argv[1])
+    import kernels
+    assert kernels.INTERPRET
+    from grpo import GRPOConfig, rl_step
+    torch.manual_seed(0)
+    B, L, V = 8, 10, 40
+    tokens = torch.randint(0, V, (B, L))  # (B, L)
+    response_mask = torch.arange(L)[None] >= torch.randint(2, 6, (B, 1))  # (B, L)
+    rollouts = {"tokens": tokens, "response_mask": response_mask, "rewards": torch.rand(B),
+                "truncated": torch.zeros(B, dtype=torch.bool)}
+    base = torch.nn.Sequential(torch.nn.Embedding(V, 16), torch.nn.Tanh(), torch.nn.Linear(16, V))
+    ref = copy.deepcopy(base)
+    torch.nn.init.normal_(ref[2].weight)
+    for flags in ({}, {"token_level": True, "beta": 0.1, "temperature": 0.7}):
+        out = {}
+        for impl in ("torch", "triton"):
+            model = copy.deepcopy(base)
+            cfg = GRPOConfig(group_size=4, micro_batch=3, logprob_impl=impl, max_grad_norm=0, **flags)
+            stats = rl_step(model, torch.optim.SGD(model.parameters(), lr=0.0), rollouts, cfg, ref_model=ref)
+            out[impl] = (stats, [p.grad for p in model.parameters()])
+        (s_t, g_t), (s_k, g_k) = out["torch"], out["triton"]
+        for k in ("loss", "kl", "entropy", "ratio"):
+            assert abs(s_t[k] - s_k[k]) < 1e-5, (flags, k, s_t[k], s_k[k])
+        for a, b in zip(g_t, g_k):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        assert s_t["entropy"] > 0 and abs(s_t["loss"]) > 0
+    print("OK")
+""")
+
+
+def test_loss_through_triton_kernel_equals_pytorch_twin():
+    pytest.importorskip("triton")  # the CPU interpreter needs the triton package (a dependency on Linux)
+    env = {**os.environ, "TRITON_INTERPRET": "1"}  # must be set before triton is imported: a subprocess
+    res = subprocess.run([sys.executable, "-c", TRITON_SCRIPT, str(ROOT)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
