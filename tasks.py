@@ -1,0 +1,615 @@
+"""
+tasks.py: verifiable problems, prompt templates, and the synthetic pretraining corpus.
+
+What is here:
+  - Problem records and synthetic tasks, deterministic from a seed, with difficulty buckets:
+      multiplication  E: (1-2 digit) x 1 digit, M: 2x2 and 3x1, H: 3x2 and 4x1, VH: 4x2
+      addition        E: 2 numbers of 2 digits, M: 3 of 3, H: 4 of 4, VH: 5 of 5
+      countdown       E: 3 numbers, M: 4 numbers, H (and VH): 5 numbers; answer = an equation
+    Train and test never overlap: a problem's split is a hash of its canonical key (the unordered
+    operand pair, the number list and target), ~10% test.
+  - R1_ZERO_TEMPLATE (DeepSeek-R1 paper, Table 1, verbatim) and a chat template for instruct models.
+  - Loaders for GSM8K / MATH / generic JSONL files (errors name file:line).
+  - corpus_stream(seed, mix): the synthetic pretraining corpus for from-scratch models. RL can only
+    amplify behaviour pretraining put within reach, so the corpus holds, like web text, worked
+    problems in several styles without ever saying which style pays where:
+      drill     skill drills outside any template: times tables, one-digit x many-digit products
+                with explicit carries, column additions, digit-sum (casting out nines) checks;
+      textbook  "Problem: ... Solution: ... Answer: ..." worked examples in modes D/S/L/LV;
+      dialogue  the exact R1-Zero template + " <think> ... </think> <answer> N </answer>", the mode
+                drawn independently of difficulty (mostly D/S, a minority L/LV), ~30% with format
+                defects, so format-following has room to improve;
+      filler    prose using "wait", "check", "however" in non-reflective senses.
+    Response modes (render_response): D direct answer; S short decomposition; L long digit-by-digit
+    scratchpad (least-significant digit first, one explicit carry per step, the digits written so
+    far restated after every step, then column additions of zero-padded partial products); LV = L
+    plus casting-out-nines checks of every partial product where a third of traces inject a slip,
+    then "wait, that's wrong", then the redone step.
+    Every corpus document ends with "<|eos|>" (the tokenizer's eos string), so the trainer only
+    concatenates documents and a model learns to stop after </answer>.
+
+Simplifications vs the paper / production data pipelines:
+  1. Synthetic arithmetic and Countdown only; real data (GSM8K, MATH) only through the loaders.
+  2. The corpus mix is sampled per document (not per token); corpus_stats reports both shares.
+  3. Train/test split by a 10% hash of the canonical key; no near-duplicate detection.
+  4. The chat template is one user message (DeepSeek's recommended math prompt), no system prompt.
+
+Use:
+    from tasks import make_problems, r1_zero_prompt, corpus_stream, corpus_stats, render_response
+    probs = make_problems("multiplication", 100, split="test", seed=0, buckets=["H"])
+    prompt = r1_zero_prompt(probs[0].question)
+    docs = corpus_stream(seed=0)                 # infinite iterator of str
+    print(corpus_stats(seed=0, n_docs=2000))     # composition of the mix
+"""
+
+import itertools
+import json
+import random
+import re
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+EOS = "<|eos|>"
+
+R1_ZERO_TEMPLATE = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
+    "the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> "
+    "</answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here "
+    "</answer>. User: {question}. Assistant:"
+)
+# Chat template (for instruct / R1-distill models): DeepSeek's recommended math instruction, one user turn.
+CHAT_TEMPLATE = "{question}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+
+BUCKETS = {
+    "multiplication": ["E", "M", "H", "VH"],
+    "addition": ["E", "M", "H", "VH"],
+    "countdown": ["E", "M", "H"],
+}
+# multiplication shapes (digits of a, digits of b) per bucket
+MUL_SHAPES = {"E": [(1, 1), (2, 1)], "M": [(2, 2), (3, 1)], "H": [(3, 2), (4, 1)], "VH": [(4, 2)]}
+ADD_SHAPES = {"E": (2, 2), "M": (3, 3), "H": (4, 4), "VH": (5, 5)}  # (how many numbers, digits)
+COUNTDOWN_SIZES = {"E": 3, "M": 4, "H": 5, "VH": 5}
+TEST_PERCENT = 10
+
+
+@dataclass
+class Problem:
+    question: str
+    answer: str
+    task: str
+    bucket: str
+    meta: dict = field(default_factory=dict)
+
+
+def r1_zero_prompt(question: str) -> str:
+    return R1_ZERO_TEMPLATE.replace("{question}", question)
+
+
+def chat_messages(question: str) -> list[dict]:
+    """One user turn for chat models; render with Tokenizer.chat_prompt(messages)."""
+    return [{"role": "user", "content": CHAT_TEMPLATE.format(question=question)}]
+
+
+# ----------------------------------------------------------------------------------------------
+# synthetic tasks
+
+
+def split_of(task: str, key) -> str:
+    """'test' for ~10% of canonical keys (stable hash), else 'train'."""
+    return "test" if zlib.crc32(f"{task}:{key}".encode()) % 100 < TEST_PERCENT else "train"
+
+
+def _rand_digits(rng: random.Random, n: int, lo1: int = 1) -> int:
+    """A uniform n-digit number (1-digit numbers from lo1..9)."""
+    return rng.randint(lo1, 9) if n == 1 else rng.randint(10 ** (n - 1), 10 ** n - 1)
+
+
+def _mul_problem(rng, bucket) -> Problem:
+    da, db = rng.choice(MUL_SHAPES[bucket])
+    a, b = _rand_digits(rng, da, 2), _rand_digits(rng, db, 2)
+    return Problem(f"Compute {a} * {b}", str(a * b), "multiplication", bucket, {"a": a, "b": b})
+
+
+def _add_problem(rng, bucket) -> Problem:
+    k, d = ADD_SHAPES[bucket]
+    xs = [_rand_digits(rng, d) for _ in range(k)]
+    return Problem("Compute " + " + ".join(map(str, xs)), str(sum(xs)), "addition", bucket, {"numbers": xs})
+
+
+def _countdown_problem(rng, bucket) -> Problem:
+    """Draw numbers, fold them left with random valid ops; the fold is one solution."""
+    k = COUNTDOWN_SIZES[bucket]
+    while True:
+        nums = [rng.randint(1, 25) for _ in range(k - 1)] + [rng.choice([rng.randint(1, 25), 25, 50, 75, 100])]
+        rng.shuffle(nums)
+        val, expr, last_op, steps = nums[0], str(nums[0]), None, []
+        for n in nums[1:]:
+            ops = ["+", "*"] + (["-"] if val - n > 0 else []) + (["/"] if val % n == 0 and n > 1 else [])
+            op = rng.choice(ops)
+            new = {"+": val + n, "-": val - n, "*": val * n, "/": val // n}[op]
+            steps.append((val, op, n, new))
+            if op in "*/" and last_op in ("+", "-"):
+                expr = f"({expr})"
+            expr, val, last_op = f"{expr} {op} {n}", new, op
+        if 1 <= val <= 999 and val not in nums:
+            q = (f"Using the numbers {', '.join(map(str, nums))}, write an equation that equals {val}; "
+                 f"use + - * / and each number exactly once")
+            return Problem(q, expr, "countdown", bucket, {"numbers": nums, "target": val, "steps": steps})
+
+
+def _canonical_key(p: Problem):
+    if p.task == "multiplication":
+        return tuple(sorted((p.meta["a"], p.meta["b"])))
+    if p.task == "addition":
+        return tuple(sorted(p.meta["numbers"]))
+    return (tuple(sorted(p.meta["numbers"])), p.meta["target"])
+
+
+_MAKERS = {"multiplication": _mul_problem, "addition": _add_problem, "countdown": _countdown_problem}
+
+
+def make_problems(task: str, n: int, split: str = "train", seed: int = 0, buckets=None) -> list[Problem]:
+    """n problems of one task from the given split, spread evenly over the buckets (in order)."""
+    if task not in _MAKERS:
+        raise ValueError(f"unknown task {task!r}; valid: {sorted(_MAKERS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    buckets = list(buckets or BUCKETS[task])
+    for b in buckets:
+        if b not in BUCKETS[task]:
+            raise ValueError(f"unknown bucket {b!r} for {task}; valid: {BUCKETS[task]}")
+    rng = random.Random(f"{seed}:{task}:{split}")
+    out, seen = [], set()
+    for i in range(n):
+        for attempt in range(200):  # prefer unseen problems; tiny buckets may need repeats
+            p = _MAKERS[task](rng, buckets[i % len(buckets)])
+            key = _canonical_key(p)
+            if split_of(task, key) == split and (key not in seen or attempt >= 100):
+                break
+        else:
+            raise RuntimeError(f"could not draw a {split} problem for {task}/{buckets[i % len(buckets)]}")
+        seen.add(key)
+        out.append(p)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# response modes: D direct, S short decomposition, L long scratchpad, LV long + verification
+
+
+def mul_line(a: int, m: int, slip_step: int = -1, slip: int = 0) -> tuple[str, int]:
+    """a * m where m is one digit times 10^j: least-significant digit of a first, one explicit carry
+    per step, and the digits written so far restated after each step (starting from m's j zeros).
+    Step slip_step uses a wrong times-table fact (off by slip), for the injected-slip traces."""
+    d, zeros = int(str(m)[0]), len(str(m)) - 1
+    steps, carry, written = [], 0, "0" * zeros
+    for k, c in enumerate(reversed(str(a))):
+        x = int(c)
+        prod = x * d + (slip if k == slip_step else 0)
+        s = f"{x} * {d} = {prod}"
+        total = prod + carry
+        if carry:
+            s += f" + {carry} = {total}"
+        carry = total // 10
+        written = str(total % 10) + written
+        steps.append(f"{s} carry {carry} -> {written}")
+    if carry:
+        written = str(carry) + written
+        steps.append(f"carry {carry} -> {written}")
+    return f"{a} * {m} : " + " ; ".join(steps), int(written)
+
+
+def add_line(x: int, y: int) -> tuple[str, int]:
+    """x + y by columns on zero-padded numbers of equal length, carry per column, digits so far."""
+    n = max(len(str(x)), len(str(y)))
+    xs, ys = str(x).zfill(n), str(y).zfill(n)
+    steps, carry, written = [], 0, ""
+    for cx, cy in zip(reversed(xs), reversed(ys)):
+        s = int(cx) + int(cy)
+        t = f"{cx} + {cy} = {s}"
+        if carry:
+            t += f" + {carry} = {s + carry}"
+            s += carry
+        carry = s // 10
+        written = str(s % 10) + written
+        steps.append(f"{t} carry {carry} -> {written}")
+    if carry:
+        written = str(carry) + written
+        steps.append(f"carry {carry} -> {written}")
+    return f"add {xs} + {ys} : " + " ; ".join(steps), x + y
+
+
+def digit_root(n: int) -> tuple[str, int]:
+    """'347 -> 3 + 4 + 7 = 14 -> 1 + 4 = 5' and the digital root."""
+    parts = [str(n)]
+    while n >= 10:
+        ds = str(n)
+        n = sum(map(int, ds))
+        parts.append(" + ".join(ds) + f" = {n}")
+    return " -> ".join(parts), n
+
+
+def check_mul(a: int, b: int, c: int) -> tuple[str, bool]:
+    """Casting out nines: root(root(a) * root(b)) vs root(c)."""
+    ta, ra = digit_root(a)
+    tb, rb = digit_root(b)
+    tp, rp = digit_root(ra * rb)
+    tc, rc = digit_root(c)
+    ok = rp == rc
+    verdict = f"{rp} = {rc} ok" if ok else f"{rp} != {rc}"
+    return f"check {a} * {b} = {c} : {ta} ; {tb} ; {ra} * {rb} = {tp} ; {tc} ; {verdict}", ok
+
+
+def check_add(xs: list[int], c: int) -> tuple[str, bool]:
+    roots = [digit_root(x) for x in xs]
+    ts, rs = digit_root(sum(r for _, r in roots))
+    tc, rc = digit_root(c)
+    ok = rs == rc
+    verdict = f"{rs} = {rc} ok" if ok else f"{rs} != {rc}"
+    return (f"check {' + '.join(map(str, xs))} = {c} : " + " ; ".join(t for t, _ in roots)
+            + f" ; {' + '.join(str(r) for _, r in roots)} = {ts} ; {tc} ; {verdict}"), ok
+
+
+WRONG = ["wait, that's wrong", "wait, that is wrong", "wait, there is a mistake"]
+
+
+def _mul_think(a: int, b: int, mode: str, rng: random.Random, slip_rate: float = 1 / 3) -> str:
+    if mode == "D":
+        return f"{a} * {b} = {a * b}"
+    bd = str(b)
+    if mode == "S":
+        if len(bd) >= 2:
+            parts = [(int(c) * 10 ** (len(bd) - 1 - i)) for i, c in enumerate(bd) if c != "0"]
+            terms = " + ".join(f"{a} * {p}" for p in parts)
+            vals = " + ".join(str(a * p) for p in parts)
+            return f"{a} * {b} = {terms} = {vals} = {a * b}"
+        if a >= 10:
+            hi = int(str(a)[0]) * 10 ** (len(str(a)) - 1)
+            lo = a - hi
+            return f"{a} * {b} = {hi} * {b} + {lo} * {b} = {hi * b} + {lo * b} = {a * b}"
+        return f"{a} * {b} = {a * b}"
+    # L / LV: one line per nonzero digit of b (least significant first), then column additions
+    verify = mode == "LV"
+    ms = [int(c) * 10 ** j for j, c in enumerate(reversed(bd)) if c != "0"]  # 28 -> [8, 20]
+    slip_at = rng.randrange(len(ms)) if verify and rng.random() < slip_rate else -1
+    lines, partials = [f"{a} * {b} :"], []
+    for j, m in enumerate(ms):
+        if j == slip_at:  # a wrong times-table fact at one step, then the check catches it
+            k = rng.randrange(len(str(a)))
+            x = int(str(a)[::-1][k])
+            delta = rng.choice([s for s in (-3, -2, -1, 1, 2, 3) if x * int(str(m)[0]) + s >= 0])
+            text, wrong = mul_line(a, m, k, delta)
+            lines.append(text)
+            lines.append(check_mul(a, m, wrong)[0] + f" , {rng.choice(WRONG)} . redo {a} * {m}")
+        text, p = mul_line(a, m)
+        lines.append(text)
+        if verify:
+            lines.append(check_mul(a, m, p)[0])
+        partials.append(p)
+    total = partials[0]
+    for p in partials[1:]:
+        text, total = add_line(total, p)
+        lines.append(text)
+    lines.append(f"so {a} * {b} = {total}")
+    return "\n".join(lines)
+
+
+def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 1 / 3) -> str:
+    if mode == "D":
+        return f"{' + '.join(map(str, xs))} = {sum(xs)}"
+    if mode == "S":
+        run, parts = xs[0], []
+        for x in xs[1:]:
+            parts.append(f"{run} + {x} = {run + x}")
+            run += x
+        return " , ".join(parts)
+    lines, run = [], xs[0]
+    for x in xs[1:]:
+        text, run = add_line(run, x)
+        lines.append(text)
+    if mode == "LV":
+        if rng.random() < slip_rate:  # claim a wrong total first, catch it, then restate
+            wrong = run + rng.choice([-10, -1, 1, 10])
+            lines.append(check_add(xs, wrong)[0] + f" , {rng.choice(WRONG)} . the sum is {run} , not {wrong}")
+        lines.append(check_add(xs, run)[0])
+    lines.append(f"so the sum is {run}")
+    return "\n".join(lines)
+
+
+def _countdown_think(p: Problem, mode: str, rng: random.Random) -> str:
+    target, steps = p.meta["target"], p.meta.get("steps") or []
+    if mode == "D" or not steps:
+        return f"{p.answer} = {target}"
+    good = " , ".join(f"{v} {op} {n} = {r}" for v, op, n, r in steps)
+    if mode == "S":
+        return good
+    lines = []
+    for _ in range(rng.randint(1, 3)):  # dead ends: random folds that miss the target
+        nums = p.meta["numbers"][:]
+        rng.shuffle(nums)
+        val, tries = nums[0], []
+        for n in nums[1:]:
+            op = rng.choice(["+", "*"] + (["-"] if val > n else []))
+            new = {"+": val + n, "-": val - n, "*": val * n}[op]
+            tries.append(f"{val} {op} {n} = {new}")
+            val = new
+        if val != target:
+            lines.append("try " + " , ".join(tries) + f" , {val} is not {target}")
+    lines.append("try " + good + f" , found {target}")
+    if mode == "LV":
+        lines.append(f"check {p.answer} uses {', '.join(map(str, sorted(p.meta['numbers'])))} once each "
+                     f"and equals {target} ok")
+    return "\n".join(lines)
+
+
+def think_text(problem: Problem, mode: str, rng: random.Random, slip_rate: float = 1 / 3) -> str:
+    """The reasoning text of one response mode (no tags)."""
+    if mode not in ("D", "S", "L", "LV"):
+        raise ValueError(f"mode must be one of D, S, L, LV; got {mode!r}")
+    if problem.task == "multiplication":
+        return _mul_think(problem.meta["a"], problem.meta["b"], mode, rng, slip_rate)
+    if problem.task == "addition":
+        return _add_think(problem.meta["numbers"], mode, rng, slip_rate)
+    if problem.task == "countdown":
+        return _countdown_think(problem, mode, rng)
+    raise ValueError(f"no response renderer for task {problem.task!r}; valid: {sorted(BUCKETS)}")
+
+
+def render_response(problem: Problem, mode: str, rng: random.Random | None = None) -> str:
+    """A well-formed R1-Zero completion (what follows "Assistant:") in mode D, S, L or LV:
+    ' <think> ... </think> <answer> N </answer>'. Forced-mode probes can cut a prefix of it."""
+    rng = rng or random.Random(0)
+    return f" <think> {think_text(problem, mode, rng)} </think> <answer> {problem.answer} </answer>"
+
+
+def mode_prefix(problem: Problem, mode: str) -> str:
+    """The start of a mode's completion that forces it (for step-0 forced-mode probes):
+    D: ' <think> 347 * 28 =' ; L/LV: ' <think> 347 * 28 :\\n347 * 8 :' (opens the first long line)."""
+    if problem.task != "multiplication":
+        raise ValueError("mode_prefix is defined for multiplication problems")
+    a, b = problem.meta["a"], problem.meta["b"]
+    if mode == "D":
+        return f" <think> {a} * {b} ="
+    if mode == "S":
+        return f" <think> {a} * {b} = " + (f"{a} *" if b >= 10 else "")
+    if mode in ("L", "LV"):
+        m = next(int(c) * 10 ** j for j, c in enumerate(reversed(str(b))) if c != "0")
+        return f" <think> {a} * {b} :\n{a} * {m} :"
+    raise ValueError(f"mode must be one of D, S, L, LV; got {mode!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# the synthetic pretraining corpus
+
+DEFAULT_MIX = {
+    "kinds": {"drill": 0.45, "textbook": 0.15, "dialogue": 0.35, "filler": 0.05},
+    "textbook_modes": {"D": 0.3, "S": 0.3, "L": 0.3, "LV": 0.1},
+    "dialogue_modes": {"D": 0.7, "S": 0.18, "L": 0.1, "LV": 0.02},
+    "tasks": {"multiplication": 0.8, "addition": 0.1, "countdown": 0.1},
+    "buckets": {"E": 0.25, "M": 0.25, "H": 0.25, "VH": 0.25},
+    "drills": {"times": 0.2, "mul_line": 0.4, "add_line": 0.25, "digit_root": 0.15},
+    "defect_rate": 0.3,
+    "slip_rate": 1 / 3,
+}
+
+
+def _resolve_mix(mix: dict | None) -> dict:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULT_MIX.items()}
+    for k, v in (mix or {}).items():
+        if k not in DEFAULT_MIX:
+            raise ValueError(f"unknown mix key {k!r}; valid: {sorted(DEFAULT_MIX)}")
+        if isinstance(DEFAULT_MIX[k], dict):
+            bad = set(v) - set(DEFAULT_MIX[k])
+            if bad or any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+                raise ValueError(f"mix[{k!r}] must map {sorted(DEFAULT_MIX[k])} to weights >= 0 (sum > 0), got {v}")
+            out[k] = dict(v)  # a given table replaces the default table
+        else:
+            out[k] = float(v)
+    return out
+
+
+def _picker(table: dict, rng: random.Random):
+    keys, weights = list(table), list(itertools.accumulate(table.values()))
+    return lambda: rng.choices(keys, cum_weights=weights)[0]
+
+
+def _train_problem(rng, task, bucket) -> Problem:
+    bucket = bucket if bucket in BUCKETS[task] else BUCKETS[task][-1]
+    while True:
+        p = _MAKERS[task](rng, bucket)
+        if split_of(task, _canonical_key(p)) == "train":
+            return p
+
+
+def _train_pair(rng, da: int) -> tuple[int, int]:
+    """a (da digits) x one digit, never a test multiplication problem."""
+    while True:
+        a, d = _rand_digits(rng, da), rng.randint(2, 9)
+        if split_of("multiplication", tuple(sorted((a, d)))) == "train":
+            return a, d
+
+
+def _drill(rng, kind) -> str:
+    if kind == "times":
+        d = rng.randint(2, 9)
+        ks = list(range(1, 10))
+        if rng.random() < 0.5:
+            rng.shuffle(ks)
+        return "\n".join(f"{d} * {k} = {d * k}" if rng.random() < 0.5 else f"{k} * {d} = {d * k}" for k in ks)
+    lines = []
+    for _ in range(rng.randint(3, 6)):
+        if kind == "mul_line":
+            lines.append(mul_line(*_train_pair(rng, rng.randint(2, 5)))[0])
+        elif kind == "add_line":
+            lines.append(add_line(_rand_digits(rng, rng.randint(2, 6)), _rand_digits(rng, rng.randint(2, 6)))[0])
+        else:  # digit_root: a casting-out-nines check of a (possibly wrong) product
+            a, d = _train_pair(rng, rng.randint(2, 4))
+            c = a * d + (rng.choice([-1, 1, 10]) if rng.random() < 0.3 else 0)
+            lines.append(check_mul(a, d, c)[0])
+    return "\n".join(lines)
+
+
+def _defect(rng, think: str, answer: str) -> str:
+    """A completion with one format defect (missing/extra tags, text outside the answer, ...)."""
+    return rng.choice([
+        f" <think> {think} <answer> {answer} </answer>",
+        f" {think} . the answer is {answer}",
+        f" <think> {think} </think> {answer}",
+        f" <answer> {answer} </answer>",
+        f" <think> {think} </think> <answer> {answer}",
+        f" <think> {think} </think> <answer> {answer} </answer> so the answer is {answer} .",
+        f" <think> {think} </think>\nanswer: {answer}",
+    ])
+
+
+NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jo", "Kim", "Lena"]
+THINGS = ["bus", "train", "parcel", "bread", "report", "bike", "garden", "letter", "soup", "lamp"]
+PLACES = ["station", "museum", "airport", "library", "market", "clinic", "school", "bakery"]
+FILLER = [
+    "{name} had to wait {n} minutes for the {thing}.",
+    "Please wait here until the {thing} is ready.",
+    "The guard at the {place} will check every bag at the door.",
+    "{name} paid the plumber with a check for {n} dollars.",
+    "After dinner the waiter brought the check to {name}.",
+    "{name} likes to check the weather before taking the {thing}.",
+    "The {thing} was old; however, it still worked well.",
+    "However hard the wind blew, the {thing} stayed in place.",
+    "The wait at the {place} was about {n} minutes on Monday.",
+    "A check mark goes next to each finished task on the list.",
+    "In chess, {name} said check and moved the queen {n} squares.",
+    "The {place} opens at {n} o'clock, but the {thing} arrives later.",
+    "{name} could not wait to see the new {place}.",
+    "The {place} has {n} rooms; however, only two are open today.",
+    "You can check out {n} books at a time from the {place}.",
+    "{name} put the {thing} on the table and sat down to read.",
+    "Every spring the {place} hires {n} new helpers.",
+    "The shirt had a blue and white check pattern.",
+]
+
+
+def _filler(rng) -> str:
+    out = []
+    for _ in range(rng.randint(3, 8)):
+        out.append(rng.choice(FILLER).format(name=rng.choice(NAMES), thing=rng.choice(THINGS),
+                                             place=rng.choice(PLACES), n=rng.randint(2, 60)))
+    return " ".join(out)
+
+
+def corpus_docs(seed: int = 0, mix: dict | None = None) -> Iterator[tuple[dict, str]]:
+    """Infinite stream of (info, document); info = {"kind", "task", "mode", "bucket", "defect", "sub"}."""
+    m = _resolve_mix(mix)
+    rng = random.Random(f"corpus:{seed}")
+    kind_of, task_of, bucket_of = _picker(m["kinds"], rng), _picker(m["tasks"], rng), _picker(m["buckets"], rng)
+    tmode_of, dmode_of, drill_of = _picker(m["textbook_modes"], rng), _picker(m["dialogue_modes"], rng), _picker(m["drills"], rng)
+    while True:
+        kind = kind_of()
+        if kind == "drill":
+            sub = drill_of()
+            yield {"kind": kind, "sub": sub}, _drill(rng, sub) + EOS
+        elif kind == "filler":
+            yield {"kind": kind}, _filler(rng) + EOS
+        else:
+            p = _train_problem(rng, task_of(), bucket_of())
+            mode = tmode_of() if kind == "textbook" else dmode_of()  # independent of the bucket
+            think = think_text(p, mode, rng, m["slip_rate"])
+            info = {"kind": kind, "task": p.task, "mode": mode, "bucket": p.bucket, "defect": False}
+            if kind == "textbook":
+                yield info, f"Problem: {p.question}.\nSolution: {think}\nAnswer: {p.answer}{EOS}"
+            elif rng.random() < m["defect_rate"]:
+                info["defect"] = True
+                yield info, r1_zero_prompt(p.question) + _defect(rng, think, p.answer) + EOS
+            else:
+                yield info, (r1_zero_prompt(p.question) + f" <think> {think} </think> <answer> {p.answer} </answer>" + EOS)
+
+
+def corpus_stream(seed: int = 0, mix: dict | None = None) -> Iterator[str]:
+    """Infinite stream of synthetic pretraining documents, each ending in "<|eos|>".
+    mix overrides tables of DEFAULT_MIX (kinds, modes, tasks, buckets, drills) or rates."""
+    return (doc for _, doc in corpus_docs(seed, mix))
+
+
+def corpus_stats(seed: int = 0, mix: dict | None = None, n_docs: int = 5000) -> dict:
+    """Composition of the first n_docs documents: document and character shares per kind,
+    per kind/mode, per task and bucket, the defect rate of dialogues, and generation MB/s."""
+    docs, chars = {}, {}
+    n_dialogue = n_defect = 0
+    t0 = time.perf_counter()
+    total = 0
+    for info, doc in itertools.islice(corpus_docs(seed, mix), n_docs):
+        keys = [info["kind"]]
+        if "sub" in info:
+            keys.append(f"drill/{info['sub']}")
+        if "mode" in info:
+            keys += [f"{info['kind']}/{info['mode']}", f"task/{info['task']}", f"bucket/{info['bucket']}"]
+            if info["kind"] == "dialogue":
+                n_dialogue += 1
+                n_defect += info["defect"]
+        for k in keys:
+            docs[k] = docs.get(k, 0) + 1
+            chars[k] = chars.get(k, 0) + len(doc)
+        total += len(doc)
+    dt = time.perf_counter() - t0
+    return {"n_docs": n_docs, "chars": total, "mb_per_s": total / dt / 1e6,
+            "doc_share": {k: v / n_docs for k, v in sorted(docs.items())},
+            "char_share": {k: v / total for k, v in sorted(chars.items())},
+            "dialogue_defect_rate": n_defect / max(n_dialogue, 1)}
+
+
+# ----------------------------------------------------------------------------------------------
+# loaders for real problem files
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} (or \\fbox{...}), braces balanced."""
+    i = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if i < 0:
+        return None
+    i = text.index("{", i)
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i + 1:j]
+    return None
+
+
+def load_jsonl(path: str, kind: str = "gsm8k", question_field: str | None = None,
+               answer_field: str | None = None, task: str | None = None) -> list[Problem]:
+    """Problems from a JSONL file.
+    gsm8k: {"question", "answer": "... #### 72"} -> answer "72"; task "gsm8k"
+    math: {"problem", "solution": "... \\boxed{x} ..."} (+ "level", "type") -> answer "x"; task "math"
+    generic: question_field / answer_field (default "question" / "answer"); task "generic"."""
+    defaults = {"gsm8k": ("question", "answer"), "math": ("problem", "solution"), "generic": ("question", "answer")}
+    if kind not in defaults:
+        raise ValueError(f"kind must be one of {sorted(defaults)}, got {kind!r}")
+    qf, af = question_field or defaults[kind][0], answer_field or defaults[kind][1]
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or qf not in row or af not in row:
+                raise ValueError(f"{where}: expected an object with fields {qf!r} and {af!r}")
+            q, a, bucket, meta = str(row[qf]), str(row[af]), "all", {"source": where}
+            if kind == "gsm8k":
+                mt = re.search(r"####\s*(.+?)\s*$", a)
+                if not mt:
+                    raise ValueError(f"{where}: GSM8K answer has no final '#### N'")
+                meta["solution"], a = a, mt.group(1).replace(",", "")
+            elif kind == "math":
+                boxed = _last_boxed(a)
+                if boxed is None:
+                    raise ValueError(f"{where}: MATH solution has no \\boxed{{...}}")
+                meta["solution"], a = a, boxed
+                bucket = str(row.get("level", "all")).replace("Level ", "L")
+                meta["type"] = row.get("type")
+            out.append(Problem(q, a.strip(), task or kind, bucket, meta))
+    return out
