@@ -104,7 +104,7 @@ def last_boxed(text):
     i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
     if i < 0:
         return None
-    j = text.index("box", i) + 3
+    j = i + (6 if text.startswith("\\boxed", i) else 5)
     while j < len(text) and text[j] == " ":
         j += 1
     if j < len(text) and text[j] != "{":                       # \boxed 5
@@ -150,7 +150,7 @@ class _Reject(Exception):
     """The answer is out of bounds (too large / too deep / too long): compare as False."""
 
 
-_UNITS_TEXT = re.compile(r"\\(?:text|mbox|mathrm|textbf)\{\s*[A-Za-z][A-Za-z\s.^0-9/]*\}\s*$")
+_UNITS_TEXT = re.compile(r"\\(?:text|mbox|mathrm|textbf)\{\s*[A-Za-z][A-Za-z\s.^0-9/]*\}(?:\^\{?\d\}?)?\s*$")
 _LATEX_DROP = [r"\displaystyle", r"\left", r"\right", r"\bigl", r"\bigr", r"\Bigl", r"\Bigr", r"\big",
                r"\Big", r"\!", r"\,", r"\;", r"\:", r"\quad", r"\qquad", r"\ ", "\\$", "$", r"\%", "%",
                "^\\circ", "^{\\circ}", "°", r"\circ", "\\dfrac", "\\tfrac"]
@@ -170,7 +170,8 @@ def _normalize(s):
     s = re.sub(r"\\(?:le|ge|leq|geq|neq)(?![a-zA-Z])", lambda m: " " + m.group(0) + " ", s)
     while _UNITS_TEXT.search(s) and _UNITS_TEXT.sub("", s).strip():        # "5 \text{ cm}" -> "5"
         s = _UNITS_TEXT.sub("", s)
-    s = re.sub(r"\\(?:text|mbox|mathrm|textbf|mathbf|operatorname)\{([^{}]*)\}", r"\1", s)
+    s = re.sub(r"\\(?:text|mbox|mathrm|textbf|mathbf|operatorname)\{([^{}]*)\}",     # quoted text never
+               lambda m: f'"{m.group(1)}"' if re.search("[A-Za-z]", m.group(1)) else m.group(1), s)  # parses
     s = s.strip().rstrip(".").strip()
     m = re.fullmatch(r"[A-Za-z](?:_\{?\w+\}?)?\s*=\s*([^=]+)", s)           # "x = 2" -> "2"
     if m:
@@ -195,6 +196,8 @@ _TOKEN_RE = re.compile(r"\s*(?:(\d+\.\d*|\.\d+|\d+)|(\\[a-zA-Z]+|\\[{}|])|([a-zA
 
 def _tokenize(s):
     s = _PLAIN_NAMES.sub(r"\\\1", s)
+    if re.search(r"[a-zA-Z]{3,}", re.sub(r"\\[a-zA-Z]+", " ", s)):
+        raise ValueError("a word, not a formula")          # "listen" must not equal "silent" as l*i*s*t*e*n
     toks, pos = [], 0
     while pos < len(s):
         m = _TOKEN_RE.match(s, pos)
@@ -575,14 +578,15 @@ def _math_worker():
             return True
         if any(v.has(sp.zoo, sp.nan) for v in (a, b)) or a.is_infinite or b.is_infinite:
             return False
-        d = sp.simplify(a - b)
-        if d == 0:
+        d = sp.expand(a - b)                                    # cheap first, simplify only if needed
+        if d == 0 or sp.simplify(d) == 0:
             return True
         if d.is_number and a.is_number:
             dv, av = abs(sp.N(d, 60)), abs(sp.N(a, 60))
             return bool(dv.is_real and av.is_real and dv <= sp.Float("1e-50", 60) * av)
         return False
 
+    equal(["pow", ["add", ["sym", "x"], ["num", 1, 1]], ["num", 2, 1]], ["sqrt", ["num", 8, 1]])  # warm caches
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     for line in sys.stdin:
@@ -648,7 +652,7 @@ def _sympy_equal(pairs, timeout):
 # ----------------------------------------------------------------------------- math: comparison
 
 def _string_form(s):
-    return re.sub(r"[\s{}]", "", s).casefold()
+    return re.sub(r"[\s{}\"]", "", s).casefold()
 
 
 def _match_items(xs, ys, pending, ordered):
@@ -1018,29 +1022,31 @@ def _lines(b):
 
 _HARNESS = r"""
 import sys, os, json
-_w, _d, _fd, _t = os.write, json.dumps, os.dup(1), type
+# Everything the harness needs after the solution ran is bound now: the solution may patch builtins.
+_w, _d, _fd, _t, _all, _r, _ev, _ex, _co, _BE = (os.write, json.dumps, os.dup(1), type, all, repr, eval,
+                                                  exec, compile, BaseException)
 _nonce = sys.stdin.readline().strip()
 _tests = json.loads(sys.stdin.readline())
 _ok_types = (int, float, str, bool, type(None), list, tuple, dict, set, frozenset, complex)
 def _plain(v, depth=0):
     if depth > 50 or _t(v) not in _ok_types: return False
-    if _t(v) in (list, tuple, set, frozenset): return all(_plain(x, depth + 1) for x in v)
-    if _t(v) is dict: return all(_plain(k, depth + 1) and _plain(x, depth + 1) for k, x in v.items())
+    if _t(v) in (list, tuple, set, frozenset): return _all([_plain(x, depth + 1) for x in v])
+    if _t(v) is dict: return _all([_plain(k, depth + 1) and _plain(x, depth + 1) for k, x in dict.items(v)])
     return True
 _g = {"__name__": "__main__"}
 try:
     with open("solution.py") as _f: _src = _f.read()
-    exec(compile(_src, "solution.py", "exec"), _g)
-except BaseException: pass
+    _ex(_co(_src, "solution.py", "exec"), _g)
+except _BE: pass
 _res = []
 for _kind, _code in _tests:
     try:
         if _kind == "expr":
-            _v = eval(compile(_code, "<test>", "eval"), _g)
-            _res.append(["ok", repr(_v)] if _plain(_v) else ["bad-type", ""])
+            _v = _ev(_co(_code, "<test>", "eval"), _g)
+            _res.append(["ok", _r(_v)] if _plain(_v) else ["bad-type", ""])
         else:
-            exec(compile(_code, "<test>", "exec"), _g); _res.append(["ok", ""])
-    except BaseException as _e:
+            _ex(_co(_code, "<test>", "exec"), _g); _res.append(["ok", ""])
+    except _BE:
         _res.append(["err", ""])
 _w(_fd, ("\n" + _nonce + _d(_res) + "\n").encode())
 """
@@ -1112,10 +1118,14 @@ _pool = {"ex": None}
 _pool_lock = threading.Lock()
 
 
-def _executor(workers=None):
+SANDBOX_WORKERS = min(len(SANDBOX_UIDS), int(os.environ.get("NANO_R1_SANDBOX_WORKERS", 0)) or os.cpu_count() or 2)
+
+
+def _executor():
+    """The bounded pool every sandboxed test goes through (SANDBOX_WORKERS programs at a time)."""
     with _pool_lock:
         if _pool["ex"] is None:
-            _pool["ex"] = ThreadPoolExecutor(max_workers=workers or min(len(SANDBOX_UIDS), os.cpu_count() or 2))
+            _pool["ex"] = ThreadPoolExecutor(max_workers=SANDBOX_WORKERS)
         return _pool["ex"]
 
 
