@@ -168,7 +168,7 @@ def generate(model, prompts, max_new_tokens=256, temperature=1.0, top_p=1.0, top
              callback=None, compact_frac=0.25):
     """Sample n completions for each prompt (lists of token ids). Rows are prompt-major: sample j of
     prompt i is row i*n + j. callback(rows, tokens) (optional) is called after every step with the
-    original row ids (M,) still decoding and their new tokens (M,) (used by the CLI to stream).
+    original row ids still decoding and their new tokens (two lists of ints; the CLI streams with it).
     compact_frac: compact the cache when this fraction of the rows being decoded has finished."""
     _check_args(prompts, max_new_tokens, temperature, top_p, top_k, n, stop_strings, tokenizer)
     device = _model_device(model)
@@ -188,63 +188,76 @@ def generate(model, prompts, max_new_tokens=256, temperature=1.0, top_p=1.0, top
 
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        # prefill each distinct prompt once, then copy its cache rows to its n samples
-        tokens, pos, valid, lens = _left_pad(prompts, pad_id, device)  # (B, P), (B, P), (B, P), (B,)
-        B, P = tokens.shape
-        cache = model.make_cache(B, P + max_new_tokens)
-        hidden = model(tokens, cache=cache, pos=pos, valid=valid, return_hidden=True)[:, -1]  # (B, C)
-        logits = model.lm_head(hidden).float()  # (B, V) only the last position: no (B, P, V) tensor
-        expand = torch.arange(B, device=device).repeat_interleave(n)  # (N,)
-        cache.select(expand)
-        logits = logits[expand]  # (N, V)
-        next_pos = lens[expand]  # (N,) position of the next token of each row
-
-        N = B * n
-        out_tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (N, T)
-        out_logprobs = torch.zeros(N, max_new_tokens, device=device)  # (N, T)
-        lengths = torch.zeros(N, dtype=torch.long, device=device)  # (N,)
-        stopped = torch.zeros(N, dtype=torch.bool, device=device)  # (N,)
-        rows = torch.arange(N, device=device)  # (M,) original row id of each row still in the batch
-        done = torch.zeros(N, dtype=torch.bool, device=device)  # (M,) finished rows not yet compacted away
-        history = [[] for _ in range(N)] if stops.strings else None
-
-        for t in range(max_new_tokens):
-            uniform = None
-            if temperature > 0:  # one draw for every original row each step, then keep ours
-                uniform = torch.rand(N, device=device, generator=generator)[rows]  # (M,)
-            tok, lp = sample_next(logits, temperature, top_k, top_p, uniform)  # (M,), (M,)
-            live = rows[~done]  # (M',) rows that take this token
-            tok_live, lp_live = tok[~done], lp[~done]  # (M',), (M',)
-            out_tokens[live, t] = tok_live
-            out_logprobs[live, t] = lp_live
-            lengths[live] = t + 1
-            if callback is not None:
-                callback(live, tok_live)
-            hit = torch.isin(tok_live, stop_ids) if len(stop_ids) else torch.zeros_like(tok_live, dtype=torch.bool)  # (M',)
-            if history is not None:
-                hit = hit.cpu()
-                for j, (r, x) in enumerate(zip(live.tolist(), tok_live.tolist())):
-                    history[r].append(x)
-                    if not hit[j] and stops.hit(history[r]):
-                        hit[j] = True
-                hit = hit.to(device)
-            stopped[live[hit]] = True
-            done[~done] = hit  # (M,)
-            if bool(done.all()) or t == max_new_tokens - 1:
-                break
-            if done.float().mean().item() >= compact_frac:  # drop finished rows from the batch
-                keep = (~done).nonzero()[:, 0]  # (M',)
-                cache.select(keep)
-                rows, tok, next_pos, done = rows[keep], tok[keep], next_pos[keep], done[keep]
-            logits = step_fn(model, cache, tok, next_pos)  # (M, V)
-            next_pos = next_pos + 1
-    model.train(was_training)
-
+    try:
+        with torch.no_grad():  # not inference_mode: the outputs may be used next to autograd in the trainer
+            out = _sample_loop(model, prompts, max_new_tokens, temperature, top_p, top_k, n, stops, stop_ids,
+                               pad_id, generator, step_fn, callback, compact_frac, device)
+    finally:
+        model.train(was_training)
+    out_tokens, out_logprobs, lengths, stopped = out
     T = max(int(lengths.max()), 1)
     mask = torch.arange(T, device=device)[None, :] < lengths[:, None]  # (N, T)
     return Generation(tokens=out_tokens[:, :T], mask=mask, logprobs=out_logprobs[:, :T],
                       lengths=lengths, truncated=~stopped & (lengths == max_new_tokens))
+
+
+def _sample_loop(model, prompts, max_new_tokens, temperature, top_p, top_k, n, stops, stop_ids, pad_id,
+                 generator, step_fn, callback, compact_frac, device):
+    """The decode loop of generate(); returns (tokens (N, T), logprobs (N, T), lengths (N,), stopped (N,))."""
+    # prefill each distinct prompt once, then copy its cache rows to its n samples
+    tokens, pos, valid, lens = _left_pad(prompts, pad_id, device)  # (B, P), (B, P), (B, P), (B,)
+    B, P = tokens.shape
+    cache = model.make_cache(B, P + max_new_tokens)
+    hidden = model(tokens, cache=cache, pos=pos, valid=valid, return_hidden=True)[:, -1]  # (B, C)
+    logits = model.lm_head(hidden).float()  # (B, V) only the last position: no (B, P, V) tensor
+    expand = torch.arange(B, device=device).repeat_interleave(n)  # (N,)
+    cache.select(expand)
+    logits = logits[expand]  # (N, V)
+    next_pos = lens[expand]  # (N,) position of the next token of each row
+
+    N = B * n
+    out_tokens = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (N, T)
+    out_logprobs = torch.zeros(N, max_new_tokens, device=device)  # (N, T)
+    lengths = torch.zeros(N, dtype=torch.long, device=device)  # (N,)
+    stopped = torch.zeros(N, dtype=torch.bool, device=device)  # (N,)
+    rows = torch.arange(N, device=device)  # (M,) original row id of each row still in the batch
+    done = torch.zeros(N, dtype=torch.bool, device=device)  # (M,) finished rows not yet compacted away
+    history = [[] for _ in range(N)] if stops.strings else None  # generated ids, for stop strings
+
+    for t in range(max_new_tokens):
+        uniform = None
+        if temperature > 0:  # one draw for every original row each step, then keep ours
+            uniform = torch.rand(N, device=device, generator=generator)[rows]  # (M,)
+        tok, lp = sample_next(logits, temperature, top_k, top_p, uniform)  # (M,), (M,)
+        # finished rows still in the batch take a pad (no boolean indexing: no host sync)
+        out_tokens[rows, t] = torch.where(done, pad_id, tok)
+        out_logprobs[rows, t] = torch.where(done, 0.0, lp)
+        lengths[rows] += (~done).long()
+        hit = torch.isin(tok, stop_ids) & ~done  # (M,)
+        if history is not None or callback is not None:
+            live = (~done).nonzero()[:, 0].tolist()  # positions in the batch of unfinished rows
+            row_ids, toks = rows.tolist(), tok.tolist()
+            if callback is not None:
+                callback([row_ids[i] for i in live], [toks[i] for i in live])
+            if history is not None:
+                hit = hit.cpu()
+                for i in live:
+                    history[row_ids[i]].append(toks[i])
+                    if not hit[i] and stops.hit(history[row_ids[i]]):
+                        hit[i] = True
+                hit = hit.to(device)
+        stopped[rows] |= hit
+        done |= hit
+        n_done = int(done.sum())  # the one host sync per step
+        if n_done == len(done) or t == max_new_tokens - 1:
+            break
+        if n_done >= compact_frac * len(done):  # drop finished rows from the batch
+            keep = (~done).nonzero()[:, 0]  # (M',)
+            cache.select(keep)
+            rows, tok, next_pos, done = rows[keep], tok[keep], next_pos[keep], done[keep]
+        logits = step_fn(model, cache, tok, next_pos)  # (M, V)
+        next_pos = next_pos + 1
+    return out_tokens, out_logprobs, lengths, stopped
 
 
 def _decode_step(model, cache, tok, pos):
@@ -388,8 +401,8 @@ def _stream(tokenizer):
     ids, printed = [], [0]
 
     def callback(rows, tokens):
-        if len(rows) and int(rows[0]) == 0:
-            ids.append(int(tokens[0]))
+        if rows and rows[0] == 0:
+            ids.append(tokens[0])
             text = tokenizer.decode(ids)
             if not text.endswith("\ufffd"):
                 print(text[printed[0]:], end="", flush=True)

@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sample  # noqa: E402
-from sample import filter_logits, generate, majority_vote, pass_at_k, sample_next, summarize  # noqa: E402
+from sample import evaluate, filter_logits, generate, majority_vote, pass_at_k, sample_next, summarize  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -268,9 +268,9 @@ def test_ragged_batch_equals_one_at_a_time(attn):
 def test_compiled_decode_step_matches_plain_loop(monkeypatch):
     monkeypatch.setattr(sample, "COMPILE_BACKEND", "eager")  # CPU: checks the plumbing, not inductor
     model = tiny_model("gqa")
-    kw = dict(max_new_tokens=8, temperature=1.0, top_k=20, n=2, stop_tokens=(4, 5), seed=3)
-    a = generate(model, PROMPTS, **kw)
-    b = generate(model, PROMPTS, compile=True, **kw)
+    kw = dict(max_new_tokens=5, temperature=1.0, top_k=20, n=2, stop_tokens=(4, 5), seed=3)
+    a = generate(model, PROMPTS[:2], **kw)
+    b = generate(model, PROMPTS[:2], compile=True, **kw)
     assert torch.equal(a.tokens, b.tokens)
     torch.testing.assert_close(a.logprobs, b.logprobs)
 
@@ -323,3 +323,53 @@ def test_greedy_matches_transformers_deepseek_v3(tmp_path):
     for p in hf.parameters():
         p.data.normal_(0, 0.2)
     _hf_greedy_equal(hf, tmp_path)
+
+
+# ----------------------------------------------------------------------------- evaluate end to end
+
+class ByteTokenizer:
+    """One token per character (ids < 256); 256 = eos, 257 = pad."""
+    eos_id, pad_id, special_tokens = 256, 257, {}
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids if i < 256)
+
+
+class ScriptModel(BigramModel):
+    """Whatever the prompt, every row writes the same scripted completion (then eos)."""
+
+    def __init__(self, script):
+        super().__init__(V=258)
+        self.script = script + [256]
+
+    def forward(self, tokens, cache=None, pos=None, valid=None, return_hidden=False):
+        B, T = tokens.shape
+        if cache.length == 0:
+            self.prompt_len = T
+        step = min(cache.length + T - self.prompt_len, len(self.script) - 1)
+        cache.length += T
+        logits = torch.full((B, T, 258), -10.0)  # (B, T, V)
+        logits[:, :, self.script[step]] = 10.0
+        return logits
+
+
+def test_evaluate_end_to_end():
+    from tasks import Problem
+    tok = ByteTokenizer()
+    completion = " <think> 17*23 is 391 </think> <answer> 391 </answer>"
+    model = ScriptModel(tok.encode(completion + " trailing text"))  # the stop string must cut this
+    problems = [Problem("What is 17*23?", "391", "multiplication", "E", {}),
+                Problem("What is 17*24?", "408", "multiplication", "H", {}),
+                Problem("What is 1*391?", "391", "multiplication", "H", {})]
+    res = evaluate(model, tok, problems, k=3, max_new_tokens=80, batch_size=6)
+    assert res["pass@1"] == pytest.approx(2 / 3) and res["cons@k"] == pytest.approx(2 / 3)
+    assert res["pass@k"] == pytest.approx(2 / 3) and res["format"] == 1.0 and res["truncated"] == 0.0
+    assert res["length"] == len(completion)
+    assert res["by_bucket"]["E"]["pass@1"] == 1.0 and res["by_bucket"]["H"]["pass@1"] == 0.5
+    assert len(res["samples"]) == 9 and all(s["completion"] == completion for s in res["samples"])
+    assert [s["correct"] for s in res["samples"][3:6]] == [False] * 3
+    short = evaluate(model, tok, problems[:1], k=2, max_new_tokens=10)
+    assert short["truncated"] == 1.0 and short["format"] == 0.0 and short["pass@1"] == 0.0
