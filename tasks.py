@@ -416,20 +416,42 @@ def _picker(table: dict, rng: random.Random):
     return lambda: rng.choices(keys, cum_weights=weights)[0]
 
 
+def _mul_train(a: int, b: int) -> bool:
+    """True when a * b and every product its worked solutions spell out (a times each digit of b,
+    shifted or not; S mode's split of a) is a train problem. Times-table facts (both < 10) are
+    skills every mode uses, so they are exempt."""
+    keys = {(a, b)} | {(a, int(c)) for c in str(b) if c != "0"}
+    keys |= {(a, int(c) * 10 ** j) for j, c in enumerate(reversed(str(b))) if c != "0"}
+    if b < 10 and a >= 10:
+        hi = int(str(a)[0]) * 10 ** (len(str(a)) - 1)
+        keys |= {(hi, b), (a - hi, b)}
+    return all(max(k) < 10 or split_of("multiplication", tuple(sorted(k))) == "train" for k in keys)
+
+
 def _train_problem(rng, task, bucket) -> Problem:
+    """A train problem none of whose renderings shows a test problem worked out."""
     bucket = bucket if bucket in BUCKETS[task] else BUCKETS[task][-1]
     while True:
         p = _MAKERS[task](rng, bucket)
-        if split_of(task, _canonical_key(p)) == "train":
+        if split_of(task, _canonical_key(p)) == "train" and (
+                task != "multiplication" or _mul_train(p.meta["a"], p.meta["b"])):
             return p
 
 
 def _train_pair(rng, da: int) -> tuple[int, int]:
-    """a (da digits) x one digit, never a test multiplication problem."""
+    """a (da digits) x one digit, never (nor its S split) a test multiplication problem."""
     while True:
         a, d = _rand_digits(rng, da), rng.randint(2, 9)
-        if split_of("multiplication", tuple(sorted((a, d)))) == "train":
+        if _mul_train(a, d):
             return a, d
+
+
+def _train_sum(rng) -> tuple[int, int]:
+    """Two numbers for a column-addition drill, never a test addition problem."""
+    while True:
+        x, y = _rand_digits(rng, rng.randint(2, 6)), _rand_digits(rng, rng.randint(2, 6))
+        if split_of("addition", tuple(sorted((x, y)))) == "train":
+            return x, y
 
 
 def _drill(rng, kind) -> str:
@@ -444,7 +466,7 @@ def _drill(rng, kind) -> str:
         if kind == "mul_line":
             lines.append(mul_line(*_train_pair(rng, rng.randint(2, 5)))[0])
         elif kind == "add_line":
-            lines.append(add_line(_rand_digits(rng, rng.randint(2, 6)), _rand_digits(rng, rng.randint(2, 6)))[0])
+            lines.append(add_line(*_train_sum(rng))[0])
         else:  # digit_root: a casting-out-nines check of a (possibly wrong) product
             a, d = _train_pair(rng, rng.randint(2, 4))
             c = a * d + (rng.choice([-1, 1, 10]) if rng.random() < 0.3 else 0)

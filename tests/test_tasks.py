@@ -1,0 +1,252 @@
+"""Tests for tasks.py: templates, synthetic tasks and splits, response modes, the corpus, loaders."""
+
+import ast
+import itertools
+import json
+import random
+import re
+
+import pytest
+
+import tasks
+from tasks import (EOS, Problem, corpus_docs, corpus_stats, corpus_stream, load_jsonl, make_problems,
+                   mode_prefix, r1_zero_prompt, render_response, split_of)
+
+PAPER_TEMPLATE = (  # DeepSeek-R1 paper, Table 1, with "prompt" as the placeholder
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
+    "The assistant first thinks about the reasoning process in the mind and then provides the user with the "
+    "answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
+    "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
+    "User: prompt. Assistant:")
+
+
+def test_templates_verbatim():
+    assert r1_zero_prompt("prompt") == PAPER_TEMPLATE
+    assert r1_zero_prompt("Compute {x} * 2").endswith("User: Compute {x} * 2. Assistant:")
+    msgs = tasks.chat_messages("What is 2+2?")
+    assert msgs == [{"role": "user", "content": "What is 2+2?\nPlease reason step by step, and put your final "
+                                                "answer within \\boxed{}."}]
+
+
+def _eval_countdown(expr):
+    """Evaluate + - * / integer expressions exactly (no eval)."""
+    def ev(n):
+        if isinstance(n, ast.Expression):
+            return ev(n.body)
+        if isinstance(n, ast.Constant):
+            return n.value
+        a, b, op = ev(n.left), ev(n.right), type(n.op)
+        return a + b if op is ast.Add else a - b if op is ast.Sub else a * b if op is ast.Mult else a / b
+    return ev(ast.parse(expr, mode="eval"))
+
+
+def test_make_problems_buckets_answers_determinism():
+    shapes = {"E": {(1, 1), (2, 1)}, "M": {(2, 2), (3, 1)}, "H": {(3, 2), (4, 1)}, "VH": {(4, 2)}}
+    ps = make_problems("multiplication", 400, seed=1)
+    assert [p.bucket for p in ps[:8]] == ["E", "M", "H", "VH"] * 2
+    for p in ps:
+        a, b = p.meta["a"], p.meta["b"]
+        assert (len(str(a)), len(str(b))) in shapes[p.bucket] and p.answer == str(a * b)
+        assert p.question == f"Compute {a} * {b}" and p.task == "multiplication"
+    seen = {(len(str(p.meta["a"])), len(str(p.meta["b"]))) for p in ps}
+    assert seen == set().union(*shapes.values())
+    assert make_problems("multiplication", 50, seed=1) == ps[:50]
+    assert make_problems("multiplication", 50, seed=2) != ps[:50]
+    for p in make_problems("addition", 100, seed=0):
+        assert p.answer == str(sum(p.meta["numbers"])) and len(p.meta["numbers"]) == tasks.ADD_SHAPES[p.bucket][0]
+    for p in make_problems("countdown", 100, seed=0):
+        nums, target = p.meta["numbers"], p.meta["target"]
+        assert _eval_countdown(p.answer) == target
+        assert sorted(int(x) for x in re.findall(r"\d+", p.answer)) == sorted(nums)
+        assert len(nums) == tasks.COUNTDOWN_SIZES[p.bucket]
+    assert len({p.question for p in make_problems("multiplication", 200, buckets=["VH"])}) == 200
+    with pytest.raises(ValueError, match="unknown task"):
+        make_problems("division", 3)
+    with pytest.raises(ValueError, match="bucket"):
+        make_problems("countdown", 3, buckets=["VH"])
+    with pytest.raises(ValueError, match="split"):
+        make_problems("addition", 3, split="val")
+
+
+@pytest.mark.parametrize("task", ["multiplication", "addition", "countdown"])
+def test_train_test_disjoint(task):
+    train = make_problems(task, 3000, "train", seed=0)
+    test = make_problems(task, 600, "test", seed=0)
+    key = tasks._canonical_key
+    assert not {key(p) for p in train} & {key(p) for p in test}
+    assert all(split_of(task, key(p)) == "test" for p in test)
+    if task == "multiplication":  # commuted operands are the same problem
+        assert all(split_of(task, key(Problem("", "", task, "", {"a": p.meta["b"], "b": p.meta["a"]}))) == "test"
+                   for p in test)
+
+
+def test_corpus_never_contains_test_problems():
+    """No test problem appears in the corpus, neither asked nor worked out as a sub-product."""
+    test_keys = {tasks._canonical_key(p) for p in make_problems("multiplication", 300, "test", seed=0, buckets=["E"])}
+    n = 0
+    for doc in itertools.islice(corpus_stream(5), 3000):
+        for a, b in re.findall(r"Compute (\d+) \* (\d+)", doc):
+            assert tuple(sorted((int(a), int(b)))) not in test_keys
+        if "Using the numbers" in doc:  # Countdown searches multiply small numbers incidentally
+            continue
+        for a, b in re.findall(r"(?<![\d+] )(?<!\d)(\d+) \* (\d+)(?= [:=])", doc):  # products shown anywhere
+            key = tuple(sorted((int(a), int(b))))
+            n += 1
+            assert max(key) < 10 or split_of("multiplication", key) == "train", (key, doc)
+        for x, y in re.findall(r"^add (\d+) \+ (\d+) :", doc, re.M):
+            key = tuple(sorted((int(x), int(y))))
+            assert split_of("addition", key) == "train" or "Compute" in doc
+    assert n > 3000
+
+
+def _check_arithmetic(text):
+    """Every 'x op y = z' in the text holds (chains like '3 * 6 = 18 + 4 = 22' included)."""
+    n = 0
+    for m in re.finditer(r"(?<!\d)(?=(\d+) ([*+]) (\d+) = (\d+))", text):
+        x, op, y, z = m.groups()
+        assert (int(x) * int(y) if op == "*" else int(x) + int(y)) == int(z), f"{m.groups()} in {text}"
+        n += 1
+    return n
+
+
+def _l_trace_consistent(text):
+    """The long scratchpad's bookkeeping: each '-> w' extends the previous digits by one digit on the left."""
+    for line in text.split("\n"):
+        ws = re.findall(r"-> (\d+)", line)
+        for prev, cur in zip(ws, ws[1:]):
+            assert cur.endswith(prev) and len(cur) == len(prev) + 1, line
+
+
+@pytest.mark.parametrize("task", ["multiplication", "addition", "countdown"])
+def test_render_response_modes(task):
+    rng = random.Random(0)
+    for p in make_problems(task, 40, seed=3):
+        for mode in ["D", "S", "L", "LV"]:
+            r = render_response(p, mode, rng)
+            m = re.fullmatch(r" <think> (.+) </think> <answer> (.+) </answer>", r, re.S)
+            assert m and m.group(2) == p.answer, r
+            if task != "countdown" and mode in ("D", "S"):  # chains of equal expressions
+                for part in m.group(1).split(" , "):
+                    assert len({_eval_countdown(side) for side in part.split(" = ")}) == 1, part
+            if task != "countdown" and mode == "L":
+                _check_arithmetic(m.group(1))
+            if mode == "L" and task != "countdown":
+                _l_trace_consistent(m.group(1))
+                assert m.group(1).endswith(p.answer)
+    with pytest.raises(ValueError, match="mode"):
+        render_response(p, "X")
+
+
+def test_long_mode_is_step_by_step_and_correct():
+    rng = random.Random(1)
+    for p in make_problems("multiplication", 200, seed=4, buckets=["H", "VH"]):
+        think = render_response(p, "L", rng)
+        a, b = p.meta["a"], p.meta["b"]
+        lines = think.split("\n")
+        assert lines[0] == f" <think> {a} * {b} :"
+        nonzero = [c for c in str(b) if c != "0"]
+        assert sum(line.startswith(f"{a} * ") for line in lines) == len(nonzero)  # one line per digit of b
+        assert sum(line.startswith("add ") for line in lines) == len(nonzero) - 1
+        assert _check_arithmetic(think) >= len(str(a)) * len(nonzero)
+        _l_trace_consistent(think)
+        assert think.startswith(mode_prefix(p, "L"))
+        assert render_response(p, "D").startswith(mode_prefix(p, "D"))
+        # every multiplication step multiplies one digit of a by one digit of b
+        for x, d in re.findall(r"(?<!\d)(\d+) \* (\d+) = \d+ ", think.split("\n", 1)[1].replace(f"{a} * ", "")):
+            assert len(x) == 1 and len(d) == 1
+
+
+def test_lv_slips_are_caught_and_corrected():
+    rng = random.Random(2)
+    probs = make_problems("multiplication", 300, seed=5, buckets=["M", "H", "VH"])
+    n_slip = 0
+    for p in probs:
+        r = render_response(p, "LV", rng)
+        assert r.endswith(f"<answer> {p.answer} </answer>")
+        checks = re.findall(r"check .*", r)
+        assert checks
+        if "wrong" in r or "mistake" in r:
+            n_slip += 1
+            bad = [c for c in checks if "!=" in c]
+            assert len(bad) == 1 and ("wait" in bad[0]) and "redo" in bad[0]
+            assert r.index("redo") < r.index("</think>")
+        assert checks[-1].rstrip().endswith("ok") or "ok" in checks[-1]
+    assert 0.2 < n_slip / len(probs) < 0.47
+
+
+def test_corpus_stream_format_and_composition():
+    docs = list(itertools.islice(corpus_docs(0), 6000))
+    assert [d for _, d in itertools.islice(corpus_docs(0), 50)] == [d for _, d in docs[:50]]
+    assert [d for _, d in itertools.islice(corpus_docs(1), 50)] != [d for _, d in docs[:50]]
+    prompt_head = r1_zero_prompt("")[:60]
+    n_ok = n_dialog = 0
+    l_share = {}
+    for info, doc in docs:
+        assert doc.endswith(EOS) and doc.count(EOS) == 1
+        if info["kind"] == "dialogue":
+            n_dialog += 1
+            assert doc.startswith(prompt_head) and ". Assistant:" in doc
+            body = doc.split(". Assistant:", 1)[1][:-len(EOS)]
+            well_formed = re.fullmatch(r" <think> (.+) </think> <answer> (.+) </answer>", body, re.S) is not None
+            assert well_formed != info["defect"], body
+            n_ok += well_formed
+            b = info["bucket"]
+            tot, longs = l_share.get(b, (0, 0))
+            l_share[b] = (tot + 1, longs + (info["mode"] in ("L", "LV")))
+        elif info["kind"] == "filler":
+            assert "<think>" not in doc and re.search(r"\b(wait|check|[Hh]owever)\b", doc)
+        elif info["kind"] == "drill":
+            assert "Assistant:" not in doc
+    assert 0.25 < 1 - n_ok / n_dialog < 0.35
+    shares = [longs / tot for tot, longs in l_share.values()]  # mode independent of difficulty
+    assert max(shares) - min(shares) < 0.08 and 0.06 < sum(shares) / len(shares) < 0.18
+    s = corpus_stats(0, n_docs=3000)
+    assert abs(s["doc_share"]["drill"] - 0.45) < 0.04 and abs(s["doc_share"]["dialogue"] - 0.35) < 0.04
+    assert abs(sum(s["char_share"][k] for k in ["drill", "textbook", "dialogue", "filler"]) - 1) < 1e-9
+    assert s["mb_per_s"] > 1.0  # >= 5 MB/s on an idle core (bench); loose here on busy CI
+    assert 0.25 < s["dialogue_defect_rate"] < 0.36
+
+
+def test_corpus_mix_overrides_and_errors():
+    only = list(itertools.islice(corpus_docs(0, {"kinds": {"dialogue": 1}, "dialogue_modes": {"L": 1},
+                                                 "defect_rate": 0, "tasks": {"multiplication": 1}}), 100))
+    assert all(i["kind"] == "dialogue" and i["mode"] == "L" and not i["defect"] for i, _ in only)
+    assert all("carry" in d for _, d in only)
+    with pytest.raises(ValueError, match="unknown mix key"):
+        next(corpus_stream(0, {"kindz": {}}))
+    with pytest.raises(ValueError, match="weights"):
+        next(corpus_stream(0, {"kinds": {"drill": -1}}))
+    with pytest.raises(ValueError, match="weights"):
+        next(corpus_stream(0, {"tasks": {"division": 1}}))
+
+
+def test_loaders(tmp_path):
+    g = tmp_path / "gsm.jsonl"
+    g.write_text(json.dumps({"question": "How many?", "answer": "3 + 4 = 7\n#### 1,234"}) + "\n\n")
+    [p] = load_jsonl(str(g), "gsm8k")
+    assert (p.question, p.answer, p.task) == ("How many?", "1234", "gsm8k")
+    m = tmp_path / "math.jsonl"
+    m.write_text(json.dumps({"problem": "Find x.", "solution": "so \\boxed{1} no, \\boxed{\\frac{1}{2}}.",
+                             "level": "Level 3", "type": "Algebra"}) + "\n")
+    [p] = load_jsonl(str(m), "math")
+    assert (p.answer, p.bucket, p.meta["type"]) == ("\\frac{1}{2}", "L3", "Algebra")
+    c = tmp_path / "gen.jsonl"
+    c.write_text(json.dumps({"q": "2+2", "a": 4}) + "\n" + json.dumps({"q": "3+3", "a": 6}) + "\n")
+    ps = load_jsonl(str(c), "generic", question_field="q", answer_field="a")
+    assert [(p.question, p.answer) for p in ps] == [("2+2", "4"), ("3+3", "6")]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "x", "answer": "#### 1"}) + "\n{oops\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: invalid JSON"):
+        load_jsonl(str(bad), "gsm8k")
+    bad.write_text(json.dumps({"question": "x", "answer": "no final"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: GSM8K answer has no final"):
+        load_jsonl(str(bad), "gsm8k")
+    bad.write_text(json.dumps({"problem": "x", "solution": "none"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: MATH solution has no"):
+        load_jsonl(str(bad), "math")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1: expected an object with fields 'q'"):
+        load_jsonl(str(bad), "generic", question_field="q")
+    with pytest.raises(ValueError, match="kind"):
+        load_jsonl(str(bad), "csv")
+    with pytest.raises(FileNotFoundError):
+        load_jsonl(str(tmp_path / "missing.jsonl"))
