@@ -872,40 +872,58 @@ def _sandbox_python():
 
 
 # Runs as the first process of the sandbox (as root when we are root), sets up isolation, then execs
-# the program (cfg is our own JSON, never model text). Exit code 99 = isolation could not be set up
-# (reported to the caller as RuntimeError, never ignored).
+# the program. Arguments are ours, never model text. It reports on a private status pipe (closed
+# before the exec, so the program cannot fake it): b"K" = isolated, b"E..." = isolation impossible.
 _LAUNCHER = r"""
-import ctypes, json, os, resource, sys
-cfg = json.loads(sys.argv[1])
+import ctypes, os, resource, sys
+status, work, uid, root, need_netns, disk, python, main, limits = sys.argv[1:10]
+status, uid, root, need_netns, disk = int(status), int(uid), root == "1", need_netns == "1", int(disk)
 def die(msg):
-    os.write(2, ("SANDBOX-SETUP-FAILED: " + msg + "\n").encode()); os._exit(99)
+    os.write(status, b"E" + msg.encode()); os._exit(99)
 libc = ctypes.CDLL(None, use_errno=True)
-work = cfg["work"]
 files = {}
 for name in os.listdir(work):
     with open(os.path.join(work, name), "rb") as f: files[name] = f.read()
-flags = 0x40000000 | 0x00020000 | (0 if cfg["root"] else 0x10000000)   # NEWNET | NEWNS (| NEWUSER)
-if libc.unshare(flags) != 0:
-    if cfg["need_netns"]: die("unshare(CLONE_NEWNET|CLONE_NEWNS) errno %d" % ctypes.get_errno())
-    cfg["mounts"] = False
-if cfg["mounts"]:
-    opts = "size=%d,mode=0700" % cfg["disk"] + (",uid=%d,gid=%d" % (cfg["uid"], cfg["uid"]) if cfg["root"] else "")
-    if libc.mount(None, b"/", None, 16384 | (1 << 18), None) != 0: die("mount MS_PRIVATE failed")
+mounts = libc.unshare(0x40000000 | 0x00020000 | (0 if root else 0x10000000)) == 0   # NEWNET|NEWNS(|NEWUSER)
+if not mounts and need_netns:
+    die("unshare(CLONE_NEWNET|CLONE_NEWNS) failed, errno %d" % ctypes.get_errno())
+if mounts:
+    opts = "size=%d,mode=0700" % disk + (",uid=%d,gid=%d" % (uid, uid) if root else "")
+    if libc.mount(None, b"/", None, 16384 | (1 << 18), None) != 0: die("mount MS_REC|MS_PRIVATE failed")
     if libc.mount(b"tmpfs", work.encode(), b"tmpfs", 0, opts.encode()) != 0: die("tmpfs mount failed")
     for m in ("/", "/dev/shm", "/run/shm", "/var/tmp", "/run/lock"):      # MS_REMOUNT|MS_BIND|MS_RDONLY
         if (m == "/" or os.path.ismount(m)) and libc.mount(None, m.encode(), None, 32 | 4096 | 1, None) != 0:
             die("read-only remount of %s failed" % m)
     for name, data in files.items():
         with open(os.path.join(work, name), "wb") as f: f.write(data)
-        if cfg["root"]: os.chown(os.path.join(work, name), cfg["uid"], cfg["uid"])
+        if root: os.chown(os.path.join(work, name), uid, uid)
 os.chdir(work)
-if cfg["root"]:
-    os.setgroups([]); os.setgid(cfg["uid"]); os.setuid(cfg["uid"])
-for res, val in cfg["limits"]:
+if root:
+    os.setgroups([]); os.setgid(uid); os.setuid(uid)
+for item in limits.split(","):
+    res, val = map(int, item.split(":"))
     resource.setrlimit(res, (val, val))
 os.umask(0o077)
-os.execve(cfg["python"], [cfg["python"], "-I", "-S", "-B", cfg["main"]], cfg["env"])
+os.write(status, b"K" if mounts else b"KNOMOUNT"); os.close(status)
+os.execv(python, [python, "-I", "-S", "-B", main])
 """
+
+
+def _wait(proc, timeout):
+    """Wait for the launcher/program to exit; False on timeout. A pidfd wakes us exactly at exit
+    (Popen.wait(timeout) polls with up to 50 ms sleeps, a third of a short program's run time)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        try:
+            proc.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
 
 
 def _kill_stragglers(uid, pgid):
@@ -943,7 +961,7 @@ def run_sandboxed(files, main, stdin=b"", timeout=2.0, memory_mb=512, output_cap
     Returns {"stdout": bytes (<= output_cap), "stderr", "returncode", "timed_out", "overflow", "wall"}.
     Raises RuntimeError only if the machine cannot provide the isolation (never for the program)."""
     uid = _uid_pool.get() if IS_ROOT else None
-    base = tempfile.mkdtemp(prefix="nano_r1_sbx_")
+    base, mounted = tempfile.mkdtemp(prefix="nano_r1_sbx_"), False
     try:
         os.chmod(base, 0o711)
         work = os.path.join(base, "w")
@@ -959,34 +977,39 @@ def run_sandboxed(files, main, stdin=b"", timeout=2.0, memory_mb=512, output_cap
                   (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, max_procs)]
         env = {"PATH": "/usr/bin:/bin", "HOME": work, "TMPDIR": work, "LANG": "C.UTF-8",
                "PYTHONIOENCODING": "utf-8"}
-        cfg = {"work": work, "root": IS_ROOT, "uid": uid if uid is not None else os.getuid(),
-               "need_netns": need_netns, "mounts": True, "disk": disk_mb << 20, "limits": limits,
-               "python": _sandbox_python(), "main": main, "env": env}
         paths = {k: os.path.join(base, k) for k in ("in", "out", "err")}
         with open(paths["in"], "wb") as f:
             f.write(stdin.encode() if isinstance(stdin, str) else stdin)
+        status_r, status_w = os.pipe()
+        args = [str(status_w), work, str(uid if uid is not None else os.getuid()), str(int(IS_ROOT)),
+                str(int(need_netns)), str(disk_mb << 20), _sandbox_python(), main,
+                ",".join(f"{r}:{v}" for r, v in limits)]
         t0 = time.monotonic()
-        with open(paths["in"], "rb") as fin, open(paths["out"], "wb") as fout, open(paths["err"], "wb") as ferr:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", "-c", _LAUNCHER, json.dumps(cfg)], stdin=fin,
-                                    stdout=fout, stderr=ferr, cwd=base, env=env, start_new_session=True,
-                                    close_fds=True)
-        timed_out = False
         try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            with open(paths["in"], "rb") as fin, open(paths["out"], "wb") as fout, open(paths["err"], "wb") as ferr:
+                proc = subprocess.Popen([_sandbox_python(), "-I", "-S", "-B", "-c", _LAUNCHER, *args], stdin=fin,
+                                        stdout=fout, stderr=ferr, cwd=base, env=env, start_new_session=True,
+                                        pass_fds=(status_w,))
+        finally:
+            os.close(status_w)
+        timed_out = not _wait(proc, timeout)
         _kill_stragglers(uid, proc.pid)
         proc.wait()
         wall = time.monotonic() - t0
+        with os.fdopen(status_r, "rb") as f:
+            status = f.read(4096)
+        mounted = status == b"K"
+        if status.startswith(b"E"):
+            raise RuntimeError(f"code sandbox could not isolate the program: {status[1:].decode(errors='replace')}; "
+                               "run as root or enable unprivileged user namespaces, or pass need_netns=False")
         out, err = _read_capped(paths["out"], output_cap), _read_capped(paths["err"], 1 << 16)
-        if proc.returncode == 99 and err.startswith(b"SANDBOX-SETUP-FAILED"):
-            raise RuntimeError(f"code sandbox could not isolate the program: {err.decode(errors='replace')}")
-        return {"stdout": out[:output_cap], "stderr": err, "returncode": proc.returncode,
-                "timed_out": timed_out, "overflow": len(out) > output_cap, "wall": wall}
+        return {"stdout": out[:output_cap], "stderr": err, "returncode": proc.returncode, "timed_out": timed_out,
+                "overflow": len(out) > output_cap, "wall": wall, "mounts": mounted}
     finally:
         shutil.rmtree(base, ignore_errors=True)
         if uid is not None:
-            _sweep_tmp(uid)
+            if not mounted:
+                _sweep_tmp(uid)
             _uid_pool.put(uid)
 
 
