@@ -884,9 +884,13 @@ libc = ctypes.CDLL(None, use_errno=True)
 files = {}
 for name in os.listdir(work):
     with open(os.path.join(work, name), "rb") as f: files[name] = f.read()
+gid = os.getgid()
 mounts = libc.unshare(0x40000000 | 0x00020000 | (0 if root else 0x10000000)) == 0   # NEWNET|NEWNS(|NEWUSER)
 if not mounts and need_netns:
-    die("unshare(CLONE_NEWNET|CLONE_NEWNS) failed, errno %d" % ctypes.get_errno())
+    die("unshare(CLONE_NEWNET|CLONE_NEWNS%s) failed, errno %d" % ("" if root else "|CLONE_NEWUSER", ctypes.get_errno()))
+if mounts and not root:                                  # map our own uid/gid into the new user namespace
+    for path, line in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (uid, uid)), ("gid_map", "%d %d 1" % (gid, gid))):
+        with open("/proc/self/" + path, "w") as f: f.write(line)
 if mounts:
     opts = "size=%d,mode=0700" % disk + (",uid=%d,gid=%d" % (uid, uid) if root else "")
     if libc.mount(None, b"/", None, 16384 | (1 << 18), None) != 0: die("mount MS_REC|MS_PRIVATE failed")
