@@ -183,13 +183,15 @@ def make_problems(task: str, n: int, split: str = "train", seed: int = 0, bucket
 def mul_line(a: int, m: int, slip_step: int = -1, slip: int = 0) -> tuple[str, int]:
     """a * m where m is one digit times 10^j: least-significant digit of a first, one explicit carry
     per step, and the digits written so far restated after each step (starting from m's j zeros).
+    Each step after the first opens with the digits of a still to do ("473 :"), so the digit to use
+    is the last one just written: every step reads only the last ~20 tokens (no counting back).
     Step slip_step uses a wrong times-table fact (off by slip), for the injected-slip traces."""
-    d, zeros = int(str(m)[0]), len(str(m)) - 1
+    d, zeros, sa = int(str(m)[0]), len(str(m)) - 1, str(a)
     steps, carry, written = [], 0, "0" * zeros
-    for k, c in enumerate(reversed(str(a))):
-        x = int(c)
+    for k in range(len(sa)):
+        x = int(sa[-1 - k])
         prod = x * d + (slip if k == slip_step else 0)
-        s = f"{x} * {d} = {prod}"
+        s = f"{sa[:len(sa) - k]} : {x} * {d} = {prod}" if k else f"{x} * {d} = {prod}"
         total = prod + carry
         if carry:
             s += f" + {carry} = {total}"
@@ -203,13 +205,15 @@ def mul_line(a: int, m: int, slip_step: int = -1, slip: int = 0) -> tuple[str, i
 
 
 def add_line(x: int, y: int) -> tuple[str, int]:
-    """x + y by columns on zero-padded numbers of equal length, carry per column, digits so far."""
+    """x + y by columns on zero-padded numbers of equal length, carry per column, digits so far;
+    like mul_line, each column opens with the digits still to add ("0284 + 2369 :")."""
     n = max(len(str(x)), len(str(y)))
     xs, ys = str(x).zfill(n), str(y).zfill(n)
     steps, carry, written = [], 0, ""
-    for cx, cy in zip(reversed(xs), reversed(ys)):
+    for k in range(n):
+        cx, cy = xs[-1 - k], ys[-1 - k]
         s = int(cx) + int(cy)
-        t = f"{cx} + {cy} = {s}"
+        t = f"{xs[:n - k]} + {ys[:n - k]} : {cx} + {cy} = {s}" if k else f"{cx} + {cy} = {s}"
         if carry:
             t += f" + {carry} = {s + carry}"
             s += carry
@@ -558,7 +562,7 @@ def corpus_stats(seed: int = 0, mix: dict | None = None, n_docs: int = 5000) -> 
     per kind/mode, per task and bucket, the defect rate of dialogues, and generation MB/s."""
     docs, chars = {}, {}
     n_dialogue = n_defect = 0
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU seconds of this process (wall time lies on a busy machine)
     total = 0
     for info, doc in itertools.islice(corpus_docs(seed, mix), n_docs):
         keys = [info["kind"]]
@@ -573,7 +577,7 @@ def corpus_stats(seed: int = 0, mix: dict | None = None, n_docs: int = 5000) -> 
             docs[k] = docs.get(k, 0) + 1
             chars[k] = chars.get(k, 0) + len(doc)
         total += len(doc)
-    dt = time.perf_counter() - t0
+    dt = max(time.process_time() - t0, 1e-9)
     return {"n_docs": n_docs, "chars": total, "mb_per_s": total / dt / 1e6,
             "doc_share": {k: v / n_docs for k, v in sorted(docs.items())},
             "char_share": {k: v / total for k, v in sorted(chars.items())},

@@ -151,6 +151,12 @@ def test_long_mode_is_step_by_step_and_correct():
         _l_trace_consistent(think)
         assert think.startswith(mode_prefix(p, "L"))
         assert render_response(p, "D").startswith(mode_prefix(p, "D"))
+        # locality: each step's digit(s) are the last digit(s) of the remainder that opens it
+        for rest, x in re.findall(r"; (\d+) : (\d) \* \d", think):
+            assert rest[-1] == x and str(a).startswith(rest)
+        for xs, ys, cx, cy in re.findall(r"; (\d+) \+ (\d+) : (\d) \+ (\d)", think):
+            assert (xs[-1], ys[-1]) == (cx, cy) and len(xs) == len(ys)
+        assert len(re.findall(r"; (\d+) : (\d) \* \d", think)) == (len(str(a)) - 1) * len(nonzero)
         # every multiplication step multiplies one digit of a by one digit of b
         for x, d in re.findall(r"(?<!\d)(\d+) \* (\d+) = \d+ ", think.split("\n", 1)[1].replace(f"{a} * ", "")):
             assert len(x) == 1 and len(d) == 1
