@@ -195,3 +195,11 @@ def test_bad_arguments():
     with pytest.raises(ValueError):
         code_rewards(["print(1)"], [])
     assert stat.S_IMODE(os.stat("/tmp").st_mode) & 0o1000         # sanity: /tmp is sticky as assumed
+
+
+def test_score_code_partial_credit():
+    from types import SimpleNamespace
+    p = SimpleNamespace(task="code", answer="", meta={"tests": ["assert add(2, 3) == 5", "assert add(1, 1) == 3"]})
+    done = "<think> add them </think> <answer>\n```python\ndef add(a, b):\n    return a + b\n```\n</answer>"
+    r = rewards.score(done, p)
+    assert r["accuracy"] == 0.5 and r["format"] == 1.0 and r["reward"] == pytest.approx(0.6)
