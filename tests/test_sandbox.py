@@ -105,7 +105,6 @@ def hostile_results(canary):
         return {name: f.result() for name, f in futs.items()}
 
 
-@pytest.mark.skipif(not rewards.IS_ROOT, reason="uid drop / mount isolation checks assume root")
 def test_hostile_suite_contained(hostile_results, canary):
     assert os.getpid() > 0                                     # the parent survived
     assert len(hostile_results) >= 25
@@ -118,10 +117,10 @@ def test_hostile_suite_contained(hostile_results, canary):
     assert sorted(os.listdir(canary)) == ["canary.txt", "secret.txt"]
     for p in ["/tmp/pwned_w", "/var/tmp/pwned_w", "/dev/shm/pwned_w"]:
         assert not os.path.exists(p), p
-    # processes: nothing of any sandbox uid survives
-    assert _leftover_pids() == []
     out = {k: r["stdout"] for k, r in hostile_results.items()}
-    assert b"TOPSECRET" not in out["read_secret"]
+    if rewards.IS_ROOT:         # without root the program runs as our own uid: same-uid files stay readable
+        assert _leftover_pids() == []                          # nothing of any sandbox uid survives
+        assert b"TOPSECRET" not in out["read_secret"]
     assert b"root:" not in out["read_root_files"]
     assert b"ENV-SECRET-XYZ" not in out["environ"] and b"ENV-SECRET-XYZ" not in out["proc_environ"]
     assert b"CONNECTED" not in out["network"] and b"'lo'" in out["network"] and b"eth" not in out["network"]
@@ -142,7 +141,8 @@ def test_no_leak_between_runs():
 def test_io_scoring_and_partial_output():
     tests = [{"input": "3\n", "output": "6\n"}, {"input": "5\n", "output": "10"}, {"input": "0\n", "output": "0\n"}]
     assert code_reward("print(int(input()) * 2)", tests, timeout=TIMEOUT) == 1.0
-    assert code_reward("n = int(input())\nprint(n * 2 if n != 5 else 11)", tests, timeout=TIMEOUT) == pytest.approx(2 / 3)
+    wrong_on_5 = "n = int(input())\nprint(n * 2 if n != 5 else 11)"
+    assert code_reward(wrong_on_5, tests, timeout=TIMEOUT) == pytest.approx(2 / 3)
     two = [{"input": "", "output": "1\n2\n"}]
     assert code_reward("print(1)", two, timeout=TIMEOUT) == 0.0                  # only part of the output
     assert code_reward("print(1)\nprint(2)\nprint(3)", two, timeout=TIMEOUT) == 0.0  # extra lines
