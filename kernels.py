@@ -184,9 +184,10 @@ if triton is not None:
 
 
 def _launch_config(V, block_v=None):
-    """(BLOCK_V, num_warps): blocks of up to 4096 columns (loop over the rest), 8 warps."""
+    """(BLOCK_V, num_warps): blocks of up to 4096 columns (loop over the rest), ~16 columns per
+    thread (a power of two in 4..16 warps)."""
     block_v = block_v or min(4096, triton.next_power_of_2(V))
-    return block_v, (8 if block_v >= 2048 else 4)
+    return block_v, max(4, min(16, block_v // 512))
 
 
 def _check_triton(logits):

@@ -138,6 +138,24 @@ def test_linear_matches_full_logits():
         torch.testing.assert_close(x, y, atol=1e-10, rtol=1e-10)
 
 
+def test_linear_saves_no_logits():
+    """The chunked variant keeps only inputs and per-row stats for backward, never (N, V)."""
+    N, C, V = 64, 8, 300
+    h = torch.randn(N, C, requires_grad=True)                                   # (N, C)
+    w = torch.randn(V, C, requires_grad=True)                                   # (V, C)
+    targets = torch.randint(0, V, (N,))                                         # (N,)
+    for fn, expect_logits in [(linear_token_logprobs, False), (None, True)]:
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t,
+                                                      lambda t: t):
+            if fn is None:
+                stats = token_logprobs(h @ w.t(), targets, return_entropy=True, impl="torch")
+            else:
+                stats = fn(h, w, targets, return_entropy=True, chunk_size=16, impl="torch")
+        assert (max(saved) >= N * V) == expect_logits, saved
+        weighted_loss(stats).backward()
+
+
 # ----------------------------------------------------------------------------------------------
 # Triton kernels under the CPU interpreter (subprocess: TRITON_INTERPRET must precede the import)
 
