@@ -162,6 +162,13 @@ def _normalize(s):
     s = s.strip()
     if len(s) > MAX_ANSWER_CHARS:
         raise _Reject("answer too long")
+    depth = 0
+    for c in s:
+        depth += {"{": 1, "}": -1}.get(c, 0)
+        if depth < 0 or depth > MAX_BRACE_DEPTH:
+            raise _Reject("unbalanced or too deeply nested braces")
+    if depth:
+        raise _Reject("unbalanced braces")
     for a, b in [(r"\(", ""), (r"\)", ""), (r"\[", ""), (r"\]", "")]:
         s = s.replace(a, b)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
