@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import token_logprobs
+from kernels import TokenStats, linear_token_logprobs, token_logprobs
 
 IGNORE = -100  # target id for positions outside the loss; the log-prob kernel skips them
 
@@ -69,6 +69,8 @@ class GRPOConfig:
     max_grad_norm: float = 1.0   # 0 -> no clipping (the norm is still reported)
     temperature: float = 1.0     # the sampling temperature; log-probs are of logits / temperature
     logprob_impl: str = "auto"   # kernels.token_logprobs impl: "auto" | "triton" | "torch"
+    fused_head: bool = False     # lm_head fused into the log-prob kernel on loss tokens only (never
+                                 # holds (B, T, V) logits); needs model(x, return_hidden=True), model.lm_head
 
     def __post_init__(self):
         if self.group_size < 1 or self.mu < 1 or self.micro_batch < 1:
@@ -189,17 +191,38 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg, weights=None, ent
 # ----------------------------------------------------------------------------- one RL step
 
 def response_logprobs(model, inputs, targets, cfg, return_entropy=False):
-    """Per-token log-probs (B, T) (and entropy) of targets under model(inputs) via kernels.py.
-    The model sees tokens[:, :-1]: by causality its logits equal logits[:, :-1] of the full rows."""
-    logits = model(inputs)  # (B, T, V)
-    return token_logprobs(logits, targets, temperature=cfg.temperature, return_entropy=return_entropy,
-                          ignore_index=IGNORE, impl=cfg.logprob_impl)
+    """Per-token log-probs (B, T) (and entropy) of targets under model(inputs) via kernels.py; 0 where
+    targets == IGNORE. The model sees tokens[:, :-1]: by causality these logits equal logits[:, :-1]
+    of the full rows, without copying a (B, T, V) slice. With cfg.fused_head the lm_head runs inside
+    the kernel on the loss tokens only (no logits for prompt or padding positions)."""
+    kw = dict(temperature=cfg.temperature, return_entropy=return_entropy, ignore_index=IGNORE, impl=cfg.logprob_impl)
+    if not cfg.fused_head:
+        return token_logprobs(model(inputs), targets, **kw)  # logits (B, T, V)
+    hidden = model(inputs, return_hidden=True)  # (B, T, C)
+    keep = targets != IGNORE  # (B, T)
+    stats = linear_token_logprobs(hidden[keep], model.lm_head.weight, targets[keep], **kw)  # each (N,)
+    zeros = torch.zeros(targets.shape, device=hidden.device)  # (B, T)
+    return TokenStats(*(zeros.masked_scatter(keep, x) if x is not None else None for x in stats))  # (B, T) each
+
+
+def micro_batches(mask, micro_batch):
+    """[(row ids (b,), width)]: rows sorted by where their last loss token ends, so rows of similar
+    length share a micro-batch, and each micro-batch is cut to its longest row (right padding past it
+    is never computed). Exact: the weights are per token and causal logits ignore later positions."""
+    T = mask.shape[1]
+    ends = (mask * torch.arange(1, T + 1, device=mask.device)).amax(dim=1)  # (B,) one past the last loss token
+    order = ends.argsort(descending=True, stable=True)  # (B,)
+    widths = ends[order].tolist()
+    return [(order[i:i + micro_batch], max(widths[i], 1)) for i in range(0, len(widths), micro_batch)]
 
 
 @torch.no_grad()
 def _frozen_logprobs(model, inputs, targets, cfg, batches):
-    """Log-probs (B, T) of a frozen policy (reference, or pi_old before the first update)."""
-    return torch.cat([response_logprobs(model, inputs[i], targets[i], cfg).logp for i in batches])  # (B, T)
+    """Log-probs (B, T) of a frozen policy (the reference, or pi_old before the first update)."""
+    out = torch.zeros(targets.shape, device=targets.device)  # (B, T)
+    for idx, w in batches:
+        out[idx, :w] = response_logprobs(model, inputs[idx, :w], targets[idx, :w], cfg).logp  # (b, w)
+    return out
 
 
 def rl_step(model, optimizer, rollouts, cfg, ref_model=None, normaliser=None):
@@ -229,7 +252,7 @@ def rl_step(model, optimizer, rollouts, cfg, ref_model=None, normaliser=None):
     inputs = tokens[:, :-1]  # (B, T)
     targets = tokens[:, 1:].masked_fill(~mask, IGNORE)  # (B, T)
     weights = token_weights(mask, cfg, normaliser)  # (B, T) once for the whole batch
-    batches = torch.arange(tokens.shape[0], device=device).split(cfg.micro_batch)  # row ids, (b,) each
+    batches = micro_batches(mask, cfg.micro_batch)
     ref_logp = _frozen_logprobs(ref_model, inputs, targets, cfg, batches) if cfg.beta > 0 else None  # (B, T)
     old_logp = _frozen_logprobs(model, inputs, targets, cfg, batches) if cfg.mu > 1 else None  # (B, T)
 
@@ -238,11 +261,11 @@ def rl_step(model, optimizer, rollouts, cfg, ref_model=None, normaliser=None):
     grad_norms = []
     for update in range(cfg.mu):
         optimizer.zero_grad(set_to_none=True)
-        for idx in batches:
-            stats = response_logprobs(model, inputs[idx], targets[idx], cfg, return_entropy=update == 0)
-            old = old_logp[idx] if old_logp is not None else stats.logp.detach()  # (b, T)
-            ref = ref_logp[idx] if ref_logp is not None else None  # (b, T)
-            loss, diag = grpo_loss(stats.logp, old, ref, advantages[idx], mask[idx], cfg, weights[idx],
+        for idx, w in batches:
+            stats = response_logprobs(model, inputs[idx, :w], targets[idx, :w], cfg, return_entropy=update == 0)
+            old = old_logp[idx, :w] if old_logp is not None else stats.logp.detach()  # (b, w)
+            ref = ref_logp[idx, :w] if ref_logp is not None else None  # (b, w)
+            loss, diag = grpo_loss(stats.logp, old, ref, advantages[idx], mask[idx, :w], cfg, weights[idx, :w],
                                    stats.entropy)
             aux = getattr(model, "aux_loss", None)  # MoE balance loss of this forward (a batch mean)
             if isinstance(aux, torch.Tensor):
