@@ -23,9 +23,12 @@ Simplifications vs the paper / production graders:
      1e-50 relative tolerance); there is no loose float tolerance, so 0.333 != 1/3.
      A percent sign is dropped, not divided by 100: "50\\%" equals "50", not "0.5".
   3. The sandbox uses only the standard library and Linux namespaces (no seccomp, no cgroups, no pid
-     namespace): limits are rlimits per process plus a uid-wide kill sweep. Disk writes go to a
-     size-capped tmpfs; the rest of the file system is read-only but still readable where the
-     permissions allow it.
+     namespace): limits are rlimits per process plus a uid-wide kill sweep. As root each running
+     program gets a private uid (SANDBOX_UIDS, instead of a shared "nobody", so NPROC limits and the
+     sweep are per program). Disk writes go to a size-capped tmpfs; the rest of the file system is
+     read-only but still readable where permissions allow. Without root a user namespace provides the
+     net/mount isolation, but the program keeps our uid: it can read our files and a double-forked
+     daemon that leaves the process group is only stopped by its CPU rlimit.
   4. Assert tests of the form `assert CALL == LITERAL` are compared in the parent (immune to objects
      whose __eq__ lies); other assert forms run inside the child. An in-process adversary that reads
      the harness's own stack frames could forge the harness report; only the parent's checks are
@@ -46,6 +49,7 @@ import math
 import os
 import queue
 import re
+import resource
 import select
 import shutil
 import signal
@@ -865,6 +869,7 @@ def _world_executable(path):
     return True
 
 
+@functools.lru_cache(maxsize=1)
 def _sandbox_python():
     """An interpreter an unprivileged uid can execute (pyenv under /root is not)."""
     if not IS_ROOT or _world_executable(sys.executable):
@@ -979,7 +984,6 @@ def run_sandboxed(files, main, stdin=b"", timeout=2.0, memory_mb=512, output_cap
                 f.write(data.encode() if isinstance(data, str) else data)
         if uid is not None:
             os.chown(work, uid, uid)
-        import resource
         limits = [(resource.RLIMIT_CPU, int(math.ceil(timeout)) + 1),
                   (resource.RLIMIT_AS, memory_mb << 20), (resource.RLIMIT_FSIZE, output_cap * 4),
                   (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, max_procs)]
