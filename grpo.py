@@ -28,7 +28,7 @@ number of micro-batches" is exact only for the paper mode with equal-sized micro
 Simplifications vs the papers and production trainers (verl, TRL, OpenRLHF):
 1. One loss: clipped ratio + k3 KL. No value model, no dual clip, no KL-in-reward, no k1/k2.
 2. DAPO's dynamic sampling (re-sampling to refill dropped groups) is the caller's business; here
-   drop_equal_groups only masks those groups. Their rows still go through the forward pass.
+   drop_equal_groups only masks those groups (their rows sort last and cost width-1 forwards).
 3. Old log-probs are recomputed by the trainer (one no_grad pass when mu > 1), not taken from the
    sampler, so the ratio never mixes two numerical paths.
 4. Single process. For FSDP, rl_step takes a `normaliser` override so every rank can weight its
@@ -42,7 +42,8 @@ Use:
 Tests: python -m pytest tests/test_grpo.py -q
 
 Shapes: B batch of responses (= P prompts * G group size), P prompts, G group size,
-L rollout length (prompt + response), T = L - 1 predicted positions, V vocab.
+L rollout length (prompt + response), T = L - 1 predicted positions, V vocab, C model dim,
+N loss tokens; b rows and w positions of one micro-batch.
 """
 from dataclasses import dataclass
 
@@ -252,7 +253,7 @@ def rl_step(model, optimizer, rollouts, cfg, ref_model=None, normaliser=None):
     inputs = tokens[:, :-1]  # (B, T)
     targets = tokens[:, 1:].masked_fill(~mask, IGNORE)  # (B, T)
     weights = token_weights(mask, cfg, normaliser)  # (B, T) once for the whole batch
-    batches = micro_batches(mask, cfg.micro_batch)
+    batches = micro_batches(mask, cfg.micro_batch)  # [(row ids (b,), width w)]
     ref_logp = _frozen_logprobs(ref_model, inputs, targets, cfg, batches) if cfg.beta > 0 else None  # (B, T)
     old_logp = _frozen_logprobs(model, inputs, targets, cfg, batches) if cfg.mu > 1 else None  # (B, T)
 
