@@ -264,16 +264,16 @@ def _mul_think(a: int, b: int, mode: str, rng: random.Random, slip_rate: float =
     if mode == "D":
         return f"{a} * {b} = {a * b}"
     bd = str(b)
-    if mode == "S":
+    if mode == "S":  # opens with "split", so the D opening "a * b =" stays unambiguous
         if len(bd) >= 2:
             parts = [(int(c) * 10 ** (len(bd) - 1 - i)) for i, c in enumerate(bd) if c != "0"]
             terms = " + ".join(f"{a} * {p}" for p in parts)
             vals = " + ".join(str(a * p) for p in parts)
-            return f"{a} * {b} = {terms} = {vals} = {a * b}"
+            return f"split {b} = {' + '.join(map(str, parts))} : {terms} = {vals} = {a * b}"
         if a >= 10:
             hi = int(str(a)[0]) * 10 ** (len(str(a)) - 1)
             lo = a - hi
-            return f"{a} * {b} = {hi} * {b} + {lo} * {b} = {hi * b} + {lo * b} = {a * b}"
+            return f"split {a} = {hi} + {lo} : {hi} * {b} + {lo} * {b} = {hi * b} + {lo * b} = {a * b}"
         return f"{a} * {b} = {a * b}"
     # L / LV: one line per nonzero digit of b (least significant first), then column additions
     verify = mode == "LV"
@@ -371,14 +371,14 @@ def render_response(problem: Problem, mode: str, rng: random.Random | None = Non
 
 def mode_prefix(problem: Problem, mode: str) -> str:
     """The start of a mode's completion that forces it (for step-0 forced-mode probes):
-    D: ' <think> 347 * 28 =' ; L/LV: ' <think> 347 * 28 :\\n347 * 8 :' (opens the first long line)."""
+    D: ' <think> 347 * 28 =' ; S: ' <think> split' ; L/LV: ' <think> 347 * 28 :\\n347 * 8 :'."""
     if problem.task != "multiplication":
         raise ValueError("mode_prefix is defined for multiplication problems")
     a, b = problem.meta["a"], problem.meta["b"]
     if mode == "D":
         return f" <think> {a} * {b} ="
     if mode == "S":
-        return f" <think> {a} * {b} = " + (f"{a} *" if b >= 10 else "")
+        return " <think> split" if max(a, b) >= 10 else f" <think> {a} * {b} ="
     if mode in ("L", "LV"):
         m = next(int(c) * 10 ** j for j, c in enumerate(reversed(str(b))) if c != "0")
         return f" <think> {a} * {b} :\n{a} * {m} :"

@@ -126,7 +126,7 @@ def test_render_response_modes(task):
             m = re.fullmatch(r" <think> (.+) </think> <answer> (.+) </answer>", r, re.S)
             assert m and m.group(2) == p.answer, r
             if task != "countdown" and mode in ("D", "S"):  # chains of equal expressions
-                for part in m.group(1).split(" , "):
+                for part in re.split(r" , | : ", m.group(1).removeprefix("split ")):
                     assert len({_eval_countdown(side) for side in part.split(" = ")}) == 1, part
             if task != "countdown" and mode == "L":
                 _check_arithmetic(m.group(1))
@@ -150,7 +150,9 @@ def test_long_mode_is_step_by_step_and_correct():
         assert _check_arithmetic(think) >= len(str(a)) * len(nonzero)
         _l_trace_consistent(think)
         assert think.startswith(mode_prefix(p, "L"))
-        assert render_response(p, "D").startswith(mode_prefix(p, "D"))
+        for mode in ["D", "S", "LV"]:
+            assert render_response(p, mode, rng).startswith(mode_prefix(p, mode))
+        assert not render_response(p, "S").startswith(mode_prefix(p, "D"))
         # locality: each step's digit(s) are the last digit(s) of the remainder that opens it
         for rest, x in re.findall(r"; (\d+) : (\d) \* \d", think):
             assert rest[-1] == x and str(a).startswith(rest)
