@@ -20,11 +20,16 @@ What is here:
                 drawn independently of difficulty (mostly D/S, a minority L/LV), ~30% with format
                 defects, so format-following has room to improve;
       filler    prose using "wait", "check", "however" in non-reflective senses.
-    Response modes (render_response): D direct answer; S short decomposition; L long digit-by-digit
-    scratchpad (least-significant digit first, one explicit carry per step, the digits written so
-    far restated after every step, then column additions of zero-padded partial products); LV = L
-    plus casting-out-nines checks of every partial product where a third of traces inject a slip,
-    then "wait, that's wrong", then the redone step.
+    Response modes (render_response): D direct answer ("347 * 28 = 9716"); S short decomposition
+    ("split 28 = 20 + 8 : ..."); L long digit-by-digit scratchpad (least-significant digit first,
+    one explicit carry per step, each step opened by the digits still to do and closed by the
+    digits written so far, so every step reads only the last ~20 tokens; then column additions of
+    zero-padded partial products, same layout); LV = L plus casting-out-nines checks of every
+    partial product where a third of traces inject a slip, then "wait, that's wrong", then the
+    redone step. With the corpus-trained tokenizer a 4x2 product takes ~28 tokens in D, ~375 in L,
+    ~750 in LV; the R1-Zero prompt is ~90.
+    The corpus never shows a test problem: not as a question, nor worked out inside a train
+    problem's solution (sub-products such as 347 * 8 inside 347 * 28), nor in a drill.
     Every corpus document ends with "<|eos|>" (the tokenizer's eos string), so the trainer only
     concatenates documents and a model learns to stop after </answer>.
 
@@ -33,6 +38,8 @@ Simplifications vs the paper / production data pipelines:
   2. The corpus mix is sampled per document (not per token); corpus_stats reports both shares.
   3. Train/test split by a 10% hash of the canonical key; no near-duplicate detection.
   4. The chat template is one user message (DeepSeek's recommended math prompt), no system prompt.
+  5. Times-table facts (both factors < 10) are skills every mode uses, so they are exempt from the
+     split; Countdown searches may multiply two small numbers that happen to be a test problem.
 
 Use:
     from tasks import make_problems, r1_zero_prompt, corpus_stream, corpus_stats, render_response
