@@ -11,7 +11,7 @@ reward. RL finds every loophole, so each rule here is strict and bounded:
     compared exactly in-process, anything symbolic goes to a killable sympy worker process with a
     timeout. Model text never reaches eval, sympify or parse_expr (they execute code).
   - code_reward: every program runs in a throwaway child: fresh tmpfs work dir, `python -I -S -B`,
-    own session, new network + mount namespace (read-only root), an unprivileged uid of its own,
+    own session, new network + mount + pid namespace (read-only root), an unprivileged uid of its own,
     rlimits, a wall-clock timeout, then the process group and every straggler of that uid are killed.
     Outputs are compared in the parent.
 
@@ -22,13 +22,13 @@ Simplifications vs the paper / production graders:
   2. Equality is exact (rationals) or symbolic (sympy simplify, then a 60-digit numeric check with a
      1e-50 relative tolerance); there is no loose float tolerance, so 0.333 != 1/3.
      A percent sign is dropped, not divided by 100: "50\\%" equals "50", not "0.5".
-  3. The sandbox uses only the standard library and Linux namespaces (no seccomp, no cgroups, no pid
-     namespace): limits are rlimits per process plus a uid-wide kill sweep. As root each running
+  3. The sandbox uses only the standard library and Linux namespaces (net, mount, pid; no seccomp, no
+     cgroups): limits are rlimits per process, the pid namespace takes every descendant down with the
+     program, and (as root) a uid-wide kill sweep backs that up. As root each running
      program gets a private uid (SANDBOX_UIDS, instead of a shared "nobody", so NPROC limits and the
      sweep are per program). Disk writes go to a size-capped tmpfs; the rest of the file system is
      read-only but still readable where permissions allow. Without root a user namespace provides the
-     net/mount isolation, but the program keeps our uid: it can read our files and a double-forked
-     daemon that leaves the process group is only stopped by its CPU rlimit.
+     net/mount/pid isolation, but the program keeps our uid: it can read files our uid can read.
   4. Assert tests of the form `assert CALL == LITERAL` are compared in the parent (immune to objects
      whose __eq__ lies); other assert forms run inside the child. An in-process adversary that reads
      the harness's own stack frames could forge the harness report; only the parent's checks are
@@ -887,6 +887,8 @@ _LAUNCHER = r"""
 import ctypes, os, resource, sys
 status, work, uid, root, need_netns, disk, python, main, limits = sys.argv[1:10]
 status, uid, root, need_netns, disk = int(status), int(uid), root == "1", need_netns == "1", int(disk)
+NEWNS, NEWUSER, NEWPID, NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
 def die(msg):
     os.write(status, b"E" + msg.encode()); os._exit(99)
 libc = ctypes.CDLL(None, use_errno=True)
@@ -894,22 +896,29 @@ files = {}
 for name in os.listdir(work):
     with open(os.path.join(work, name), "rb") as f: files[name] = f.read()
 gid = os.getgid()
-mounts = libc.unshare(0x40000000 | 0x00020000 | (0 if root else 0x10000000)) == 0   # NEWNET|NEWNS(|NEWUSER)
-if not mounts and need_netns:
-    die("unshare(CLONE_NEWNET|CLONE_NEWNS%s) failed, errno %d" % ("" if root else "|CLONE_NEWUSER", ctypes.get_errno()))
-if mounts and not root:                                  # map our own uid/gid into the new user namespace
+isolated = libc.unshare(NEWNET | NEWNS | NEWPID | (0 if root else NEWUSER)) == 0
+if not isolated and need_netns:
+    die("unshare(CLONE_NEWNET|CLONE_NEWNS|CLONE_NEWPID%s) failed, errno %d"
+        % ("" if root else "|CLONE_NEWUSER", ctypes.get_errno()))
+if isolated and not root:                                # map our own uid/gid into the new user namespace
     for path, line in (("setgroups", "deny"), ("uid_map", "%d %d 1" % (uid, uid)), ("gid_map", "%d %d 1" % (gid, gid))):
         with open("/proc/self/" + path, "w") as f: f.write(line)
-if mounts:
+if isolated:
     opts = "size=%d,mode=0700" % disk + (",uid=%d,gid=%d" % (uid, uid) if root else "")
-    if libc.mount(None, b"/", None, 16384 | (1 << 18), None) != 0: die("mount MS_REC|MS_PRIVATE failed")
+    if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0: die("mount MS_REC|MS_PRIVATE failed")
     if libc.mount(b"tmpfs", work.encode(), b"tmpfs", 0, opts.encode()) != 0: die("tmpfs mount failed")
-    for m in ("/", "/dev/shm", "/run/shm", "/var/tmp", "/run/lock"):      # MS_REMOUNT|MS_BIND|MS_RDONLY
-        if (m == "/" or os.path.ismount(m)) and libc.mount(None, m.encode(), None, 32 | 4096 | 1, None) != 0:
+    for m in ("/", "/dev/shm", "/run/shm", "/var/tmp", "/run/lock"):
+        if (m == "/" or os.path.ismount(m)) and libc.mount(None, m.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY,
+                                                          None) != 0:
             die("read-only remount of %s failed" % m)
     for name, data in files.items():
         with open(os.path.join(work, name), "wb") as f: f.write(data)
         if root: os.chown(os.path.join(work, name), uid, uid)
+pid = os.fork()          # the child is pid 1 of the new pid namespace: when it exits, all it started die
+if pid:
+    os.close(status)
+    st = os.waitpid(pid, 0)[1]
+    os._exit(os.WEXITSTATUS(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st))
 os.chdir(work)
 if root:
     os.setgroups([]); os.setgid(uid); os.setuid(uid)
@@ -917,7 +926,7 @@ for item in limits.split(","):
     res, val = map(int, item.split(":"))
     resource.setrlimit(res, (val, val))
 os.umask(0o077)
-os.write(status, b"K" if mounts else b"KNOMOUNT"); os.close(status)
+os.write(status, b"K" if isolated else b"KNOMOUNT"); os.close(status)
 os.execv(python, [python, "-I", "-S", "-B", main])
 """
 
