@@ -3,8 +3,11 @@ tokenizer.py: byte-level BPE tokenizers with tiktoken inside.
 
 Two ways to get a Tokenizer:
   - Tokenizer.train(texts, vocab_size): our own byte-level BPE trainer for the from-scratch presets.
-    Digits are always single tokens (so arithmetic stays learnable), and the vocabulary carries the
-    special tokens <|bos|> <|eos|> <|pad|> <think> </think> <answer> </answer>.
+    Digits are always single tokens (a token holds at most one digit, optionally after one space:
+    " 3"), so arithmetic stays learnable; the vocabulary carries the special tokens
+    <|bos|> <|eos|> <|pad|> <think> </think> <answer> </answer> after the merged tokens. On a
+    homogeneous corpus the vocabulary may stop short of vocab_size (no pair left to merge); read
+    tok.vocab_size.
   - Tokenizer.from_pretrained(path): a Hugging Face tokenizer.json (byte-level BPE as used by
     Qwen2/2.5, Llama-3, DeepSeek-V3/R1) turned into a tiktoken Encoding: ranks from the vocabulary,
     added tokens as specials, the family's pre-tokenizer (one regex, or a sequence of Split
@@ -20,9 +23,11 @@ Simplifications vs production tokenizers:
   4. The trainer merges on a table of unique pre-token chunks (counted once); ties in pair counts
      are broken by the smaller pair, so training is deterministic.
   5. Chat template: only the R1-distill format (and a plain fallback), not Jinja templates.
+  6. encode() never adds bos/eos (tokenizer.json post-processors are ignored); a pre-token piece
+     that is itself in the vocabulary maps to that token (tiktoken's rule = HF ignore_merges).
 
 Use:
-    tok = Tokenizer.train(tasks.corpus_stream(0), vocab_size=4096)   # or any iterable of str
+    tok = Tokenizer.train(itertools.islice(tasks.corpus_stream(0), 20000), vocab_size=1024)
     tok.save("runs/tok"); tok = Tokenizer.load("runs/tok")
     tok = Tokenizer.from_pretrained("path/to/DeepSeek-R1-Distill-Qwen-1.5B")
     ids = tok.encode("User: hi <think>"); text = tok.decode(ids)
