@@ -1162,7 +1162,9 @@ _pool = {"ex": None}
 _pool_lock = threading.Lock()
 
 
-SANDBOX_WORKERS = min(len(SANDBOX_UIDS), int(os.environ.get("NANO_R1_SANDBOX_WORKERS", 0)) or os.cpu_count() or 2)
+# Programs at a time. Twice the cores: much of a short run is process/namespace setup, not CPU
+# (measured on 2 busy cores: 15.5 programs/s with 2 workers, 23.8 with 4).
+SANDBOX_WORKERS = min(len(SANDBOX_UIDS), int(os.environ.get("NANO_R1_SANDBOX_WORKERS", 0)) or 2 * (os.cpu_count() or 1))
 
 
 def _executor():
@@ -1207,7 +1209,7 @@ def code_reward(code, tests, timeout=2.0, **kw):
 
 def sandbox_capabilities():
     """Probe which isolation layers work on this machine (runs one tiny program)."""
-    probe = ("import os, socket\nr = {'uid': os.getuid()}\n"
+    probe = ("import os, socket\nr = {'uid': os.getuid(), 'pid_namespace': os.getpid() == 1}\n"
              "try:\n    socket.create_connection(('1.1.1.1', 53), timeout=0.5); r['net'] = 'open'\n"
              "except OSError as e:\n    r['net'] = 'blocked'\n"
              "try:\n    open('/tmp/nano_r1_probe', 'w'); r['tmp'] = 'writable'\n"
