@@ -118,7 +118,8 @@ if triton is not None:
     @triton.jit
     def _fwd_kernel(logits_ptr, row_stride, targets_ptr, ref_ptr, logp_ptr, ent_ptr, kl_ptr,
                     lse_ptr, V, inv_temp, ignore_index, kl_clamp,
-                    HAS_ENT: tl.constexpr, HAS_REF: tl.constexpr, BLOCK_V: tl.constexpr):
+                    HAS_ENT: tl.constexpr, HAS_REF: tl.constexpr, BLOCK_V: tl.constexpr,
+                    NUM_STAGES: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)  # int64: row * row_stride may exceed 2^31
         row_ptr = logits_ptr + row * row_stride
         y = tl.load(targets_ptr + row)
@@ -127,7 +128,7 @@ if triton is not None:
         m = -float("inf")  # running max of z
         s = 0.0            # running sum of exp(z - m)
         a = 0.0            # running sum of exp(z - m) * z  (entropy only)
-        for start in range(0, V, BLOCK_V):
+        for start in tl.range(0, V, BLOCK_V, num_stages=NUM_STAGES):  # pipelined loads
             cols = start + tl.arange(0, BLOCK_V)
             in_row = cols < n_cols
             z = tl.load(row_ptr + cols, mask=in_row, other=-float("inf")).to(tl.float32) * inv_temp
@@ -153,7 +154,8 @@ if triton is not None:
     @triton.jit
     def _bwd_kernel(logits_ptr, row_stride, dlogits_ptr, targets_ptr, lse_ptr, ent_ptr, logp_ptr,
                     ref_ptr, g_logp_ptr, g_ent_ptr, g_kl_ptr, V, inv_temp, ignore_index, kl_clamp,
-                    HAS_ENT: tl.constexpr, HAS_REF: tl.constexpr, BLOCK_V: tl.constexpr):
+                    HAS_ENT: tl.constexpr, HAS_REF: tl.constexpr, BLOCK_V: tl.constexpr,
+                    NUM_STAGES: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         row_ptr = logits_ptr + row * row_stride
         drow_ptr = dlogits_ptr + row * V  # dlogits is contiguous (N, V)
@@ -171,7 +173,7 @@ if triton is not None:
             g_ent = tl.load(g_ent_ptr + row)
             mean_z = lse - tl.load(ent_ptr + row)
         n_cols = tl.where(valid, V, 0)  # masked rows load nothing, store zeros
-        for start in range(0, V, BLOCK_V):
+        for start in tl.range(0, V, BLOCK_V, num_stages=NUM_STAGES):  # pipelined loads
             cols = start + tl.arange(0, BLOCK_V)
             in_vocab = cols < V
             z = tl.load(row_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32) * inv_temp
@@ -183,11 +185,11 @@ if triton is not None:
             tl.store(drow_ptr + cols, dz.to(dlogits_ptr.dtype.element_ty), mask=in_vocab)
 
 
-def _launch_config(V, block_v=None):
-    """(BLOCK_V, num_warps): blocks of up to 4096 columns (loop over the rest), ~16 columns per
-    thread (a power of two in 4..16 warps)."""
+def _launch_config(V, block_v=None, num_stages=None):
+    """(BLOCK_V, num_warps, NUM_STAGES): blocks of up to 4096 columns (loop over the rest), ~16
+    columns per thread (a power of two in 4..16 warps), the next block's load in flight."""
     block_v = block_v or min(4096, triton.next_power_of_2(V))
-    return block_v, max(4, min(16, block_v // 512))
+    return block_v, max(4, min(16, block_v // 512)), num_stages or 2
 
 
 def _check_triton(logits):
@@ -199,7 +201,7 @@ def _check_triton(logits):
 
 
 def forward_triton(logits, targets, temperature=1.0, ref_logprobs=None, return_entropy=False,
-                   ignore_index=-100, block_v=None):
+                   ignore_index=-100, block_v=None, num_stages=None):
     """Triton forward. logits (N, V) with unit column stride, targets (N,) int64.
     Returns fp32 (logp, entropy or None, kl or None, lse), each (N,). Not differentiable."""
     _check_triton(logits)
@@ -211,17 +213,17 @@ def forward_triton(logits, targets, temperature=1.0, ref_logprobs=None, return_e
     ref = ref_logprobs.float().contiguous() if ref_logprobs is not None else None  # (N,)
     if N == 0:
         return logp, ent, kl, lse
-    block, warps = _launch_config(V, block_v)
+    block, warps, stages = _launch_config(V, block_v, num_stages)
     _fwd_kernel[(N,)](logits, logits.stride(0), targets, ref if ref is not None else logp,
                       logp, ent if ent is not None else logp, kl if kl is not None else logp, lse,
                       V, 1.0 / temperature, ignore_index, KL_CLAMP,
                       HAS_ENT=ent is not None, HAS_REF=ref is not None, BLOCK_V=block,
-                      num_warps=warps)
+                      NUM_STAGES=stages, num_warps=warps)
     return logp, ent, kl, lse
 
 
 def backward_triton(logits, targets, lse, entropy, logp, ref_logprobs, g_logp, g_ent, g_kl,
-                    temperature=1.0, ignore_index=-100, block_v=None):
+                    temperature=1.0, ignore_index=-100, block_v=None, num_stages=None):
     """Triton backward: dlogits (N, V) contiguous in logits.dtype, one pass over the logits."""
     _check_triton(logits)
     N, V = logits.shape
@@ -231,11 +233,12 @@ def backward_triton(logits, targets, lse, entropy, logp, ref_logprobs, g_logp, g
     has_ent = entropy is not None and g_ent is not None
     has_ref = ref_logprobs is not None and g_kl is not None
     contig = lambda t: t.float().contiguous() if t is not None else lse  # noqa: E731 (unused slot)
-    block, warps = _launch_config(V, block_v)
+    block, warps, stages = _launch_config(V, block_v, num_stages)
     _bwd_kernel[(N,)](logits, logits.stride(0), dlogits, targets, lse, contig(entropy), logp,
                       contig(ref_logprobs), contig(g_logp), contig(g_ent), contig(g_kl),
                       V, 1.0 / temperature, ignore_index, KL_CLAMP,
-                      HAS_ENT=has_ent, HAS_REF=has_ref, BLOCK_V=block, num_warps=warps)
+                      HAS_ENT=has_ent, HAS_REF=has_ref, BLOCK_V=block, NUM_STAGES=stages,
+                      num_warps=warps)
     return dlogits
 
 
@@ -244,21 +247,21 @@ class TokenLogprobsFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, ref_logprobs, temperature, return_entropy, ignore_index,
-                block_v=None):
+                block_v=None, num_stages=None):
         logp, ent, kl, lse = forward_triton(logits, targets, temperature, ref_logprobs,
-                                            return_entropy, ignore_index, block_v)
+                                            return_entropy, ignore_index, block_v, num_stages)
         ctx.save_for_backward(logits, targets, lse, ent, logp, ref_logprobs)
-        ctx.args = (temperature, ignore_index, block_v)
+        ctx.args = (temperature, ignore_index, block_v, num_stages)
         ctx.mark_non_differentiable(lse)
         return logp, ent, kl, lse
 
     @staticmethod
     def backward(ctx, g_logp, g_ent, g_kl, _g_lse):
         logits, targets, lse, ent, logp, ref = ctx.saved_tensors
-        temperature, ignore_index, block_v = ctx.args
+        temperature, ignore_index, block_v, num_stages = ctx.args
         dlogits = backward_triton(logits, targets, lse, ent, logp, ref, g_logp, g_ent, g_kl,
-                                  temperature, ignore_index, block_v)
-        return dlogits, None, None, None, None, None, None
+                                  temperature, ignore_index, block_v, num_stages)
+        return dlogits, None, None, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,11 +295,12 @@ def _use_triton(impl, device):
 
 
 def token_logprobs(logits, targets, temperature=1.0, ref_logprobs=None, return_entropy=False,
-                   ignore_index=-100, impl="auto", block_v=None) -> TokenStats:
+                   ignore_index=-100, impl="auto", block_v=None,
+                   num_stages=None) -> TokenStats:
     """log p(target), optional entropy and k3 KL from logits (..., V) and targets (...).
     Outputs have the leading shape, fp32, differentiable w.r.t. logits; rows with
     target == ignore_index give 0 and zero gradient. impl: "auto" (Triton on CUDA, else torch),
-    "triton" or "torch"."""
+    "triton" or "torch". block_v, num_stages: Triton tuning knobs (None: `_launch_config`)."""
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits shape {tuple(logits.shape)} must be targets shape "
                          f"{tuple(targets.shape)} + (V,)")
@@ -311,7 +315,7 @@ def token_logprobs(logits, targets, temperature=1.0, ref_logprobs=None, return_e
     ref = ref_logprobs.reshape(-1).contiguous() if ref_logprobs is not None else None  # (N,)
     if _use_triton(impl, logits.device):
         logp, ent, kl, _ = TokenLogprobsFn.apply(x, t, ref, temperature, return_entropy,
-                                                 ignore_index, block_v)
+                                                 ignore_index, block_v, num_stages)
     else:
         logp, ent, kl, _ = forward_torch(x, t, temperature, ref, return_entropy, ignore_index)
     shape = lambda u: u.view(lead) if u is not None else None  # noqa: E731
