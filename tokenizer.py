@@ -86,7 +86,11 @@ def _count_chunks(texts: Iterable[str], pattern: str) -> Counter:
     counts: Counter = Counter()
     for text in texts:
         for part in special.split(text):
-            counts.update(pat.findall(part))
+            start = 0
+            while start < len(part):  # ~1 MB slices cut after a newline bound peak memory on huge texts
+                end = part.find("\n", start + 1_000_000) + 1 or len(part)
+                counts.update(pat.findall(part, start, end))
+                start = end
     return Counter({c.encode("utf-8"): n for c, n in counts.items()})
 
 
