@@ -595,3 +595,289 @@ class Transformer(nn.Module):
 
     def num_params(self, active=False):
         return count_params(self.cfg, active)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Hugging Face checkpoints (config.json + safetensors)
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=torch.float32, device="cpu", **overrides):
+        """Load a Hugging Face checkpoint directory (qwen2, llama, deepseek_v3, deepseek_v2). Weights are read
+        tensor by tensor from the memory-mapped shards straight into the (uninitialised) model, FP8 block-scaled
+        weights are dequantised on the way. overrides: ModelConfig fields (e.g. mla_absorb=True)."""
+        with open(_find(path, "config.json")) as f:
+            hf = json.load(f)
+        cfg = config_from_hf(hf, **overrides)  # rope_interleave=... may differ from the checkpoint's layout
+        ckpt_interleave = config_from_hf(hf).rope_interleave
+        with torch.device("meta"):  # build without allocating, then allocate once in the target dtype
+            model = cls(cfg)
+        model = model.to(dtype).to_empty(device=device)
+        if cfg.tie_embeddings:
+            model.lm_head.weight = model.embed.weight
+        model.inv_freq = rope_frequencies(*_rope_args(cfg))[0].to(device)  # (D/2,) not in the checkpoint
+        model.aux_loss = torch.zeros((), device=device)
+        for layer in model.layers:
+            if isinstance(layer.ffn, MoE):  # fp32: the tiny +-gamma bias updates would vanish in bf16
+                layer.ffn.bias = torch.zeros(cfg.n_routed_experts, device=device)
+                layer.ffn.load = torch.zeros(cfg.n_routed_experts, device=device)
+        load_hf_weights(model, path, ckpt_interleave)
+        return model.eval()
+
+    def save_pretrained(self, path, max_shard_bytes=4 << 30):
+        """Write config.json + safetensors (sharded with an index above max_shard_bytes) that transformers loads."""
+        from safetensors.torch import save_file
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(config_to_hf(self.cfg, self.embed.weight.dtype), f, indent=2)
+        shards, current, size = [], {}, 0
+        for hf, tensor in hf_state_dict(self).items():
+            if current and size + tensor.nbytes > max_shard_bytes:
+                shards, current, size = shards + [current], {}, 0
+            current[hf], size = tensor, size + tensor.nbytes
+        shards.append(current)
+        if len(shards) == 1:
+            save_file(shards[0], os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+            return
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(path, name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+        with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
+
+
+SUPPORTED_MODEL_TYPES = ("qwen2", "llama", "deepseek_v3", "deepseek_v2")
+
+
+def _find(path, name):
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path} is not a directory (expected a Hugging Face checkpoint folder)")
+    if not os.path.exists(os.path.join(path, name)):
+        raise FileNotFoundError(f"{name} not found in {path}; found {sorted(os.listdir(path))}")
+    return os.path.join(path, name)
+
+
+def _rope_args(cfg):
+    return (cfg.qk_rope_head_dim if cfg.attn == "mla" else cfg.head_dim), cfg.rope_theta, cfg.rope_scaling
+
+
+def config_from_hf(hf, **overrides):
+    """Map a Hugging Face config.json dict to a ModelConfig, refusing features this model does not implement."""
+    kind = hf.get("model_type")
+    if kind not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"unsupported model_type {kind!r}; supported: {SUPPORTED_MODEL_TYPES}")
+    if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias") or (hf.get("attention_bias") and kind != "qwen2"):
+        raise ValueError("unsupported config: need hidden_act='silu', mlp_bias=False, attention_bias=False "
+                         f"(got {hf.get('hidden_act')}, {hf.get('mlp_bias')}, {hf.get('attention_bias')})")
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    scaling = None
+    if rope_type == "yarn":
+        scaling = dict(type="yarn", factor=rope.get("factor") or hf["max_position_embeddings"] /
+                       rope["original_max_position_embeddings"], original_max_position_embeddings=
+                       rope["original_max_position_embeddings"], beta_fast=rope.get("beta_fast") or 32,
+                       beta_slow=rope.get("beta_slow") or 1, mscale=rope.get("mscale"),
+                       mscale_all_dim=rope.get("mscale_all_dim"))
+    elif rope_type == "llama3":
+        scaling = {k: rope[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
+                                        "original_max_position_embeddings")} | {"type": "llama3"}
+    elif rope_type != "default":
+        raise ValueError(f"unsupported rope type {rope_type!r}; supported: default, yarn, llama3")
+    c = dict(vocab_size=hf["vocab_size"], dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"],
+             n_heads=hf["num_attention_heads"], max_seq_len=hf.get("max_position_embeddings", 4096),
+             inter_dim=hf["intermediate_size"], norm_eps=hf.get("rms_norm_eps", 1e-6),
+             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+             rope_theta=rope.get("rope_theta", hf.get("rope_theta", 10000.0)), rope_scaling=scaling)
+    if kind in ("qwen2", "llama"):
+        c.update(attn="gqa", n_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
+                 head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+                 qkv_bias=kind == "qwen2", rope_interleave=False)
+    else:
+        greedy = kind == "deepseek_v2" and hf.get("topk_method", "greedy") == "greedy"
+        c.update(attn="mla", q_lora_rank=hf.get("q_lora_rank") or 0, kv_lora_rank=hf["kv_lora_rank"],
+                 qk_nope_head_dim=hf["qk_nope_head_dim"], qk_rope_head_dim=hf["qk_rope_head_dim"],
+                 v_head_dim=hf["v_head_dim"], rope_interleave=hf.get("rope_interleave", True),
+                 n_routed_experts=hf.get("n_routed_experts") or 0, n_dense_layers=hf.get("first_k_dense_replace", 0),
+                 n_shared_experts=hf.get("n_shared_experts") or 0, n_activated_experts=hf["num_experts_per_tok"],
+                 moe_inter_dim=hf["moe_intermediate_size"], route_scale=hf.get("routed_scaling_factor", 1.0),
+                 n_expert_groups=1 if greedy else hf.get("n_group") or 1,
+                 n_limited_groups=1 if greedy else hf.get("topk_group") or 1)
+        if kind == "deepseek_v2":
+            c.update(score_func="softmax", norm_topk_prob=False, rope_interleave=True)
+            if hf.get("moe_layer_freq", 1) != 1:
+                raise ValueError(f"unsupported moe_layer_freq={hf['moe_layer_freq']}; only 1 is supported")
+        else:
+            c.update(score_func="sigmoid", norm_topk_prob=hf.get("norm_topk_prob", True))
+    return ModelConfig(**{**c, **overrides})
+
+
+def config_to_hf(cfg, dtype=torch.float32):
+    """ModelConfig -> Hugging Face config.json dict (deepseek_v3 / deepseek_v2 for MLA, qwen2 / llama for GQA)."""
+    kind = ("deepseek_v3" if cfg.score_func == "sigmoid" else "deepseek_v2") if cfg.attn == "mla" \
+        else ("qwen2" if cfg.qkv_bias else "llama")
+    arch = {"deepseek_v3": "DeepseekV3", "deepseek_v2": "DeepseekV2", "qwen2": "Qwen2", "llama": "Llama"}[kind]
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    if cfg.rope_scaling:
+        rope.update({("rope_type" if k == "type" else k): v for k, v in cfg.rope_scaling.items() if v is not None})
+    hf = dict(model_type=kind, architectures=[arch + "ForCausalLM"], vocab_size=cfg.vocab_size, hidden_size=cfg.dim,
+              num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, intermediate_size=cfg.inter_dim,
+              max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps, hidden_act="silu",
+              tie_word_embeddings=cfg.tie_embeddings, rope_theta=cfg.rope_theta, rope_parameters=rope,
+              attention_bias=False, dtype=str(dtype).removeprefix("torch."))
+    if cfg.attn == "gqa":
+        return hf | dict(num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim)
+    moe = cfg.n_routed_experts > 0
+    return hf | dict(num_key_value_heads=cfg.n_heads, q_lora_rank=cfg.q_lora_rank or None,
+                     kv_lora_rank=cfg.kv_lora_rank, qk_nope_head_dim=cfg.qk_nope_head_dim,
+                     qk_rope_head_dim=cfg.qk_rope_head_dim, v_head_dim=cfg.v_head_dim,
+                     rope_interleave=cfg.rope_interleave, n_routed_experts=cfg.n_routed_experts if moe else 1,
+                     first_k_dense_replace=cfg.n_dense_layers if moe else cfg.n_layers,
+                     n_shared_experts=cfg.n_shared_experts, num_experts_per_tok=cfg.n_activated_experts if moe else 1,
+                     moe_intermediate_size=cfg.moe_inter_dim, routed_scaling_factor=cfg.route_scale,
+                     n_group=cfg.n_expert_groups, topk_group=cfg.n_limited_groups, norm_topk_prob=cfg.norm_topk_prob,
+                     topk_method="greedy" if cfg.n_expert_groups == 1 else "group_limited_greedy")
+
+
+_HF_RENAMES = [  # (regex on our state-dict name, replacement) applied in order; "{e}" = expert index
+    (r"^embed\.", "model.embed_tokens."), (r"^norm\.", "model.norm."), (r"^layers\.", "model.layers."),
+    (r"\.attn_norm\.", ".input_layernorm."), (r"\.ffn_norm\.", ".post_attention_layernorm."),
+    (r"\.attn\.", ".self_attn."), (r"\.ffn\.", ".mlp."), (r"\.shared\.", ".shared_experts."),
+    (r"\.mlp\.bias$", ".mlp.gate.e_score_correction_bias"), (r"\.mlp\.(w[123])$", r".mlp.experts.{e}.\1.weight"),
+    (r"\.wq\.", ".q_proj."), (r"\.wq_a\.", ".q_a_proj."), (r"\.q_norm\.", ".q_a_layernorm."),
+    (r"\.wq_b\.", ".q_b_proj."), (r"\.wkv_a\.", ".kv_a_proj_with_mqa."), (r"\.kv_norm\.", ".kv_a_layernorm."),
+    (r"\.wkv_b\.", ".kv_b_proj."), (r"\.wk\.", ".k_proj."), (r"\.wv\.", ".v_proj."), (r"\.wo\.", ".o_proj."),
+    (r"\.w1\.", ".gate_proj."), (r"\.w2\.", ".down_proj."), (r"\.w3\.", ".up_proj."),
+]
+
+
+def hf_name(name):
+    """Our state-dict name -> Hugging Face tensor name (stacked experts map to a name with '{e}')."""
+    import re
+    for pattern, repl in _HF_RENAMES:
+        name = re.sub(pattern, repl, name)
+    return name
+
+
+def _expected_hf_tensors(model):
+    """{HF name: (our param/buffer, expert index or None)} for every tensor a checkpoint must provide."""
+    out = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        if name == "lm_head.weight" and model.cfg.tie_embeddings:
+            continue
+        if name.endswith("ffn.bias") and model.cfg.score_func == "softmax":
+            continue  # V2 checkpoints have no selection bias
+        hf = hf_name(name)
+        for e in range(t.shape[0]) if "{e}" in hf else [None]:
+            out[hf.format(e=e)] = (t, e)
+    return out
+
+
+def load_hf_weights(model, path, ckpt_interleave=None):
+    """Copy every tensor of the checkpoint at `path` into `model`, shard by shard. Raises KeyError listing
+    missing/unexpected names and ValueError naming any shape mismatch."""
+    import re
+    from safetensors import safe_open
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+    else:
+        weight_map = {k: "model.safetensors" for k in safe_open(_find(path, "model.safetensors"), "pt").keys()}
+    handles = {}
+
+    def read(name):  # one tensor from its (memory-mapped) shard
+        file = weight_map[name]
+        if file not in handles:
+            handles[file] = safe_open(os.path.join(path, file), "pt")
+        return handles[file].get_tensor(name)
+
+    expected, unexpected = _expected_hf_tensors(model), []
+    relayout = ckpt_interleave is not None and ckpt_interleave != model.cfg.rope_interleave
+    todo = set(expected)
+    n_layers = model.cfg.n_layers
+    for name in sorted(weight_map, key=lambda k: weight_map[k]):  # shard by shard
+        layer = re.match(r"model\.layers\.(\d+)\.", name)
+        if name.endswith("_scale_inv") or "rotary_emb" in name or (layer and int(layer[1]) >= n_layers):
+            continue  # FP8 scales are read with their weight; extra layers are the MTP module
+        fused = re.match(r"(.*\.mlp\.experts)\.(gate_up_proj|down_proj)$", name)
+        if fused:  # transformers-v5 fused experts: gate_up (E, 2I, C) gate first, down (E, C, I)
+            w = read(name)
+            parts = w.chunk(2, dim=1) if fused[2] == "gate_up_proj" else [w]
+            projs = ["gate_proj", "up_proj"] if fused[2] == "gate_up_proj" else ["down_proj"]
+            pieces = {f"{fused[1]}.{e}.{p}.weight": part[e] for p, part in zip(projs, parts) for e in range(w.shape[0])}
+        else:
+            pieces = {name: None}
+        for hf, value in pieces.items():
+            if hf not in expected:
+                unexpected.append(hf)
+                continue
+            if value is None:
+                value = read(hf)
+                if value.element_size() == 1 and hf + "_scale_inv" in weight_map:
+                    value = dequant_fp8(value, read(hf + "_scale_inv"))
+            if relayout:
+                value = permute_rope_rows(value, hf, model.cfg, to_half=ckpt_interleave)
+            target, e = expected[hf]
+            target = target if e is None else target[e]
+            if value.shape != target.shape:
+                raise ValueError(f"shape mismatch for {hf}: checkpoint {tuple(value.shape)} vs model "
+                                 f"{tuple(target.shape)}")
+            with torch.no_grad():
+                target.copy_(value)
+            todo.discard(hf)
+    if todo or unexpected:
+        def show(names):
+            names = sorted(names)
+            return ", ".join(names[:20]) + (f" ... (+{len(names) - 20} more)" if len(names) > 20 else "")
+        raise KeyError(f"checkpoint {path} does not match the model config: missing {len(todo)} tensors "
+                       f"[{show(todo)}]; unexpected {len(unexpected)} tensors [{show(unexpected)}]")
+
+
+def permute_rope_rows(w, hf, cfg, to_half):
+    """Reorder the rope rows of a q/k projection between the interleaved layout (pairs 2i, 2i+1; DeepSeek files)
+    and the half-split layout (pairs i, i+D/2; Qwen/Llama files). Other tensors are returned unchanged."""
+    if cfg.attn == "mla":
+        Dr, block = cfg.qk_rope_head_dim, cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
+        if hf.endswith(("q_proj.weight", "q_b_proj.weight")):
+            starts = [h * block + cfg.qk_nope_head_dim for h in range(cfg.n_heads)]
+        elif hf.endswith("kv_a_proj_with_mqa.weight"):
+            starts = [cfg.kv_lora_rank]
+        else:
+            return w
+    else:
+        Dr = cfg.head_dim
+        if ".q_proj." in hf or ".k_proj." in hf:
+            starts = range(0, w.shape[0], Dr)
+        else:
+            return w
+    half = torch.cat([torch.arange(0, Dr, 2), torch.arange(1, Dr, 2)])  # new row j <- interleaved row half[j]
+    one = half if to_half else half.argsort()  # (Dr,)
+    perm = torch.arange(w.shape[0])  # (rows,)
+    for s in starts:
+        perm[s:s + Dr] = s + one
+    return w[perm]
+
+
+def dequant_fp8(w, scale_inv, block=128):
+    """FP8 weight (M, N) with one scale per 128x128 block (ceil(M/128), ceil(N/128)) -> float32 (M, N)."""
+    M, N = w.shape
+    s = scale_inv.float().repeat_interleave(block, 0)[:M].repeat_interleave(block, 1)[:, :N]  # (M, N)
+    return w.float() * s  # (M, N)
+
+
+def hf_state_dict(model):
+    """Our weights under Hugging Face names, experts split per expert as on the hub."""
+    out = {}
+    for name, t in model.state_dict().items():
+        if name == "lm_head.weight" and model.cfg.tie_embeddings:
+            continue
+        if name.endswith("ffn.bias") and model.cfg.score_func == "softmax":
+            continue
+        hf = hf_name(name)
+        if model.cfg.attn == "gqa" and model.cfg.rope_interleave:  # Qwen2/Llama files are half-split
+            t = permute_rope_rows(t, hf, model.cfg, to_half=True)
+        if "{e}" in hf:
+            out.update({hf.format(e=e): t[e].contiguous() for e in range(t.shape[0])})
+        else:
+            out[hf] = t.contiguous()
+    return out
