@@ -43,11 +43,11 @@ Usage:
     python rewards.py            # prints what sandbox isolation this machine supports
 """
 import ast
+import fcntl
 import functools
 import json
 import math
 import os
-import queue
 import re
 import resource
 import select
@@ -854,10 +854,28 @@ def _strip_fences(code):
 # ----------------------------------------------------------------------------- code sandbox
 
 IS_ROOT = os.geteuid() == 0
-SANDBOX_UIDS = range(61000, 61064)    # one private uid per concurrently running program (root only)
-_uid_pool = queue.Queue()
-for _u in SANDBOX_UIDS:
-    _uid_pool.put(_u)
+SANDBOX_UIDS = range(61000, 61256)    # one private uid per running program (root only), across processes
+_UID_LOCKS = "/tmp/nano_r1_sandbox_uids"
+
+
+def _claim_uid():
+    """A sandbox uid no other thread or process is using: an flock on a per-uid file (released by
+    _release_uid or when we die). Several training processes can share one machine safely."""
+    os.makedirs(_UID_LOCKS, mode=0o700, exist_ok=True)
+    while True:
+        for uid in SANDBOX_UIDS:
+            fd = os.open(os.path.join(_UID_LOCKS, str(uid)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return uid, fd
+            except BlockingIOError:
+                os.close(fd)
+        time.sleep(0.01)
+
+
+def _release_uid(fd):
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
 
 
 def _world_executable(path):
@@ -948,11 +966,12 @@ def _wait(proc, timeout):
         os.close(fd)
 
 
-def _kill_stragglers(uid, pgid):
-    """SIGKILL the program's process group, then every process still owned by its uid (double-forked
-    daemons leave the group). Repeats until none is left."""
+def _kill_stragglers(uid, pgid=None):
+    """SIGKILL the program's process group, then every process still owned by its uid (belt and braces:
+    the pid namespace already takes descendants down). Repeats until none is left."""
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        if pgid is not None:
+            os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     if uid is None:
@@ -982,7 +1001,9 @@ def run_sandboxed(files, main, stdin=b"", timeout=2.0, memory_mb=512, output_cap
     """Run `python -I -S -B main` from a fresh work dir holding `files` ({name: str|bytes}), isolated.
     Returns {"stdout": bytes (<= output_cap), "stderr", "returncode", "timed_out", "overflow", "wall"}.
     Raises RuntimeError only if the machine cannot provide the isolation (never for the program)."""
-    uid = _uid_pool.get() if IS_ROOT else None
+    uid, uid_fd = _claim_uid() if IS_ROOT else (None, None)
+    if uid is not None:
+        _kill_stragglers(uid)                 # leftovers of a caller that died mid-run with this uid
     base, mounted = tempfile.mkdtemp(prefix="nano_r1_sbx_"), False
     try:
         os.chmod(base, 0o711)
@@ -1031,7 +1052,7 @@ def run_sandboxed(files, main, stdin=b"", timeout=2.0, memory_mb=512, output_cap
         if uid is not None:
             if not mounted:
                 _sweep_tmp(uid)
-            _uid_pool.put(uid)
+            _release_uid(uid_fd)
 
 
 def _read_capped(path, cap):
@@ -1165,6 +1186,17 @@ _pool_lock = threading.Lock()
 # Programs at a time. Twice the cores: much of a short run is process/namespace setup, not CPU
 # (measured on 2 busy cores: 15.5 programs/s with 2 workers, 23.8 with 4).
 SANDBOX_WORKERS = min(len(SANDBOX_UIDS), int(os.environ.get("NANO_R1_SANDBOX_WORKERS", 0)) or 2 * (os.cpu_count() or 1))
+
+
+def _reset_after_fork():
+    """A forked child (e.g. a data-loader worker) must not share our sympy worker pipes, pool threads
+    or possibly-held locks: it starts its own on first use."""
+    global _worker_lock, _pool_lock
+    _worker["proc"], _pool["ex"] = None, None
+    _worker_lock, _pool_lock = threading.Lock(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _executor():

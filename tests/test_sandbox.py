@@ -203,3 +203,20 @@ def test_score_code_partial_credit():
     done = "<think> add them </think> <answer>\n```python\ndef add(a, b):\n    return a + b\n```\n</answer>"
     r = rewards.score(done, p)
     assert r["accuracy"] == 0.5 and r["format"] == 1.0 and r["reward"] == pytest.approx(0.6)
+
+
+def test_uid_claims_are_exclusive_across_processes():
+    a, fa = rewards._claim_uid()
+    b, fb = rewards._claim_uid()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                  # another process must get a third uid
+        c, _ = rewards._claim_uid()
+        os.write(w, str(c).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    c = int(os.read(r, 32))
+    assert len({a, b, c}) == 3 and {a, b, c} <= set(rewards.SANDBOX_UIDS)
+    rewards._release_uid(fb)
+    assert rewards._claim_uid()[0] == b           # released uids are reused
+    rewards._release_uid(fa)
