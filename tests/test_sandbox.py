@@ -218,5 +218,7 @@ def test_uid_claims_are_exclusive_across_processes():
     c = int(os.read(r, 32))
     assert len({a, b, c}) == 3 and {a, b, c} <= set(rewards.SANDBOX_UIDS)
     rewards._release_uid(fb)
-    assert rewards._claim_uid()[0] == b           # released uids are reused
+    b2, fb2 = rewards._claim_uid()
+    assert b2 == b                                # released uids are reused
+    rewards._release_uid(fb2)
     rewards._release_uid(fa)
