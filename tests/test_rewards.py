@@ -274,3 +274,19 @@ def test_language_consistency():
     assert language_consistency("Привет мир", "ru") == 1.0
     with pytest.raises(ValueError):
         language_consistency("x", "klingon")
+
+
+def test_tasks_contract():
+    """Every well-formed completion tasks.py renders (what the corpus teaches) scores format 1 and
+    accuracy 1, and a wrong answer in the same format scores accuracy 0."""
+    import random
+
+    import tasks
+    rng = random.Random(0)
+    for task in ["multiplication", "addition", "countdown"]:
+        for p in tasks.make_problems(task, 10, seed=3):
+            for mode in ["D", "S", "L", "LV"]:
+                r = score(tasks.render_response(p, mode, rng), p)
+                assert (r["format"], r["accuracy"]) == (1.0, 1.0), (task, mode, r)
+            bad = score(f" <think> guess </think> <answer> {p.answer}1 </answer>", p)
+            assert (bad["format"], bad["accuracy"]) == (1.0, 0.0), (task, bad)
