@@ -15,8 +15,9 @@ Simplifications vs production samplers (vLLM, SGLang, nanochat's Engine)
        copying the prompt's cache rows, not by pointing at them).
     3. Left padding: ragged prompts are padded on the left, their RoPE positions shifted so every
        prompt starts at position 0, and padded slots are masked out of attention.
-    4. The fast path is torch.compile of the whole decode step (compile=True); no custom attention
-       kernels, no speculative decoding.
+    4. The fast path is torch.compile of the whole decode step (compile=True, dynamic shapes); no
+       CUDA graphs (they need a static-shape cache: the model's cache returns a view that grows by one
+       slot per step), no custom attention kernels, no speculative decoding.
     5. Stop strings are checked by decoding the tail of a row, and only for rows whose newest token
        could complete one (its text contains a stop string's last character, or an incomplete byte).
 
@@ -36,6 +37,7 @@ Shapes: B prompts, n samples per prompt, N = B*n rows being decoded (shrinks as 
 P longest prompt, T generated tokens, V vocab.
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -182,9 +184,7 @@ def generate(model, prompts, max_new_tokens=256, temperature=1.0, top_p=1.0, top
         generator = torch.Generator(device=device).manual_seed(seed)
     stops = _StopStrings(stop_strings, tokenizer)
     stop_ids = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)  # (S,)
-    step_fn = _decode_step
-    if compile:
-        step_fn = torch.compile(_decode_step, dynamic=True, backend=COMPILE_BACKEND)
+    step_fn = _compiled_decode_step(COMPILE_BACKEND) if compile else _decode_step
 
     was_training = model.training
     model.eval()
@@ -263,6 +263,13 @@ def _sample_loop(model, prompts, max_new_tokens, temperature, top_p, top_k, n, s
 def _decode_step(model, cache, tok, pos):
     """One decode step: tok (M,) int64 at positions pos (M,) -> next-token logits (M, V)."""
     return model(tok[:, None], cache=cache, pos=pos[:, None])[:, -1]  # (M, V)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_decode_step(backend):
+    """torch.compile of the decode step, built once per backend. dynamic=True: the batch shrinks as rows
+    finish and the cache grows by one slot per step, so shapes are symbolic rather than recompiled."""
+    return torch.compile(_decode_step, dynamic=True, backend=backend)
 
 
 # ----------------------------------------------------------------------------- evaluation metrics
