@@ -16,12 +16,13 @@ Math (z = logits / T, p = softmax(z), lse = logsumexp(z), y the target, r the re
     d logp    / dz_j = 1[j = y] - p_j
     d entropy / dz_j = -p_j (z_j - sum_k p_k z_k)
     d kl      / dlogp = 1 - exp(d)   (0 where the clamp is active)
-    dlogits = (g_logp' (1[j = y] - p_j) - g_ent p_j (z_j - sum p z)) / T,  g_logp' = g_logp + g_kl dkl/dlogp
+    dlogits_j = (g_logp' (1[j = y] - p_j) - g_ent p_j (z_j - sum_k p_k z_k)) / T
+    with g_logp' = g_logp + g_kl dkl/dlogp (the KL gradient folded into the logp one),
 so the backward needs only lse and the entropy per row (sum p z = lse - entropy).
 
 Simplifications vs production kernels (Liger, verl, Unsloth, Cut-CE):
 1. One program per row with a scalar running max: no split-row reduction for tiny N, no autotuning
-   (one block size and warp count picked by `_launch_config`).
+   (block size, warps and pipeline stages picked by `_launch_config`; bench.py sweeps them).
 2. The PPO ratio / clipping stays in grpo.py in PyTorch (it acts on (N,) tensors, cheap); only the
    (N, V) work is fused.
 3. No gradient to ref_logprobs (the reference model is frozen).
@@ -39,6 +40,8 @@ Use:
     stats.logp, stats.entropy, stats.kl                    # each (...,) float32, differentiable
     token_logprobs(..., impl="torch")                      # the readable PyTorch definition
     TRITON_INTERPRET=1 python -c "..."                     # impl="triton" on CPU (set before import)
+    linear_token_logprobs(hidden, lm_head.weight, targets, ...)  # chunked, never all logits
+    python -m pytest tests/test_kernels.py                 # twin gradcheck, Triton via interpreter
 Avoid logits[:, :-1] (a non-viewable slice is copied to (N, V)); shift targets instead and mark the
 last position with ignore_index.
 """
