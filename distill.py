@@ -1,0 +1,538 @@
+"""
+distill.py: distil a reasoning teacher into a smaller student, and compare that with running GRPO on the student
+directly. This is the R1 paper's last finding (section 4 of arXiv 2501.12948): plain SFT of a small model on a
+strong reasoner's outputs beats large-scale RL on the same small model.
+
+The pipeline, all in main():
+  1. teacher: one of our checkpoints or a Hugging Face model dir (--teacher=DIR), or, by default, trained here by
+     train.py with the recipe --teacher_preset into OUT/teacher (the smoke recipe for distill-smoke, ...).
+  2. student base: a smaller model preset pretrained from scratch with the same recipe and the teacher's tokenizer
+     (train.stage_pretrain with --student_model), or --student=DIR.
+  3. rejection sampling: k samples per training problem from the teacher at T=--temperature; keep those that are
+     correct and well formatted (rewards.score) and readable (not truncated, within length limits, no looping
+     n-grams, one language by rewards.language_consistency); deduplicate; write OUT/traces.jsonl.
+  4. (a) distilled: the student base fine-tuned on the kept traces (train.sft, loss on completion tokens only).
+  5. (b) GRPO: the same student base trained with GRPO (train.rollout + grpo.rl_step, the stage_rl loop) until it
+     has spent the compute of the distillation (counted in tokens and FLOPs, teacher sampling included by default).
+  6. evaluation of teacher, student base, (a) and (b) on the same held-out problems (pass@1 over k samples at
+     T=0.6, cons@k, length, per difficulty bucket): OUT/results.md and OUT/results.json.
+
+Simplifications relative to the paper:
+ 1. ~800k traces from DeepSeek-R1 become a few hundred to a few thousand traces from our own small RL'd teacher on
+    the synthetic multiplication task; no non-reasoning data (writing, QA, translation) is mixed in.
+ 2. Readability filters are rules on text (truncation, length, repeated word n-grams, language share) instead of
+    the paper's filters plus human post-processing.
+ 3. The students are pretrained here on the same synthetic corpus (not Qwen2.5/Llama checkpoints), unless a
+    Hugging Face checkpoint is given.
+ 4. Compute is counted as 2 * active params FLOPs per forward token and 6 * active params per trained token
+    (attention FLOPs ignored); the teacher's own training is not charged to distillation (it is amortised over
+    every student, as in the paper).
+ 5. SFT runs a fixed number of steps on randomly drawn batches (train.sft) rather than 2 epochs.
+
+Use:
+    python distill.py --preset distill-smoke                   # every stage in seconds (tests, CI)
+    python distill.py --preset distill-tiny                    # 2 CPU cores; trains a zero-tiny teacher first
+    python distill.py --preset distill-small                   # one GPU; trains a zero-small teacher first
+    python distill.py --preset distill-tiny --teacher=runs/zero-tiny/rl/step_000060   # reuse a trained teacher
+    python distill.py --preset distill-tiny --dataset=runs/distill-tiny/traces.jsonl  # reuse kept traces
+    python distill.py --help                                   # presets and every field
+
+Outputs under --out_dir (default runs/<preset>): teacher/ (if trained here), student/base/, traces.jsonl,
+student/distilled/, student/grpo/, results.md, results.json, log.txt.
+
+Shapes: B batch rows, T time; few tensors live in this file, the work is done by train.py, sample.py and grpo.py.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+import grpo
+import rewards
+import sample
+import tasks
+import train
+
+# -----------------------------------------------------------------------------
+# Config: one dataclass, presets as dicts of overrides, every field a --flag (as in train.py).
+
+@dataclass
+class DistillConfig:
+    out_dir: str = ""                  # default runs/<preset>
+    seed: int = 0
+    device: str = "auto"               # auto | cpu | cuda
+    threads: int = 0                   # CPU threads for torch (0: torch's default)
+    # teacher
+    teacher: str = ""                  # checkpoint dir (ours or Hugging Face); "" -> train one with teacher_preset
+    teacher_preset: str = "zero-tiny"  # train.py preset: the teacher's recipe, and the student's pretraining recipe
+    teacher_args: dict = field(default_factory=dict)  # train.py field overrides for the teacher run and recipe
+    # student
+    student: str = ""                  # checkpoint dir (ours or Hugging Face); "" -> pretrain student_model here
+    student_model: str = "tiny-mla"    # model.py preset for the student, pretrained with the teacher's recipe
+    student_overrides: dict = field(default_factory=dict)  # ModelConfig overrides for the student
+    # rejection sampling
+    task: str = "multiplication"
+    buckets: str = ""                  # "" -> the recipe's buckets
+    dataset: str = ""                  # an existing traces JSONL to reuse instead of sampling the teacher
+    n_problems: int = 256              # training problems shown to the teacher
+    k: int = 8                         # samples per problem
+    temperature: float = 0.8           # teacher sampling temperature (paper range 0.6-1.0)
+    top_p: float = 0.95
+    max_new_tokens: int = 160          # response cap for sampling, GRPO and evaluation
+    batch_size: int = 64               # sequences per generate() call
+    min_tokens: int = 4                # kept completions have between min_tokens and max_tokens tokens
+    max_tokens: int = 0                # 0 -> max_new_tokens (truncated completions are always dropped)
+    repeat_ngram: int = 4              # word n-gram size of the repetition filter
+    max_repeat: float = 0.5            # drop if more than this fraction of the reasoning's n-grams are repeats
+    min_language: float = 0.9          # drop if rewards.language_consistency of the reasoning is lower
+    max_per_problem: int = 4           # distinct traces kept per problem
+    # (a) student SFT
+    sft_steps: int = 200
+    sft_batch_size: int = 16
+    sft_lr: float = 1e-3
+    # (b) student GRPO with a comparable budget (hyperparameters: the recipe's rl_* fields)
+    rl_budget: float = 1.0             # GRPO may spend this multiple of the distillation's compute
+    budget_includes_teacher: bool = True   # count the teacher's sampling in the distillation's compute
+    rl_max_steps: int = 200            # hard cap on GRPO steps (reported if hit before the budget)
+    # evaluation
+    eval_problems: int = 32            # held-out problems per bucket
+    eval_k: int = 4                    # samples per problem (pass@1 over k, cons@k)
+
+
+DISTILL_PRESETS = {
+    "distill-smoke": dict(teacher_preset="smoke", student_model="tiny-mla", student_overrides={"dim": 32},
+                          n_problems=4, k=4, max_new_tokens=24, batch_size=16, min_tokens=1, sft_steps=4,
+                          sft_batch_size=4, rl_max_steps=2, eval_problems=2, eval_k=2),
+    "distill-tiny": dict(teacher_preset="zero-tiny", student_model="tiny-mla", n_problems=256, k=8,
+                         sft_steps=150, sft_batch_size=16, rl_max_steps=100, eval_problems=32, eval_k=4),
+    "distill-small": dict(teacher_preset="zero-small", student_model="zero-tiny",  # dense, like the paper's students
+                          student_overrides={"n_routed_experts": 0, "inter_dim": 512}, n_problems=2048, k=8,
+                          max_new_tokens=320, batch_size=512, sft_steps=600, sft_batch_size=64, sft_lr=5e-4,
+                          rl_max_steps=400, eval_problems=64, eval_k=8),
+}
+
+
+def parse_args(argv: list[str]) -> tuple[str, DistillConfig]:
+    """--preset NAME, --help and --FIELD=value (or --FIELD value); unknown fields are errors."""
+    if "--help" in argv or "-h" in argv:
+        print(__doc__)
+        for name, over in DISTILL_PRESETS.items():
+            print(f"  {name}: {over}")
+        print("\nfields (defaults; presets override some):")
+        for f in dataclasses.fields(DistillConfig):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            print(f"  --{f.name}={default}")
+        sys.exit(0)
+    pairs, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        if not a.startswith("--"):
+            raise SystemExit(f"error: unexpected argument {a!r}; flags look like --field=value")
+        if "=" in a:
+            pairs.append(tuple(a[2:].split("=", 1)))
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            pairs.append((a[2:], argv[i + 1]))
+            i += 1
+        else:
+            raise SystemExit(f"error: flag {a} needs a value (--field=value)")
+        i += 1
+    preset = dict(pairs).get("preset", "distill-tiny")
+    if preset not in DISTILL_PRESETS:
+        raise SystemExit(f"error: unknown preset {preset!r}; valid presets: {', '.join(DISTILL_PRESETS)}")
+    cfg = DistillConfig(**copy.deepcopy(DISTILL_PRESETS[preset]))
+    names = {f.name: f for f in dataclasses.fields(DistillConfig)}
+    for k, v in pairs:
+        if k == "preset":
+            continue
+        if k not in names:
+            raise SystemExit(f"error: unknown field {k!r}; valid fields: {', '.join(names)}")
+        setattr(cfg, k, train._convert(v, names[k].type, k))
+    cfg.out_dir = cfg.out_dir or os.path.join("runs", preset)
+    validate(cfg)
+    return preset, cfg
+
+
+def validate(cfg: DistillConfig) -> None:
+    def need(cond, msg):
+        if not cond:
+            raise SystemExit(f"error: {msg}")
+    need(cfg.teacher_preset in train.TRAIN_PRESETS,
+         f"--teacher_preset={cfg.teacher_preset!r} unknown; valid: {', '.join(train.TRAIN_PRESETS)}")
+    train_fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
+    bad = sorted(set(cfg.teacher_args) - train_fields)
+    need(not bad, f"--teacher_args has unknown train.py fields {bad}; valid: {', '.join(sorted(train_fields))}")
+    need(cfg.student or cfg.student_model in train.MODEL_PRESETS,
+         f"--student_model={cfg.student_model!r} is not a model preset; valid: {', '.join(train.MODEL_PRESETS)}")
+    for name in ("teacher", "student", "dataset"):
+        path = getattr(cfg, name)
+        need(not path or os.path.exists(path), f"--{name}={path!r} does not exist")
+    for name in ("n_problems", "k", "max_new_tokens", "batch_size", "repeat_ngram", "max_per_problem",
+                 "sft_batch_size", "eval_problems", "eval_k"):
+        need(getattr(cfg, name) >= 1, f"--{name} must be >= 1 (got {getattr(cfg, name)})")
+    for name in ("min_tokens", "max_tokens", "sft_steps", "rl_max_steps", "threads"):
+        need(getattr(cfg, name) >= 0, f"--{name} must be >= 0 (got {getattr(cfg, name)})")
+    need(cfg.temperature > 0 and 0 < cfg.top_p <= 1, "--temperature must be > 0 and --top_p in (0, 1]")
+    need(0 <= cfg.max_repeat <= 1 and 0 <= cfg.min_language <= 1, "--max_repeat and --min_language are in [0, 1]")
+    need(cfg.sft_lr > 0 and cfg.rl_budget >= 0, "--sft_lr must be > 0 and --rl_budget >= 0")
+    need(cfg.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda (got {cfg.device!r})")
+
+
+def recipe(cfg: DistillConfig) -> train.TrainConfig:
+    """The teacher's train.py config: the recipe the student is pretrained with and GRPO'd with."""
+    rc = train.TrainConfig(**copy.deepcopy(train.TRAIN_PRESETS[cfg.teacher_preset]))
+    rc = dataclasses.replace(rc, **cfg.teacher_args)
+    return dataclasses.replace(rc, seed=cfg.seed, task=cfg.task, buckets=cfg.buckets or rc.buckets,
+                               max_new_tokens=cfg.max_new_tokens, eval_k=cfg.eval_k,
+                               eval_problems=cfg.eval_problems, micro_batch=max(rc.micro_batch, cfg.batch_size))
+
+# -----------------------------------------------------------------------------
+# Rejection sampling: keep the correct, well-formatted, readable and new traces.
+
+def reasoning_text(completion: str) -> str:
+    """The <think> part of a completion (the whole text if it does not parse)."""
+    parsed = rewards.parse_response(completion)
+    return parsed[0] if parsed else completion
+
+
+def repeat_fraction(text: str, n: int) -> float:
+    """Fraction of the word n-grams of text that repeat an earlier one (0: none, -> 1: a loop)."""
+    words = text.split()
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def language_share(text: str) -> float:
+    """rewards.language_consistency of text, or 1.0 if text has no words at all (digits and symbols only)."""
+    return rewards.language_consistency(text, "en") if re.search(r"[^\W\d_]", text) else 1.0
+
+
+def judge(sample_: dict, problem, cfg: DistillConfig) -> tuple[str, dict]:
+    """One teacher sample {"completion", "length", "truncated"} -> (reason it is dropped or "keep", score)."""
+    text = sample_["completion"]
+    score = rewards.score(text, problem)
+    max_tokens = cfg.max_tokens or cfg.max_new_tokens
+    think = reasoning_text(text)
+    if sample_.get("truncated"):
+        return "truncated", score
+    if score["format"] < 1:
+        return "format", score
+    if score["accuracy"] < 1:
+        return "wrong", score
+    if not cfg.min_tokens <= sample_["length"] <= max_tokens:
+        return "length", score
+    if repeat_fraction(think, cfg.repeat_ngram) > cfg.max_repeat:
+        return "repetitive", score
+    if language_share(think) < cfg.min_language:
+        return "mixed_language", score
+    return "keep", score
+
+
+def rejection_sample(problems, sampler, cfg: DistillConfig) -> tuple[list[dict], dict]:
+    """sampler(problems, k, seed) -> k sample dicts per problem, problem-major. Returns the kept records
+    (one JSON-able dict per trace) and counts: samples, kept, teacher accuracy/format, drops by reason."""
+    samples = sampler(problems, cfg.k, cfg.seed)
+    if len(samples) != len(problems) * cfg.k:
+        raise ValueError(f"sampler returned {len(samples)} samples for {len(problems)} problems x k={cfg.k}")
+    records, seen, per_problem = [], set(), {}
+    drops = dict.fromkeys(["truncated", "format", "wrong", "length", "repetitive", "mixed_language",
+                           "duplicate", "over_cap"], 0)
+    acc = fmt = 0.0
+    for j, s in enumerate(samples):
+        p = problems[j // cfg.k]
+        reason, score = judge(s, p, cfg)
+        acc, fmt = acc + score["accuracy"], fmt + score["format"]
+        key = (p.question, " ".join(s["completion"].split()))
+        if reason == "keep" and key in seen:
+            reason = "duplicate"
+        if reason == "keep" and per_problem.get(p.question, 0) >= cfg.max_per_problem:
+            reason = "over_cap"
+        if reason != "keep":
+            drops[reason] += 1
+            continue
+        seen.add(key)
+        per_problem[p.question] = per_problem.get(p.question, 0) + 1
+        records.append({"prompt": tasks.r1_zero_prompt(p.question), "completion": s["completion"],
+                        "question": p.question, "answer": p.answer, "task": p.task, "bucket": p.bucket,
+                        "meta": p.meta, "length": int(s["length"]), "sample": j % cfg.k,
+                        "teacher_score": {k: v for k, v in score.items() if isinstance(v, (int, float, str))}})
+    n = max(1, len(samples))
+    stats = {"problems": len(problems), "samples": len(samples), "kept": len(records),
+             "problems_with_trace": len(per_problem), "teacher_accuracy": acc / n, "teacher_format": fmt / n,
+             "generated_tokens": sum(int(s["length"]) for s in samples), "dropped": drops}
+    return records, stats
+
+
+def teacher_sampler(model, tok, rc: train.TrainConfig, cfg: DistillConfig):
+    """A sampler over a real model: train.rollout in chunks of cfg.batch_size sequences."""
+    def sampler(problems, k, seed):
+        out, per_call = [], max(1, cfg.batch_size // k)
+        for c in range(0, len(problems), per_call):
+            chunk = problems[c:c + per_call]
+            _, gen, texts, _ = train.rollout(model, tok, chunk, rc, seed=seed + c, temperature=cfg.temperature,
+                                             n=k, top_p=cfg.top_p)
+            out += [{"completion": t, "length": int(gen.lengths[r]), "truncated": bool(gen.truncated[r])}
+                    for r, t in enumerate(texts)]
+        return out
+    return sampler
+
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    for i, r in enumerate(records):
+        missing = {"prompt", "completion"} - set(r)
+        if missing:
+            raise ValueError(f"{path} line {i + 1}: missing fields {sorted(missing)}; a trace needs prompt and completion")
+    return records
+
+
+def record_problem(r: dict) -> tasks.Problem:
+    """The problem a trace came from, rebuilt from its record (for re-scoring a dataset)."""
+    return tasks.Problem(question=r["question"], answer=r["answer"], task=r["task"], bucket=r["bucket"],
+                         meta=r.get("meta") or {})
+
+
+def to_examples(records: list[dict], tok) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, completion ids + eos) pairs for train.sft, encoded with the student's tokenizer."""
+    return [(tok.encode(r["prompt"]), tok.encode(r["completion"]) + [tok.eos_id]) for r in records]
+
+# -----------------------------------------------------------------------------
+# Compute accounting: tokens through each model, and FLOPs = 2 N per forward token, 6 N per trained token.
+
+def active_params(model) -> int:
+    return model.num_params(active=True) if hasattr(model, "num_params") else sum(p.numel() for p in model.parameters())
+
+
+def compute(model, sampled: float = 0, trained: float = 0, forward: float = 0) -> dict:
+    n = active_params(model)
+    return {"sampled_tokens": sampled, "trained_tokens": trained, "forward_tokens": forward,
+            "flops": 2 * n * (sampled + forward) + 6 * n * trained}
+
+
+def add(a: dict, b: dict) -> dict:
+    return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
+
+# -----------------------------------------------------------------------------
+# Teacher and student models.
+
+def get_teacher(cfg: DistillConfig, device, log):
+    """(model, tokenizer, source): --teacher, or a run of train.py with the recipe into OUT/teacher (cached)."""
+    path = cfg.teacher
+    if not path:
+        tdir = os.path.join(cfg.out_dir, "teacher")
+        argv = ["--preset", cfg.teacher_preset, "--out_dir", tdir, f"--seed={cfg.seed}", f"--device={cfg.device}"]
+        argv += [f"--{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in cfg.teacher_args.items()]
+        stamp = os.path.join(tdir, "distill_teacher.json")
+        ckpt = train.latest_rl_checkpoint(tdir)
+        if not (ckpt and os.path.exists(stamp) and json.load(open(stamp)) == argv):
+            log(f"[teacher] training with train.py {' '.join(argv)}")
+            train.main(argv)
+            ckpt = train.latest_rl_checkpoint(tdir)
+            if ckpt is None:
+                raise SystemExit(f"error: the teacher run in {tdir} left no RL checkpoint; give --teacher=DIR")
+            json.dump(argv, open(stamp, "w"))
+        else:
+            log(f"[teacher] cached at {ckpt}")
+        path = ckpt
+    model, tok = sample.load_checkpoint(path, device=device)
+    return model, tok, path
+
+
+def get_student_base(cfg: DistillConfig, rc: train.TrainConfig, tok, device, log):
+    """(model, tokenizer): --student, or student_model pretrained with the teacher's recipe and tokenizer."""
+    if cfg.student:
+        return sample.load_checkpoint(cfg.student, device=device)
+    sc = dataclasses.replace(rc, out_dir=os.path.join(cfg.out_dir, "student"), model=cfg.student_model,
+                             model_overrides=dict(cfg.student_overrides))
+    os.makedirs(sc.out_dir, exist_ok=True)
+    return train.stage_pretrain(sc, tok, device, log), tok
+
+# -----------------------------------------------------------------------------
+# (b) GRPO on the student from its own base, until it has spent the budget (the stage_rl loop, counted).
+
+def grpo_baseline(model, tok, rc: train.TrainConfig, budget: float, cfg: DistillConfig, device, log):
+    """Returns (model, compute dict, per-step rewards)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=rc.rl_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    gcfg = grpo.GRPOConfig(group_size=rc.group_size, clip_low=rc.clip_low, clip_high=rc.clip_high, beta=0.0,
+                           std_norm=rc.std_norm, token_level=rc.token_level, const_norm=rc.const_norm,
+                           drop_equal_groups=rc.drop_equal_groups, mask_truncated=rc.mask_truncated, mu=rc.mu,
+                           micro_batch=rc.micro_batch, temperature=rc.rollout_temperature)
+    pool = tasks.make_problems(cfg.task, max(cfg.n_problems, rc.prompts_per_step * max(1, cfg.rl_max_steps)),
+                               split="train", seed=cfg.seed, buckets=rc.buckets.split(","))
+    spent, step, history = compute(model), 0, []
+    while step < cfg.rl_max_steps and spent["flops"] < budget:
+        problems = random.Random(cfg.seed * 1_000_003 + step).sample(pool, min(len(pool), rc.prompts_per_step))
+        model.eval()
+        prompts, gen, texts, scores = train.rollout(model, tok, problems, rc, seed=cfg.seed * 7919 + step,
+                                                    temperature=rc.rollout_temperature, n=rc.group_size)
+        model.train()
+        batch = train.build_rollouts(prompts, gen, scores, rc.group_size, tok.pad_id)
+        diag = grpo.rl_step(model, opt, {k: v.to(device) for k, v in batch.items()}, gcfg)
+        prompt_tokens = sum(len(p) for p in prompts)
+        generated = float(gen.lengths.sum())
+        rows = prompt_tokens * rc.group_size + generated  # non-pad tokens of the training batch
+        spent = add(spent, compute(model, sampled=prompt_tokens + generated, trained=rows * rc.mu,
+                                   forward=rows if rc.mu > 1 else 0))
+        step += 1
+        history.append(float(diag["reward_mean"]))
+        log(f"[grpo] step {step:4d} reward {diag['reward_mean']:.3f} len {diag['response_len']:.1f} "
+            f"spent {spent['flops'] / max(budget, 1):.2f} of budget", console_only=step % 10 != 0)
+    spent["steps"] = step
+    spent["budget_hit"] = spent["flops"] >= budget
+    return model, spent, history
+
+# -----------------------------------------------------------------------------
+# Results: one table overall, one per bucket, in markdown and JSON.
+
+def fmt(x, nd=3) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def results_markdown(rows: dict, stats: dict, cfg: DistillConfig, k: int) -> str:
+    buckets = sorted({key.split("/")[1] for r in rows.values() for key in r["eval"] if key.startswith("pass@1/")})
+    out = [f"# distillation vs GRPO on the student ({cfg.task}, held-out, {cfg.eval_problems} problems per bucket, "
+           f"k={k}, T=0.6)", "",
+           f"Teacher traces: {stats['kept']} kept of {stats['samples']} samples on {stats['problems']} problems "
+           f"({stats['problems_with_trace']} problems with a trace; teacher sample accuracy "
+           f"{stats['teacher_accuracy']:.3f}); dropped: " +
+           (", ".join(f"{k} {v}" for k, v in stats["dropped"].items()) or f"n/a (traces from {cfg.dataset})"),
+           "", "| model | active params | pass@1 | cons@k | length | format | trained tokens | sampled tokens "
+           "| student FLOPs | total FLOPs |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        e, c = r["eval"], r.get("compute", {})
+        out.append(f"| {name} | {r['params'] / 1e6:.2f}M | {fmt(e.get('pass@1'))} | {fmt(e.get('cons@k'))} | "
+                   f"{fmt(e.get('length'), 1)} | {fmt(e.get('format'))} | {c.get('trained_tokens', 0):,.0f} | "
+                   f"{c.get('sampled_tokens', 0):,.0f} | {c.get('student_flops', 0):.3g} | {c.get('flops', 0):.3g} |")
+    out += ["", "Per bucket: pass@1 / cons@k / length", "",
+            "| model | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets)]
+    for name, r in rows.items():
+        e = r["eval"]
+        cells = [f"{fmt(e.get(f'pass@1/{b}'))} / {fmt(e.get(f'cons@k/{b}'))} / {fmt(e.get(f'length/{b}'), 1)}"
+                 for b in buckets]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+# -----------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> dict:
+    preset, cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          (cfg.device if cfg.device != "auto" else "cpu"))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    json.dump({"preset": preset, **dataclasses.asdict(cfg)}, open(os.path.join(cfg.out_dir, "distill_config.json"),
+                                                                 "w"), indent=1)
+    log_file = open(os.path.join(cfg.out_dir, "log.txt"), "a")
+
+    def log(msg: str, console_only: bool = False):
+        if not console_only:
+            print(msg, flush=True)
+        log_file.write(msg + "\n")
+        log_file.flush()
+
+    t0 = time.time()
+    log(f"== {preset} on {device} -> {cfg.out_dir}")
+    rc = recipe(cfg)
+    teacher, ttok, teacher_src = get_teacher(cfg, device, log)
+    base, stok = get_student_base(cfg, rc, ttok, device, log)
+    eval_set = tasks.make_problems(cfg.task, cfg.eval_problems * len(rc.buckets.split(",")), split="test",
+                                   seed=cfg.seed, buckets=rc.buckets.split(","))
+
+    def evaluate(model, tok, name):
+        t = time.time()
+        model.eval()
+        ev = train.evaluate(model, tok, eval_set, rc, seed=cfg.seed)
+        log(f"[eval] {name}: pass@1 {ev['pass@1']:.3f} cons@k {ev['cons@k']:.3f} length {ev['length']:.1f} "
+            f"({time.time() - t:.0f}s)")
+        return ev
+
+    rows = {"teacher": {"params": active_params(teacher), "eval": evaluate(teacher, ttok, "teacher")},
+            "student base": {"params": active_params(base), "eval": evaluate(base, stok, "student base")}}
+
+    # rejection sampling (or a dataset given with --dataset)
+    traces = os.path.join(cfg.out_dir, "traces.jsonl")
+    problems = tasks.make_problems(cfg.task, cfg.n_problems, split="train", seed=cfg.seed + 1,
+                                   buckets=rc.buckets.split(","))
+    teacher_cost = compute(teacher)
+    if cfg.dataset:
+        records = read_jsonl(cfg.dataset)
+        stats = {"problems": len({r["question"] for r in records}), "samples": len(records), "kept": len(records),
+                 "problems_with_trace": len({r["question"] for r in records}), "teacher_accuracy": float("nan"),
+                 "teacher_format": float("nan"), "dropped": {}, "source": cfg.dataset}
+        log(f"[data] {len(records)} traces from {cfg.dataset} (teacher sampling cost not counted)")
+    else:
+        t = time.time()
+        teacher.eval()
+        records, stats = rejection_sample(problems, teacher_sampler(teacher, ttok, rc, cfg), cfg)
+        prompt_tokens = sum(len(ttok.encode(tasks.r1_zero_prompt(p.question))) for p in problems)
+        teacher_cost = compute(teacher, sampled=prompt_tokens + stats["generated_tokens"])
+        log(f"[data] kept {stats['kept']} of {stats['samples']} teacher samples ({time.time() - t:.0f}s); "
+            f"dropped {stats['dropped']}")
+    write_jsonl(traces, records)
+
+    # (a) distillation: SFT of the student base on the kept traces
+    distilled = copy.deepcopy(base)  # base itself stays untouched for (b)
+    examples = to_examples(records, stok)
+    sft_losses = []
+    if examples and cfg.sft_steps:
+        sft_losses = train.sft(distilled, examples, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, stok.pad_id,
+                               seed=cfg.seed, log=log)
+    else:
+        log("[sft] no traces kept: the distilled student is the base (raise --n_problems/--k or train the teacher longer)")
+    mean_len = sum(len(p) + len(c) for p, c in examples) / max(1, len(examples))
+    sft_cost = compute(distilled, trained=len(sft_losses) * cfg.sft_batch_size * mean_len)
+    distill_cost = {**add(sft_cost, teacher_cost if cfg.budget_includes_teacher else {}),
+                    "student_flops": sft_cost["flops"], "teacher_flops": teacher_cost["flops"]}
+    distill_cost["flops"] = sft_cost["flops"] + teacher_cost["flops"]
+    train.save_checkpoint(os.path.join(cfg.out_dir, "student", "distilled"), distilled, None,
+                          {"sft_steps": len(sft_losses), "traces": traces}, stok)
+    rows["distilled (SFT)"] = {"params": active_params(distilled), "eval": evaluate(distilled, stok, "distilled"),
+                               "compute": distill_cost, "sft_losses": sft_losses}
+
+    # (b) GRPO on the same student base with a comparable budget
+    budget = cfg.rl_budget * (distill_cost["flops"] if cfg.budget_includes_teacher else sft_cost["flops"])
+    rl_model, rl_cost, rl_rewards = grpo_baseline(base, stok, rc, budget, cfg, device, log)
+    rl_cost["student_flops"] = rl_cost["flops"]
+    train.save_checkpoint(os.path.join(cfg.out_dir, "student", "grpo"), rl_model, None, {"rl_steps": rl_cost["steps"]},
+                          stok)
+    rows["GRPO on student"] = {"params": active_params(rl_model), "eval": evaluate(rl_model, stok, "GRPO"),
+                               "compute": rl_cost, "rewards": rl_rewards}
+    if not rl_cost["budget_hit"]:
+        log(f"[grpo] stopped at --rl_max_steps={cfg.rl_max_steps} with {rl_cost['flops'] / max(budget, 1):.2f} "
+            f"of the budget spent")
+
+    for r in rows.values():
+        r["eval"] = {k: v for k, v in r["eval"].items() if isinstance(v, (int, float))}
+    result = {"preset": preset, "config": dataclasses.asdict(cfg), "teacher": teacher_src, "dataset": traces,
+              "data": stats, "budget_flops": budget, "rows": rows, "seconds": time.time() - t0}
+    with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    md = results_markdown(rows, stats, cfg, rc.eval_k)
+    with open(os.path.join(cfg.out_dir, "results.md"), "w") as f:
+        f.write(md)
+    log(md)
+    log(f"== done in {time.time() - t0:.0f}s; {cfg.out_dir}/results.md, {traces}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
