@@ -352,7 +352,8 @@ class LinearTokenLogprobsFn(torch.autograd.Function):
         bwd = backward_triton if use_triton else backward_torch
         dhidden = torch.empty_like(hidden)                              # (N, C)
         acc = torch.promote_types(weight.dtype, torch.float32)         # fp32 accumulation
-        dweight = torch.zeros(weight.shape, dtype=acc, device=weight.device)  # (V, C)
+        dweight = torch.zeros(weight.shape if ctx.needs_input_grad[1] else 0, dtype=acc,
+                              device=weight.device)                     # (V, C)
         part = lambda u, i: u[i:i + chunk_size] if u is not None else None  # noqa: E731
         for i in range(0, hidden.shape[0], chunk_size):
             h = hidden[i:i + chunk_size]                                # (n, C)
@@ -361,8 +362,10 @@ class LinearTokenLogprobsFn(torch.autograd.Function):
                           logp[i:i + chunk_size], part(ref, i), g_logp[i:i + chunk_size],
                           part(g_ent, i), part(g_kl, i), temperature, ignore_index)  # (n, V)
             dhidden[i:i + chunk_size] = dlogits @ weight                # (n, C)
-            dweight += dlogits.t() @ h                                  # (V, C)
-        return dhidden, dweight.to(weight.dtype), None, None, None, None, None, None, None
+            if ctx.needs_input_grad[1]:  # skip for a frozen lm_head
+                dweight += dlogits.t() @ h                              # (V, C)
+        dweight = dweight.to(weight.dtype) if ctx.needs_input_grad[1] else None
+        return dhidden, dweight, None, None, None, None, None, None, None
 
 
 def linear_token_logprobs(hidden, weight, targets, temperature=1.0, ref_logprobs=None,
