@@ -410,31 +410,35 @@ class MoE(nn.Module):
     def experts_loop(self, x, weights, idx):
         """Reference: for each expert, gather its tokens, run its SwiGLU, add back weighted. x (N, C) -> (N, C)."""
         y = torch.zeros_like(x)  # (N, C)
+        w1, w2, w3 = self.w1.unbind(0), self.w2.unbind(0), self.w3.unbind(0)  # E views; one backward op each
         for e in range(self.cfg.n_routed_experts):
             tok, slot = torch.where(idx == e)  # (n,), (n,) tokens routed to e and which of their K slots
             if tok.numel() == 0:
                 continue
-            h = F.silu(x[tok] @ self.w1[e].T) * (x[tok] @ self.w3[e].T)  # (n, I)
-            y.index_add_(0, tok, (h @ self.w2[e].T) * weights[tok, slot, None].to(x.dtype))  # (N, C)
+            h = F.silu(x[tok] @ w1[e].T) * (x[tok] @ w3[e].T)  # (n, I)
+            y.index_add_(0, tok, (h @ w2[e].T) * weights[tok, slot, None].to(x.dtype))  # (N, C)
         return y
 
     def experts_fast(self, x, weights, idx):
         """Batched: sort the N*K (token, expert) pairs by expert so each expert's tokens are one contiguous
-        slice, run one matmul per expert (or one grouped matmul on CUDA), then scatter-add back. (N, C) -> (N, C)."""
+        slice, run one matmul per expert (or one torch._grouped_mm in bf16), then scatter-add back. (N, C) -> (N, C)."""
         N, K = idx.shape
         order = idx.flatten().argsort(stable=True)  # (N*K,) pair ids sorted by expert
         tok = order // K  # (N*K,) source token of each sorted pair
         xs = x[tok]  # (N*K, C)
         counts = torch.bincount(idx.flatten(), minlength=self.cfg.n_routed_experts)  # (E,)
-        if x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):
+        dev = x.device.type
+        mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        if mm_dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):  # one kernel for all experts
             offs = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's slice
-            h = F.silu(torch._grouped_mm(xs, self.w1.transpose(1, 2), offs=offs)) \
-                * torch._grouped_mm(xs, self.w3.transpose(1, 2), offs=offs)  # (N*K, I)
-            ys = torch._grouped_mm(h, self.w2.transpose(1, 2), offs=offs)  # (N*K, C)
+            xs, w1, w2, w3 = (t.to(mm_dtype) for t in (xs, self.w1, self.w2, self.w3))
+            h = F.silu(torch._grouped_mm(xs, w1.transpose(1, 2), offs=offs)) \
+                * torch._grouped_mm(xs, w3.transpose(1, 2), offs=offs)  # (N*K, I)
+            ys = torch._grouped_mm(h, w2.transpose(1, 2), offs=offs).to(x.dtype)  # (N*K, C)
         else:
-            outs = []
+            outs, w1, w2, w3 = [], self.w1.unbind(0), self.w2.unbind(0), self.w3.unbind(0)
             for e, xe in enumerate(xs.split(counts.tolist())):  # xe (n_e, C)
-                outs.append((F.silu(xe @ self.w1[e].T) * (xe @ self.w3[e].T)) @ self.w2[e].T)  # (n_e, C)
+                outs.append((F.silu(xe @ w1[e].T) * (xe @ w3[e].T)) @ w2[e].T)  # (n_e, C)
             ys = torch.cat(outs)  # (N*K, C)
         ys = ys * weights.flatten()[order, None].to(x.dtype)  # (N*K, C)
         return torch.zeros_like(x).index_add_(0, tok, ys)  # (N, C)
