@@ -235,7 +235,7 @@ def backward_triton(logits, targets, lse, entropy, logp, ref_logprobs, g_logp, g
         return dlogits
     has_ent = entropy is not None and g_ent is not None
     has_ref = ref_logprobs is not None and g_kl is not None
-    contig = lambda t: t.float().contiguous() if t is not None else lse  # noqa: E731 (unused slot)
+    contig = lambda t: t.float().contiguous() if t is not None else lse  # noqa: E731 (lse fills unread slots)
     block, warps, stages = _launch_config(V, block_v, num_stages)
     _bwd_kernel[(N,)](logits, logits.stride(0), dlogits, targets, lse, contig(entropy), logp,
                       contig(ref_logprobs), contig(g_logp), contig(g_ent), contig(g_kl),
