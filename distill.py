@@ -12,7 +12,7 @@ The pipeline, all in main():
      correct and well formatted (rewards.score) and readable (not truncated, within length limits, no looping
      n-grams, one language by rewards.language_consistency); deduplicate; write OUT/traces.jsonl.
   4. (a) distilled: the student base fine-tuned on the kept traces (train.sft, loss on completion tokens only).
-  5. (b) GRPO: the same student base trained with GRPO (train.rollout + grpo.rl_step, the stage_rl loop) until it
+  5. (b) GRPO: the same student base trained with GRPO (the stage_rl loop: rollouts, grpo.rl_step) until it
      has spent the compute of the distillation (counted in tokens and FLOPs, teacher sampling included by default).
   6. evaluation of teacher, student base, (a) and (b) on the same held-out problems (pass@1 over k samples at
      T=0.6, cons@k, length, per difficulty bucket): OUT/results.md and OUT/results.json.
@@ -193,7 +193,7 @@ def recipe(cfg: DistillConfig) -> train.TrainConfig:
     rc = dataclasses.replace(rc, **cfg.teacher_args)
     return dataclasses.replace(rc, seed=cfg.seed, task=cfg.task, buckets=cfg.buckets or rc.buckets,
                                max_new_tokens=cfg.max_new_tokens, eval_k=cfg.eval_k,
-                               eval_problems=cfg.eval_problems, micro_batch=max(rc.micro_batch, cfg.batch_size))
+                               eval_problems=cfg.eval_problems)
 
 # -----------------------------------------------------------------------------
 # Rejection sampling: keep the correct, well-formatted, readable and new traces.
@@ -272,14 +272,29 @@ def rejection_sample(problems, sampler, cfg: DistillConfig) -> tuple[list[dict],
     return records, stats
 
 
-def teacher_sampler(model, tok, rc: train.TrainConfig, cfg: DistillConfig):
-    """A sampler over a real model: train.rollout in chunks of cfg.batch_size sequences."""
+def sample_responses(model, tok, problems, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                     seed: int):
+    """n responses per problem on the R1-Zero template (rows problem-major), stopping at end-of-text or
+    "</answer>" (a special token in our vocabularies, a stop string in Hugging Face ones). This is train.rollout
+    with stop strings, so Hugging Face teachers and students work too. Returns prompt ids, Generation, texts."""
+    prompts = train.prompt_ids(tok, problems)
+    stops = [tok.eos_id] + [tok.special_tokens[s] for s in ["</answer>"] if s in tok.special_tokens]
+    gen = sample.generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                          n=n, stop_tokens=stops, stop_strings=["</answer>"], tokenizer=tok, pad_id=tok.pad_id,
+                          seed=seed)
+    texts = [tok.decode([t for t in gen.tokens[r, :gen.lengths[r]].tolist() if t != tok.eos_id])
+             for r in range(gen.tokens.shape[0])]
+    return prompts, gen, texts
+
+
+def teacher_sampler(model, tok, cfg: DistillConfig):
+    """A sampler over a real model, in chunks of about cfg.batch_size sequences."""
+    @torch.no_grad()
     def sampler(problems, k, seed):
         out, per_call = [], max(1, cfg.batch_size // k)
         for c in range(0, len(problems), per_call):
-            chunk = problems[c:c + per_call]
-            _, gen, texts, _ = train.rollout(model, tok, chunk, rc, seed=seed + c, temperature=cfg.temperature,
-                                             n=k, top_p=cfg.top_p)
+            _, gen, texts = sample_responses(model, tok, problems[c:c + per_call], k, cfg.temperature, cfg.top_p,
+                                             cfg.max_new_tokens, seed=seed + c)
             out += [{"completion": t, "length": int(gen.lengths[r]), "truncated": bool(gen.truncated[r])}
                     for r, t in enumerate(texts)]
         return out
@@ -381,8 +396,10 @@ def grpo_baseline(model, tok, rc: train.TrainConfig, budget: float, cfg: Distill
     while step < cfg.rl_max_steps and spent["flops"] < budget:
         problems = random.Random(cfg.seed * 1_000_003 + step).sample(pool, min(len(pool), rc.prompts_per_step))
         model.eval()
-        prompts, gen, texts, scores = train.rollout(model, tok, problems, rc, seed=cfg.seed * 7919 + step,
-                                                    temperature=rc.rollout_temperature, n=rc.group_size)
+        with torch.no_grad():
+            prompts, gen, texts = sample_responses(model, tok, problems, rc.group_size, rc.rollout_temperature, 1.0,
+                                                   cfg.max_new_tokens, seed=cfg.seed * 7919 + step)
+        scores = [rewards.score(t, problems[r // rc.group_size]) for r, t in enumerate(texts)]
         model.train()
         batch = train.build_rollouts(prompts, gen, scores, rc.group_size, tok.pad_id)
         diag = grpo.rl_step(model, opt, {k: v.to(device) for k, v in batch.items()}, gcfg)
@@ -482,7 +499,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         t = time.time()
         teacher.eval()
-        records, stats = rejection_sample(problems, teacher_sampler(teacher, ttok, rc, cfg), cfg)
+        records, stats = rejection_sample(problems, teacher_sampler(teacher, ttok, cfg), cfg)
         prompt_tokens = sum(len(ttok.encode(tasks.r1_zero_prompt(p.question))) for p in problems)
         teacher_cost = compute(teacher, sampled=prompt_tokens + stats["generated_tokens"])
         log(f"[data] kept {stats['kept']} of {stats['samples']} teacher samples ({time.time() - t:.0f}s); "

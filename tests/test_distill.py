@@ -154,3 +154,17 @@ def test_distill_smoke_end_to_end(tmp_path):
     assert distill.read_jsonl(str(out / "traces.jsonl")) == records
     for sub in ("base", "distilled", "grpo"):
         assert (out / "student" / sub / "model.safetensors").exists()
+
+
+def test_teacher_sampler_on_a_real_model():
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_preset("tiny-mla", vocab_size=tok.vocab_size, dim=32)).eval()
+    problems = tasks.make_problems("multiplication", 3, seed=0)
+    c = cfg(k=2, max_new_tokens=8, batch_size=4)  # 2 problems per generate() call: two calls
+    samples = distill.teacher_sampler(model, tok, c)(problems, 2, 0)
+    assert len(samples) == 6 and all(1 <= s["length"] <= 8 for s in samples)
+    assert all(s["truncated"] == (s["length"] == 8) for s in samples)
+    assert samples == distill.teacher_sampler(model, tok, c)(problems, 2, 0)  # seeded
+    records, stats = distill.rejection_sample(problems, distill.teacher_sampler(model, tok, c), c)
+    assert stats["samples"] == 6 and stats["kept"] == len(records) == 0  # an untrained model is never right
