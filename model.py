@@ -32,7 +32,7 @@ V vocab, E experts, K active experts per token, N flattened tokens (B*T), R kv l
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -248,7 +248,7 @@ def rope_frequencies(dim, theta, scaling=None):
     mscale, mscale_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
     attn_factor = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all) if mscale and mscale_all \
         else yarn_mscale(factor)
-    return inv_freq, attn_factor
+    return inv_freq, scaling.get("attention_factor") or attn_factor
 
 
 def apply_rope(x, cos, sin, interleave):
@@ -275,7 +275,8 @@ class MLP(nn.Module):
 
 
 def attend(q, k, v, mask, scale):
-    """q (B, T, H, Dqk), k (B, S, Hk, Dqk), v (B, S, Hk, Dv), mask (B, 1, T, S) bool or None (causal) -> (B, T, H, Dv)."""
+    """q (B, T, H, Dqk), k (B, S, Hk, Dqk), v (B, S, Hk, Dv), mask (B, 1, T, S) bool (True = may attend)
+    or None (plain causal) -> (B, T, H, Dv). Hk may be smaller than H (GQA; 1 for absorbed MLA)."""
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), (B, Hk, S, D)
     gqa = k.shape[1] != q.shape[1]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
@@ -290,7 +291,8 @@ def attend(q, k, v, mask, scale):
 class MLA(nn.Module):
     """Multi-head Latent Attention. Keys/values come from a small latent c_kv (R dims, normed) plus one rotated
     rope key k_pe shared by all heads; only (c_kv, k_pe) is cached. Textbook path: expand c_kv into per-head
-    k_nope and v with wkv_b. Absorbed path: fold W_UK into the query and W_UV into the output, attend in latent space."""
+    k_nope and v with wkv_b. Absorbed path: fold W_UK into the query and W_UV into the output and attend in
+    latent space (cheaper decoding: no per-head K/V are ever built)."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -673,6 +675,8 @@ def config_from_hf(hf, **overrides):
     if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias") or (hf.get("attention_bias") and kind != "qwen2"):
         raise ValueError("unsupported config: need hidden_act='silu', mlp_bias=False, attention_bias=False "
                          f"(got {hf.get('hidden_act')}, {hf.get('mlp_bias')}, {hf.get('attention_bias')})")
+    if hf.get("use_sliding_window"):
+        raise ValueError("unsupported config: use_sliding_window=True (only full causal attention is implemented)")
     rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     scaling = None
@@ -681,7 +685,7 @@ def config_from_hf(hf, **overrides):
                        rope["original_max_position_embeddings"], original_max_position_embeddings=
                        rope["original_max_position_embeddings"], beta_fast=rope.get("beta_fast") or 32,
                        beta_slow=rope.get("beta_slow") or 1, mscale=rope.get("mscale"),
-                       mscale_all_dim=rope.get("mscale_all_dim"))
+                       mscale_all_dim=rope.get("mscale_all_dim"), attention_factor=rope.get("attention_factor"))
     elif rope_type == "llama3":
         scaling = {k: rope[k] for k in ("factor", "low_freq_factor", "high_freq_factor",
                                         "original_max_position_embeddings")} | {"type": "llama3"}

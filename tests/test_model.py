@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from model import PRESETS, ModelConfig, Transformer, cache_bytes_per_token, count_params
+from model import ModelConfig, Transformer, cache_bytes_per_token, count_params
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -284,7 +284,9 @@ def test_checkpoint_errors_are_actionable(tmp_path):
     with pytest.raises(KeyError, match=r"missing 6 tensors.*q_proj.bias"):
         Transformer.from_pretrained(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 64}))
-    with pytest.raises(ValueError, match=r"shape mismatch for model.layers.0.mlp.\w+_proj.weight: checkpoint \((128, 64|64, 128)\) vs model \(64, 64\)"):
+    mismatch = r"shape mismatch for model.layers.0.mlp.\w+_proj.weight: checkpoint \((128, 64|64, 128)\) " \
+               r"vs model \(64, 64\)"
+    with pytest.raises(ValueError, match=mismatch):
         Transformer.from_pretrained(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 1}))
     Transformer.from_pretrained(str(tmp_path))  # extra layers are skipped as MTP-style leftovers ...
