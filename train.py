@@ -95,6 +95,8 @@ class TrainConfig:
     mask_truncated: bool = True
     mu: int = 1
     micro_batch: int = 64
+    max_grad_norm: float = 1.0
+    fused_head: bool = False           # lm_head fused into the log-prob kernel (never holds (B, T, V) logits)
     # evaluation and logging
     eval_every: int = 20
     eval_problems: int = 32            # held-out problems per bucket
@@ -223,11 +225,15 @@ def config_hash(*parts) -> str:
 # -----------------------------------------------------------------------------
 # Checkpoints: safetensors + JSON, written to a temp dir then renamed (atomic).
 
-def save_checkpoint(path: str, model, optimizer=None, state: dict | None = None) -> None:
+def save_checkpoint(path: str, model, optimizer=None, state: dict | None = None, tok: Tokenizer | None = None) -> None:
+    """DIR/model.safetensors, DIR/config.json ({"model": ModelConfig fields, ...state}), DIR/tokenizer/ and,
+    for resumable checkpoints, DIR/optimizer.safetensors. sample.load_checkpoint reads the same layout."""
     from safetensors.torch import save_file
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
+    if tok is not None:
+        tok.save(os.path.join(tmp, "tokenizer"))
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
               os.path.join(tmp, "model.safetensors"))
     meta = {"model": dataclasses.asdict(model.cfg), **(state or {})}
@@ -383,8 +389,8 @@ def stage_pretrain(cfg: TrainConfig, tok: Tokenizer, device, log) -> Transformer
             log(f"[pretrain] step {step:5d} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e} "
                 f"{tokens_seen / (time.time() - t0):,.0f} tok/s")
         if (step + 1) % 200 == 0 and step + 1 < cfg.pretrain_steps:
-            save_checkpoint(partial, model, opt, {"hash": key, "step": step + 1})
-    save_checkpoint(path, model, None, {"hash": key, "done": True, "step": cfg.pretrain_steps})
+            save_checkpoint(partial, model, opt, {"hash": key, "step": step + 1}, tok)
+    save_checkpoint(path, model, None, {"hash": key, "done": True, "step": cfg.pretrain_steps}, tok)
     shutil.rmtree(partial, ignore_errors=True)
     return model
 
@@ -562,7 +568,8 @@ def stage_rl(cfg: TrainConfig, tok: Tokenizer, base: Transformer, device, resume
     gcfg = grpo.GRPOConfig(group_size=cfg.group_size, clip_low=cfg.clip_low, clip_high=cfg.clip_high, beta=cfg.beta,
                            std_norm=cfg.std_norm, token_level=cfg.token_level, const_norm=cfg.const_norm,
                            drop_equal_groups=cfg.drop_equal_groups, mask_truncated=cfg.mask_truncated, mu=cfg.mu,
-                           micro_batch=cfg.micro_batch)
+                           micro_batch=cfg.micro_batch, temperature=cfg.rollout_temperature,
+                           max_grad_norm=cfg.max_grad_norm, fused_head=cfg.fused_head)
     buckets = cfg.buckets.split(",")
     train_pool = tasks.make_problems(cfg.task, 20000, split="train", seed=cfg.seed, buckets=buckets)
     eval_set = tasks.make_problems(cfg.task, cfg.eval_problems * len(buckets), split="test", seed=cfg.seed,
@@ -629,7 +636,7 @@ def stage_rl(cfg: TrainConfig, tok: Tokenizer, base: Transformer, device, resume
             log(f"[eval] step {step + 1} " + fmt_metrics(ev))
             plot(history, os.path.join(cfg.out_dir, "plots.png"))
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.rl_steps:
-            save_checkpoint(os.path.join(cfg.out_dir, "rl", f"step_{step + 1:06d}"), model, opt, {"step": step + 1})
+            save_checkpoint(os.path.join(cfg.out_dir, "rl", f"step_{step + 1:06d}"), model, opt, {"step": step + 1}, tok)
             prune_checkpoints(cfg.out_dir, keep=2)
         steps_this_run += 1
         if cfg.halt_after and steps_this_run >= cfg.halt_after:

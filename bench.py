@@ -1,0 +1,625 @@
+"""
+bench.py: every performance goal measured against its baseline in one run, on this machine.
+
+    python bench.py                  # all sections
+    python bench.py kernels sample   # some sections
+    python bench.py --quick          # small shapes (CPU smoke run)
+    python bench.py --compile        # torch.compile where a section supports it (model)
+
+Sections (each prints the device and every number it measured beside its baseline):
+  model    forward+backward tokens/s and MFU, dense vs MoE; KV-cache bytes per token, MLA vs GQA
+  sample   decode tokens/s: our KV-cached sampler vs full recompute vs transformers generate; bandwidth bound
+  kernels  fused log-prob/entropy/KL: Triton vs eager vs torch.compile; GB/s, % of copy bandwidth, memory (GPU)
+  rewards  math checks/s and sandboxed programs/s
+  data     tokenizer training time and synthetic-corpus MB/s
+
+Simplifications: 1. Numbers are medians of a few repeats, not a statistical study. 2. GPU targets are only
+claimed by the GPU run that measured them; on CPU a section reports CPU numbers or says it needs a GPU.
+"""
+import argparse
+import sys
+import glob
+import itertools
+import os
+import sysconfig
+import tasks
+import time
+from tokenizer import Tokenizer
+
+# ====================================================================================================
+# model
+# bench_model(args): training throughput (forward + backward tokens/s) and model FLOPs utilisation of
+# model.Transformer for a dense model and an MoE model of about the same active size, plus KV-cache bytes
+# per token for MLA vs GQA/MHA at matched model size.
+#
+# Models (GPU, full size): "dense" ~125M params (dim 768, 12 layers, 12 heads, MLA, SwiGLU 2048, vocab 32768)
+# and "moe" with the same attention and the same active FFN width per token (1 shared + 2 of 16 routed experts
+# of width 704, first layer dense). CPU or args.quick: the same shapes shrunk (dim 128-256) so it runs in seconds.
+# FLOPs per token = 6 * N_active (all matmul weights a token touches: attention, active experts, router, lm_head;
+# not the input embedding lookup) + causal attention scores 6 * L * T/2 * H * (D_qk + D_v) (forward + backward).
+# MFU = FLOPs/s over the peak: 989e12 bf16 dense for H100/H200 (the datasheet number without sparsity);
+# on CPU only tokens/s is reported, since MFU needs a GPU peak. args.compile: torch.compile the model.
+# Prints the device and every measured number; returns them as a dict.
+
+def bench_model(args):
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from model import ModelConfig, Transformer, cache_bytes_per_token, count_params
+
+    quick = bool(getattr(args, "quick", False))
+    compile_ = bool(getattr(args, "compile", False))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    gpu = torch.cuda.get_device_name() if cuda else ""
+    peak = 989e12 if cuda and any(k in gpu for k in ("H100", "H200")) else None
+    dtype = torch.bfloat16 if cuda else torch.float32
+    name = gpu if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"[model] device: {name}; dtype {dtype}; torch.compile {compile_}; peak "
+          f"{f'{peak:.3g} FLOP/s' if peak else 'unknown (MFU needs a GPU peak; reporting tokens/s only)'}")
+
+    base = dict(vocab_size=32768, dim=768, n_layers=12, n_heads=12, kv_lora_rank=256, qk_nope_head_dim=64,
+                qk_rope_head_dim=32, v_head_dim=64, inter_dim=2048, max_seq_len=2048)
+    B, T, steps = 16, 1024, 10
+    if quick or not cuda:  # CPU-sized stand-ins with the same structure
+        base.update(vocab_size=4096, dim=128 if quick else 256, n_layers=2 if quick else 4, n_heads=4,
+                    kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32,
+                    inter_dim=384 if quick else 704)
+        B, T, steps = (2, 64, 3) if quick else (4, 128, 3)
+    # routed experts: 2 active + 1 shared of width inter/3 = the dense FFN's width per token
+    moe = dict(base, n_routed_experts=16, n_activated_experts=2, n_shared_experts=1,
+               moe_inter_dim=base["inter_dim"] // 3, n_dense_layers=1, n_expert_groups=1, n_limited_groups=1)
+    configs = {"dense": ModelConfig(**base), "moe": ModelConfig(**moe)}
+    results = {"device": name, "dtype": str(dtype), "compile": compile_, "batch": B, "seq_len": T}
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def flops_per_token(cfg):
+        n_matmul = count_params(cfg, active=True) - cfg.vocab_size * cfg.dim  # minus the embedding lookup
+        attn = 6 * cfg.n_layers * (T / 2) * cfg.n_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim)
+        return 6 * n_matmul + attn
+
+    for label, cfg in configs.items():
+        for impl in (["fast", "loop"] if cfg.n_routed_experts else ["fast"]):
+            cfg.moe_impl = impl
+            torch.manual_seed(0)
+            model = Transformer(cfg).to(device=device, dtype=dtype).train()
+            fwd = torch.compile(model) if compile_ else model
+            tokens = torch.randint(0, cfg.vocab_size, (B, T + 1), device=device)
+
+            def step():
+                logits = fwd(tokens[:, :-1])  # (B, T, V)
+                loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+                loss.backward()
+                model.zero_grad(set_to_none=True)
+
+            for _ in range(2 if compile_ else 1):  # warm-up (and compilation)
+                step()
+            times = []
+            for _ in range(steps):
+                sync()
+                t0 = time.perf_counter()
+                step()
+                sync()
+                times.append(time.perf_counter() - t0)
+            dt = sorted(times)[len(times) // 2]  # median step: robust to a busy machine
+            tok_s = B * T / dt
+            key = label if impl == "fast" else f"{label}-loop"
+            r = {"params": count_params(cfg), "active_params": count_params(cfg, active=True),
+                 "tokens_per_s": tok_s, "step_s": dt, "flops_per_token": flops_per_token(cfg)}
+            if peak:
+                r["mfu"] = tok_s * r["flops_per_token"] / peak
+            results[key] = r
+            mfu = f"MFU {r['mfu']:.1%}" if peak else "MFU n/a (no GPU peak)"
+            print(f"[model] {key:10s} params {r['params'] / 1e6:.1f}M (active {r['active_params'] / 1e6:.1f}M), "
+                  f"B={B} T={T}: {dt * 1e3:.1f} ms/step, {tok_s:,.0f} tokens/s fwd+bwd, "
+                  f"{r['flops_per_token'] / 1e9:.2f} GFLOP/token, {mfu}")
+            del model, fwd
+            if cuda:
+                torch.cuda.empty_cache()
+
+    # KV cache per token: MLA's latent (c_kv + shared rope key) vs GQA / MHA with the same dim and heads
+    cfg = configs["dense"]
+    head = cfg.dim // cfg.n_heads
+    alts = {"mla": cfg,
+            "mha": ModelConfig(**dict(base, attn="gqa", n_kv_heads=cfg.n_heads, head_dim=head)),
+            f"gqa-{cfg.n_heads // 4}kv": ModelConfig(**dict(base, attn="gqa", n_kv_heads=cfg.n_heads // 4,
+                                                            head_dim=head)),
+            "deepseek-v3 mla": ModelConfig.from_preset("deepseek-v3"),
+            "qwen2.5-7b gqa": ModelConfig.from_preset("qwen2.5-7b")}
+    results["kv_bytes_per_token_per_layer_bf16"] = {}
+    for label, c in alts.items():
+        b = cache_bytes_per_token(c, dtype_bytes=2)
+        results["kv_bytes_per_token_per_layer_bf16"][label] = b
+        print(f"[model] KV cache {label:16s}: {b:6d} bytes/token/layer bf16, {b * c.n_layers / 1024:8.1f} KiB/token "
+              f"over {c.n_layers} layers")
+    return results
+
+# ====================================================================================================
+# sample
+# bench_sample(args): decode throughput of sample.generate vs recomputing the full sequence each step
+# (no cache) vs transformers' generate, on the same random weights, plus the memory-bandwidth bound.
+#
+# GPU: a Qwen2.5-0.5B-shaped random model, bf16, batch 64. CPU (or args.quick): a much smaller GQA model.
+# Weights: a random transformers Qwen2ForCausalLM is saved to a temp dir and loaded by both sides
+# (Transformer.from_pretrained), so every method runs the same numbers. All methods decode greedily for
+# exactly new_tokens steps (no stop tokens), so the work is identical.
+# Bound: tokens/s <= B / (bytes read per decode step / measured copy bandwidth), bytes = weights (the
+# embedding table only when tied, as lm_head) + KV cache at the mean context length.
+
+def bench_sample(args):
+    import tempfile
+    import time
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from model import ModelConfig, Transformer, cache_bytes_per_token
+    from sample import generate
+
+    quick = bool(getattr(args, "quick", False))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    if cuda and not quick:
+        cfg = ModelConfig.from_preset("qwen2.5-0.5b", max_seq_len=1024)
+        B, P, T, dtype = 64, 128, 256, torch.bfloat16
+    elif cuda or not quick:
+        cfg = ModelConfig.from_preset("qwen2.5-0.5b", vocab_size=32000, dim=512, n_layers=8, n_heads=8,
+                                      n_kv_heads=2, head_dim=64, inter_dim=1536, max_seq_len=1024)
+        B, P, T, dtype = 16, 64, 64, torch.bfloat16 if cuda else torch.float32
+    else:
+        cfg = ModelConfig.from_preset("qwen2.5-0.5b", vocab_size=4096, dim=256, n_layers=4, n_heads=4,
+                                      n_kv_heads=2, head_dim=64, inter_dim=768, max_seq_len=512)
+        B, P, T, dtype = 8, 32, 32, torch.float32
+    name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"[sample] device: {name}; model: dim {cfg.dim}, {cfg.n_layers} layers, vocab {cfg.vocab_size}, "
+          f"GQA {cfg.n_heads}/{cfg.n_kv_heads} heads; batch {B}, prompt {P}, new tokens {T}, {dtype}")
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def timed(fn, repeat=1):
+        fn()  # warm-up (allocator, kernels, compile)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            out = fn()
+        sync()
+        return (time.perf_counter() - t0) / repeat, out
+
+    # identical weights on both sides
+    torch.manual_seed(0)
+    hf_cfg = Qwen2Config(vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.inter_dim,
+                         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                         num_key_value_heads=cfg.n_kv_heads, max_position_embeddings=cfg.max_seq_len,
+                         rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
+                         rms_norm_eps=cfg.norm_eps)
+    hf = Qwen2ForCausalLM(hf_cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = Transformer.from_pretrained(tmp, dtype=dtype)
+    ours = ours.to(device).eval()
+    hf = hf.to(device=device, dtype=dtype).eval()
+    cfg = ours.cfg
+
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(3, cfg.vocab_size, (B, P), generator=g)  # (B, P)
+    prompts = prompt.tolist()
+    prompt = prompt.to(device)
+    res = {"device": name, "batch": B, "prompt": P, "new_tokens": T}
+
+    # 1) ours: KV cache, prefill once, one token per step
+    def ours_run(n_new, compile=False):
+        return generate(ours, prompts, max_new_tokens=n_new, temperature=0, compile=compile)
+    t_ours, gen = timed(lambda: ours_run(T))
+    t_prefill, _ = timed(lambda: ours_run(1))
+    res["ours_tok_s"] = B * T / t_ours
+    res["ours_decode_tok_s"] = B * (T - 1) / max(t_ours - t_prefill, 1e-9)
+    print(f"[sample] ours (KV cache):      {t_ours:.3f} s, {res['ours_tok_s']:.1f} tok/s end-to-end, "
+          f"{res['ours_decode_tok_s']:.1f} tok/s decode only (prefill {t_prefill:.3f} s)")
+    if cuda:
+        t_c, gen_c = timed(lambda: ours_run(T, compile=True))
+        t_cp, _ = timed(lambda: ours_run(1, compile=True))
+        res["ours_compiled_tok_s"] = B * T / t_c
+        res["ours_compiled_decode_tok_s"] = B * (T - 1) / max(t_c - t_cp, 1e-9)
+        res["compiled_tokens_equal"] = float((gen_c.tokens == gen.tokens).all(-1).float().mean())
+        print(f"[sample] ours compile=True:    {t_c:.3f} s, {res['ours_compiled_tok_s']:.1f} tok/s end-to-end, "
+              f"{res['ours_compiled_decode_tok_s']:.1f} tok/s decode only; rows equal to plain loop: "
+              f"{res['compiled_tokens_equal']:.2f}")
+
+    # 2) no cache: recompute the whole sequence for every new token
+    n_nc = T if not cuda or quick else T // 4  # the no-cache loop is slow on big runs: time a quarter
+
+    @torch.inference_mode()
+    def no_cache_part():
+        seq = prompt
+        for _ in range(n_nc):
+            h = ours(seq, return_hidden=True)[:, -1]  # (B, C) the whole sequence, every step
+            nxt = ours.lm_head(h).argmax(-1)  # (B,)
+            seq = torch.cat([seq, nxt[:, None]], 1)  # (B, P+t)
+        return seq
+    t_nc, seq_nc = timed(no_cache_part)
+    res["no_cache_tok_s"] = B * n_nc / t_nc
+    print(f"[sample] no cache (recompute): {t_nc:.3f} s for {n_nc} tokens, {res['no_cache_tok_s']:.1f} tok/s"
+          + ("" if n_nc == T else " (first quarter of the steps: an upper bound on its rate)"))
+    res["no_cache_tokens_equal"] = float((seq_nc[:, P:] == gen.tokens[:, :n_nc]).all(-1).float().mean())
+
+    # 3) transformers generate (dynamic KV cache), greedy, exactly T new tokens
+    mask = torch.ones_like(prompt)  # (B, P)
+
+    @torch.inference_mode()
+    def hf_run():
+        return hf.generate(prompt, attention_mask=mask, max_new_tokens=T, min_new_tokens=T, do_sample=False,
+                           pad_token_id=0, eos_token_id=None)
+    t_hf, out_hf = timed(hf_run)
+    res["hf_tok_s"] = B * T / t_hf
+    res["hf_tokens_equal"] = float((out_hf[:, P:] == gen.tokens).all(-1).float().mean())
+    print(f"[sample] transformers generate: {t_hf:.3f} s, {res['hf_tok_s']:.1f} tok/s end-to-end")
+    print(f"[sample] greedy rows identical to ours: transformers {res['hf_tokens_equal']:.2f}, "
+          f"no-cache {res['no_cache_tokens_equal']:.2f}")
+
+    # 4) memory-bandwidth bound
+    nbytes = (256 << 20) if not cuda else (2 << 30)
+    x = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    t_copy, _ = timed(lambda: y.copy_(x), repeat=5)
+    bw = 2 * nbytes / t_copy  # read + write
+    params = {id(p): p for p in ours.parameters()}
+    weight_bytes = sum(p.numel() * p.element_size() for p in params.values())
+    if not cfg.tie_embeddings:  # an untied embedding table is only gathered (B rows), not streamed
+        weight_bytes -= ours.embed.weight.numel() * ours.embed.weight.element_size()
+    elt = torch.finfo(dtype).bits // 8
+    kv_bytes = B * (P + T / 2) * cache_bytes_per_token(cfg, elt) * cfg.n_layers
+    step_s = (weight_bytes + kv_bytes) / bw
+    res.update(copy_GB_s=bw / 1e9, weight_MB=weight_bytes / 1e6, kv_MB=kv_bytes / 1e6, bound_tok_s=B / step_s)
+    best = max(res["ours_decode_tok_s"], res.get("ours_compiled_decode_tok_s", 0.0))
+    res["ours_vs_hf"] = res["ours_tok_s"] / res["hf_tok_s"]
+    res["ours_vs_no_cache"] = res["ours_tok_s"] / res["no_cache_tok_s"]
+    res["bound_fraction"] = best / res["bound_tok_s"]
+    print(f"[sample] copy bandwidth {res['copy_GB_s']:.1f} GB/s; per step: weights {res['weight_MB']:.1f} MB + "
+          f"KV cache {res['kv_MB']:.1f} MB (mean context) -> bound {res['bound_tok_s']:.1f} tok/s")
+    print(f"[sample] ratios: ours/transformers {res['ours_vs_hf']:.2f}x, ours/no-cache "
+          f"{res['ours_vs_no_cache']:.2f}x (end-to-end); best decode = {res['bound_fraction']:.2f} of the bound")
+    return res
+
+# ====================================================================================================
+# kernels
+# bench_kernels(args): kernels.token_logprobs (Triton) vs eager PyTorch vs torch.compile of the same
+# reference (log_softmax + gather + entropy + k3 KL), bf16 logits, N=16384 tokens, V in
+# {32768, 129280, 151936}; plus kernels.linear_token_logprobs (chunked hidden -> log-probs) memory.
+#
+# Reported per method: forward time (no_grad, as when computing old/ref log-probs), forward+backward
+# time (loss = weighted sum of logp, entropy and KL), achieved GB/s counting the unavoidable traffic
+# (forward reads the bf16 logits once: S = 2 N V bytes; forward+backward reads them twice and writes
+# bf16 dlogits: 3 S), that as % of a device-to-device copy measured in the same run, and peak extra
+# memory above the inputs (forward+backward includes dlogits itself, S bytes).
+# On CPU it says it needs a GPU and runs a tiny correctness check only.
+
+def bench_kernels(args):
+    import torch
+
+    from kernels import linear_token_logprobs, token_logprobs
+
+    quick = bool(getattr(args, "quick", False))
+    T = 0.9
+
+    def eager(logits, targets, ref):
+        """The reference: what a plain PyTorch GRPO step computes. logits (N, V), targets (N,)."""
+        logz = torch.log_softmax(logits.float() / T, dim=-1)              # (N, V)
+        logp = logz.gather(1, targets[:, None]).squeeze(1)                  # (N,)
+        entropy = -(logz.exp() * logz).sum(-1)                              # (N,)
+        d = ref - logp                                                      # (N,)
+        kl = d.exp() - d - 1                                                # (N,)
+        return logp, entropy, kl
+
+    def fused(logits, targets, ref):
+        s = token_logprobs(logits, targets, T, ref, return_entropy=True)
+        return s.logp, s.entropy, s.kl
+
+    if not torch.cuda.is_available():
+        print("[kernels] the kernel benchmark needs a CUDA GPU; running a tiny CPU correctness check")
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(64, 1000, generator=g).bfloat16()                  # (N, V)
+        t = torch.randint(0, 1000, (64,), generator=g)                     # (N,)
+        r = torch.randn(64, generator=g) - 7                               # (N,)
+        err = max((a - b).abs().max().item() for a, b in zip(fused(x, t, r), eager(x, t, r)))
+        print(f"[kernels] token_logprobs(impl=auto -> torch) vs eager reference: max |diff| {err:.1e}")
+        return {"gpu": False, "cpu_check_max_diff": err}
+
+    dev = torch.device("cuda")
+    name = torch.cuda.get_device_name()
+    res = {"gpu": True, "device": name}
+
+    def timed(fn, reps):
+        """Median milliseconds of fn() over reps runs after 3 warm-ups (CUDA events)."""
+        for _ in range(3):
+            fn()
+        times = []
+        for _ in range(reps):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b))
+        return sorted(times)[len(times) // 2]
+
+    def peak_extra(fn):
+        """Peak bytes allocated during fn() above what was allocated before it."""
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    # device-to-device copy bandwidth, measured in this run (read + write bytes / time)
+    src = torch.empty(2 * 1024**3, dtype=torch.uint8, device=dev)
+    dst = torch.empty_like(src)
+    copy_ms = timed(lambda: dst.copy_(src), 20)
+    copy_gbs = 2 * src.numel() / copy_ms / 1e6
+    del src, dst
+    res["copy_GBps"] = copy_gbs
+    print(f"[kernels] device: {name}; measured D2D copy {copy_gbs:,.0f} GB/s")
+
+    compiled = torch.compile(eager, dynamic=False)
+    N = 4097 if quick else 16384
+    vocab = [32768] if quick else [32768, 129280, 151936]
+    reps = 5 if quick else 20
+    for V in vocab:
+        g = torch.Generator(device=dev).manual_seed(V)
+        logits = (torch.randn(N, V, device=dev, generator=g) * 2).bfloat16()  # (N, V)
+        targets = torch.randint(0, V, (N,), device=dev, generator=g)          # (N,)
+        ref = torch.randn(N, device=dev, generator=g) * 0.5 - 10.0            # (N,)
+        w = torch.randn(3, N, device=dev, generator=g)                        # (3, N) upstream weights
+        S = logits.numel() * logits.element_size()
+        x = logits.detach().requires_grad_()
+
+        def fwd(fn):
+            with torch.no_grad():
+                fn(logits, targets, ref)
+
+        def fwd_bwd(fn):
+            x.grad = None
+            logp, ent, kl = fn(x, targets, ref)
+            ((logp * w[0]).sum() + (ent * w[1]).sum() + (kl * w[2]).sum()).backward()
+
+        row = {}
+        for label, fn in [("triton", fused), ("eager", eager), ("compiled", compiled)]:
+            try:
+                f_ms = timed(lambda: fwd(fn), reps)
+                fb_ms = timed(lambda: fwd_bwd(fn), reps)
+                x.grad = None
+                f_mem, fb_mem = peak_extra(lambda: fwd(fn)), peak_extra(lambda: fwd_bwd(fn))
+                x.grad = None
+            except torch.cuda.OutOfMemoryError:
+                print(f"[kernels] V={V} {label}: out of memory")
+                x.grad = None
+                torch.cuda.empty_cache()
+                continue
+            row[label] = dict(fwd_ms=f_ms, fwd_bwd_ms=fb_ms, fwd_GBps=S / f_ms / 1e6,
+                              fwd_bwd_GBps=3 * S / fb_ms / 1e6, fwd_peak_GB=f_mem / 1e9,
+                              fwd_bwd_peak_GB=fb_mem / 1e9)
+        # correctness of this run's Triton outputs against the fp32 eager reference
+        with torch.no_grad():
+            err = max((a - b).abs().max().item()
+                      for a, b in zip(fused(logits, targets, ref), eager(logits, targets, ref)))
+        print(f"[kernels] N={N} V={V} bf16 (S = {S / 1e9:.2f} GB of logits; max |triton - eager| {err:.1e})")
+        print(f"[kernels]   {'method':9s} {'fwd ms':>8s} {'GB/s':>7s} {'%copy':>6s} {'fwd+bwd ms':>10s} "
+              f"{'GB/s':>7s} {'%copy':>6s} {'peak fwd GB':>11s} {'peak f+b GB':>11s}")
+        for label, m in row.items():
+            print(f"[kernels]   {label:9s} {m['fwd_ms']:8.2f} {m['fwd_GBps']:7.0f} "
+                  f"{100 * m['fwd_GBps'] / copy_gbs:5.0f}% {m['fwd_bwd_ms']:10.2f} "
+                  f"{m['fwd_bwd_GBps']:7.0f} {100 * m['fwd_bwd_GBps'] / copy_gbs:5.0f}% "
+                  f"{m['fwd_peak_GB']:11.2f} {m['fwd_bwd_peak_GB']:11.2f}")
+        if "triton" in row:
+            tri = row["triton"]
+            for base in ("eager", "compiled"):
+                if base in row:
+                    print(f"[kernels]   triton vs {base}: fwd {row[base]['fwd_ms'] / tri['fwd_ms']:.1f}x, "
+                          f"fwd+bwd {row[base]['fwd_bwd_ms'] / tri['fwd_bwd_ms']:.1f}x")
+            print(f"[kernels]   triton fwd+bwd peak extra / dlogits size: "
+                  f"{tri['fwd_bwd_peak_GB'] * 1e9 / S:.2f}")
+        res[f"V{V}"] = row
+        res[f"V{V}_max_err"] = err
+        del logits, x, row
+        torch.cuda.empty_cache()
+
+    # launch-config sweep of the Triton kernels at the largest vocab (default BLOCK_V=4096, 2 stages)
+    V = vocab[-1]
+    logits = torch.randn(N, V, device=dev).bfloat16()                            # (N, V)
+    targets = torch.randint(0, V, (N,), device=dev)                              # (N,)
+    x = logits.detach().requires_grad_()
+    S = logits.numel() * logits.element_size()
+    configs = [(b, st) for b in (2048, 4096, 8192, 16384) for st in (1, 2, 3)]
+    for block, stages in configs[4:5] if quick else configs:
+        knobs = dict(block_v=block, num_stages=stages)
+
+        def fb():
+            x.grad = None
+            s = token_logprobs(x, targets, T, return_entropy=True, **knobs)
+            (s.logp.sum() + s.entropy.sum()).backward()
+        try:
+            with torch.no_grad():
+                f_ms = timed(lambda: token_logprobs(logits, targets, T, return_entropy=True, **knobs), reps)
+            fb_ms = timed(fb, reps)
+        except Exception as e:  # e.g. out of shared memory / resources for a large block
+            print(f"[kernels] BLOCK_V={block} stages={stages}: failed ({type(e).__name__})")
+            continue
+        res[f"sweep_block{block}_stages{stages}"] = dict(fwd_ms=f_ms, fwd_bwd_ms=fb_ms)
+        print(f"[kernels] BLOCK_V={block:5d} stages={stages} V={V}: fwd {f_ms:.2f} ms "
+              f"({100 * S / f_ms / 1e6 / copy_gbs:.0f}% copy), fwd+bwd {fb_ms:.2f} ms "
+              f"({100 * 3 * S / fb_ms / 1e6 / copy_gbs:.0f}% copy)")
+    del logits, x
+    torch.cuda.empty_cache()
+
+    # fused-linear: hidden (N, C) and lm_head (V, C) -> stats, never all logits at once
+    C, V = 4096, vocab[-1]
+    g = torch.Generator(device=dev).manual_seed(1)
+    h = (torch.randn(N, C, device=dev, generator=g) * 0.05).bfloat16().requires_grad_()  # (N, C)
+    W = (torch.randn(V, C, device=dev, generator=g) * 0.05).bfloat16().requires_grad_()  # (V, C)
+    targets = torch.randint(0, V, (N,), device=dev, generator=g)                       # (N,)
+    ref = torch.randn(N, device=dev, generator=g) - 10.0                               # (N,)
+
+    def full():
+        s = token_logprobs(h @ W.t(), targets, T, ref, return_entropy=True)
+        (s.logp.sum() + s.entropy.sum() + s.kl.sum()).backward()
+
+    def chunked():
+        s = linear_token_logprobs(h, W, targets, T, ref, return_entropy=True, chunk_size=2048)
+        (s.logp.sum() + s.entropy.sum() + s.kl.sum()).backward()
+
+    for label, fn in [("full", full), ("chunked", chunked)]:
+        try:
+            ms = timed(fn, 3 if quick else 5)
+            h.grad = W.grad = None
+            mem = peak_extra(fn)
+            h.grad = W.grad = None
+        except torch.cuda.OutOfMemoryError:
+            print(f"[kernels] fused-linear {label}: out of memory")
+            continue
+        res[f"linear_{label}"] = dict(fwd_bwd_ms=ms, peak_GB=mem / 1e9)
+        what = "h @ W.T, then token_logprobs" if label == "full" else "linear_token_logprobs"
+        print(f"[kernels] N={N} C={C} V={V} bf16 fwd+bwd, {what:29s}: {ms:8.2f} ms, "
+              f"peak extra {mem / 1e9:6.2f} GB (all logits would be {N * V * 2 / 1e9:.2f} GB)")
+    return res
+
+# ====================================================================================================
+# rewards
+# bench_rewards(args): throughput of the rule-based rewards on this machine (meant for 2 CPU cores).
+#
+# Math: math_equal checks/s on three kinds of pairs: plain numbers/fractions (exact rational fast path,
+# in-process), symbolic ones (roots, pi, polynomials: the killable sympy worker) and hostile ones
+# (towers, huge factorials, megabyte strings: rejected by the pre-checks).
+# Code: sandboxed programs/s (each program = fresh tmpfs dir, new net+mount namespace, own uid, rlimits,
+# kill sweep) for a trivial stdin/stdout program, one at a time and through the bounded pool of
+# code_rewards (rewards.SANDBOX_WORKERS at a time), plus the latency of one program.
+# Also prints which isolation layers work here (rewards.sandbox_capabilities()).
+
+def bench_rewards(args):
+    import time
+
+    import rewards
+    from rewards import code_rewards, math_equal, run_sandboxed
+
+    quick = bool(getattr(args, "quick", False))
+    res = {}
+    caps = rewards.sandbox_capabilities()
+    print(f"[rewards] sandbox isolation: {caps}")
+    res["sandbox_ok"] = bool(caps.get("ok"))
+
+    exact = [("\\frac{1}{2}", "0.5"), ("391", "391"), ("1,000", "1000"), ("2^{-99}", "2^{-98}"), ("0.333", "1/3"),
+             ("(1, 2)", "[1, 2]"), ("\\{1, 2, 3\\}", "\\{3, 2, 1\\}"), ("x = 2", "2"), ("1/2004!", "1/2006!"),
+             ("-\\frac{9}{4}", "-2.25"), ("18 dollars", "18"), ("50\\%", "50")]
+    symbolic = [("\\sqrt{8}", "2\\sqrt{2}"), ("\\frac{\\pi}{2}", "\\pi/2 + 0"), ("x^2 + 2x + 1", "(x+1)^2"),
+                ("\\frac{3}{\\sqrt{3}}", "\\sqrt{3}"), ("\\sqrt{2}", "\\sqrt{3}"), ("e^{i\\pi}", "-1"),
+                ("2x + 2", "2(x+1)"), ("\\log_2 8", "3")]
+    hostile = [("9^{9^{9^9}}", "1"), ("(10^{10})!", "1"), ("{" * 100_000 + "1" + "}" * 100_000, "1"),
+               ("1" * 1_000_000, "1"), ("x^{10^{10}}", "x"), ("(" * 5000 + "1" + ")" * 5000, "1")]
+    math_equal("\\sqrt{2}", "\\sqrt{2}+0")                             # start the sympy worker (not timed)
+    reps = {"exact": 20 if quick else 100, "symbolic": 3 if quick else 15, "hostile": 5 if quick else 20}
+    for name, pairs in [("exact", exact), ("symbolic", symbolic), ("hostile", hostile)]:
+        t0 = time.perf_counter()
+        for _ in range(reps[name]):
+            for p, g in pairs:
+                math_equal(p, g)
+        dt = time.perf_counter() - t0
+        n = reps[name] * len(pairs)
+        res[f"math_{name}_checks_s"] = n / dt
+        print(f"[rewards] math_equal {name:8s}: {n} checks in {dt:.2f} s, {n / dt:,.0f} checks/s")
+
+    code, tests = "print(int(input()) * 2)", [{"input": "21\n", "output": "42\n"}]
+    n = 8 if quick else 40
+    run_sandboxed({"a.py": code}, "a.py", stdin="1\n")                  # warm the page cache
+    t0 = time.perf_counter()
+    for _ in range(n // 2):
+        run_sandboxed({"a.py": code}, "a.py", stdin="21\n")
+    dt_seq = (time.perf_counter() - t0) / (n // 2)
+    t0 = time.perf_counter()
+    scores = code_rewards([code] * n, [tests] * n)
+    dt = time.perf_counter() - t0
+    res.update(sandbox_latency_s=dt_seq, sandbox_programs_s=n / dt, sandbox_seq_programs_s=1 / dt_seq,
+               sandbox_workers=rewards.SANDBOX_WORKERS, sandbox_all_passed=scores == [1.0] * n)
+    print(f"[rewards] sandbox: one program {dt_seq * 1000:.0f} ms ({1 / dt_seq:.1f} programs/s one at a time); "
+          f"pool of {rewards.SANDBOX_WORKERS}: {n} programs in {dt:.2f} s, {n / dt:.1f} programs/s; "
+          f"all scored 1.0: {res['sandbox_all_passed']}")
+    return res
+
+# ====================================================================================================
+# data
+# bench part (data engineer): tokenizer training time and synthetic-corpus throughput.
+#
+# bench_data(args) -> dict, printing one line per measurement. args may carry `quick` (bool: smaller
+# inputs for a CPU smoke run). Times are CPU seconds of this process (time.process_time), so a busy
+# shared machine does not distort them; wall seconds are reported beside.
+
+def _timed(fn):
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, time.process_time() - c0, time.perf_counter() - w0
+
+
+def _take_mb(it, mb):
+    out, n = [], 0
+    for doc in it:
+        out.append(doc)
+        n += len(doc)
+        if n >= mb * 1e6:
+            break
+    return out, n
+
+
+def bench_data(args=None) -> dict:
+    quick = bool(getattr(args, "quick", False))
+    mb = 2 if quick else 20
+    res = {}
+    # 1. corpus generation speed (one core)
+    s = tasks.corpus_stats(seed=0, n_docs=3000 if quick else 30000)
+    res["corpus_mb_per_s"] = s["mb_per_s"]
+    print(f"corpus: {s['mb_per_s']:.1f} MB/s (CPU) over {s['chars'] / 1e6:.1f} MB; doc shares "
+          + ", ".join(f"{k} {s['doc_share'][k]:.2f}" for k in ["drill", "textbook", "dialogue", "filler"])
+          + f"; dialogue defects {s['dialogue_defect_rate']:.2f}")
+    # 2. tokenizer training on the corpus (its vocabulary saturates: few unique chunks)
+    docs, n = _take_mb(tasks.corpus_stream(0), mb)
+    tok, cpu, wall = _timed(lambda: Tokenizer.train(docs, 4096))
+    res.update(tok_train_corpus_s=cpu, tok_corpus_vocab=tok.vocab_size)
+    print(f"tokenizer: trained on {n / 1e6:.0f} MB corpus in {cpu:.1f}s CPU ({wall:.1f}s wall), vocab {tok.vocab_size}")
+    ids, cpu, wall = _timed(lambda: tok.encode_batch(docs))
+    res["tok_encode_mb_per_s"] = n / 1e6 / max(cpu, 1e-9)
+    print(f"tokenizer: encode {res['tok_encode_mb_per_s']:.1f} MB/s (CPU), {sum(map(len, ids)) / n:.2f} tokens/char")
+    # 3. tokenizer training, 4k vocab on ~20 MB of diverse text (the Python standard library's sources)
+    files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "**", "*.py"), recursive=True))
+    texts = (open(f, encoding="utf-8", errors="replace").read() for f in files)
+    texts, n = _take_mb(texts, mb)
+    tok, cpu, wall = _timed(lambda: Tokenizer.train(texts, 4096))
+    res.update(tok_train_diverse_s=cpu, tok_train_diverse_mb=n / 1e6)
+    print(f"tokenizer: 4096 vocab on {n / 1e6:.0f} MB of stdlib source in {cpu:.1f}s CPU ({wall:.1f}s wall)")
+    return res
+
+
+SECTIONS = {"model": bench_model, "sample": bench_sample, "kernels": bench_kernels, "rewards": bench_rewards,
+            "data": bench_data}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="nano-r1 benchmarks")
+    ap.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
+    ap.add_argument("--quick", action="store_true", help="small shapes for a CPU smoke run")
+    ap.add_argument("--compile", action="store_true", help="torch.compile where supported")
+    args = ap.parse_args(argv)
+    for s in args.sections:
+        if s not in SECTIONS:
+            ap.error(f"unknown section {s!r}; valid: {', '.join(SECTIONS)}")
+    for s in args.sections or list(SECTIONS):
+        print(f"\n===== bench {s} =====", flush=True)
+        SECTIONS[s](args)
+
+
+if __name__ == "__main__":
+    main()
