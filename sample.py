@@ -46,7 +46,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 COMPILE_BACKEND = "inductor"  # backend used by generate(compile=True); tests swap in "eager"
 
@@ -155,11 +154,9 @@ def _check_args(prompts, max_new_tokens, temperature, top_p, top_k, n, stop_stri
 
 def _left_pad(prompts, pad_id, device):
     """Left-pad prompts; positions shifted so each prompt starts at 0; valid marks real tokens."""
+    P = max(len(p) for p in prompts)
+    tokens = torch.tensor([[pad_id] * (P - len(p)) + list(p) for p in prompts], device=device)  # (B, P)
     lens = torch.tensor([len(p) for p in prompts], device=device)  # (B,)
-    P = int(lens.max())
-    tokens = torch.full((len(prompts), P), pad_id, dtype=torch.long, device=device)  # (B, P)
-    for i, p in enumerate(prompts):
-        tokens[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
     pos = torch.arange(P, device=device)[None, :] - (P - lens)[:, None]  # (B, P), negative on pads
     valid = pos >= 0  # (B, P)
     return tokens, pos.clamp(min=0), valid, lens
