@@ -401,7 +401,8 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32):
 
 
 def _stream(tokenizer):
-    """Callback for generate() that prints row 0's text as it grows (handles multi-byte tokens)."""
+    """(callback for generate() that prints row 0's text as it grows, flush() to print what is left).
+    Text ending in an incomplete multi-byte character is held back until the character completes."""
     ids, printed = [], [0]
 
     def callback(rows, tokens):
@@ -411,7 +412,10 @@ def _stream(tokenizer):
             if not text.endswith("\ufffd"):
                 print(text[printed[0]:], end="", flush=True)
                 printed[0] = len(text)
-    return callback
+
+    def flush():
+        print(tokenizer.decode(ids)[printed[0]:], flush=True)
+    return callback, flush
 
 
 def main(argv=None):
@@ -438,12 +442,13 @@ def main(argv=None):
     if args.prompt is not None:
         print(args.prompt, end="", flush=True)
         stop_tokens, _ = _stops_for(tok)
+        callback, flush = _stream(tok)
         generate(model, [tok.encode(args.prompt)], max_new_tokens=args.max_new_tokens,
                  temperature=1.0 if args.temperature is None else args.temperature,
                  top_p=1.0 if args.top_p is None else args.top_p, top_k=args.top_k,
                  stop_tokens=stop_tokens, tokenizer=tok, pad_id=tok.pad_id, seed=args.seed,
-                 callback=_stream(tok))
-        print()
+                 callback=callback)
+        flush()
         return
     import tasks
     problems = tasks.make_problems(args.task, args.n, split="test", seed=args.seed)

@@ -373,3 +373,29 @@ def test_evaluate_end_to_end():
     assert [s["correct"] for s in res["samples"][3:6]] == [False] * 3
     short = evaluate(model, tok, problems[:1], k=2, max_new_tokens=10)
     assert short["truncated"] == 1.0 and short["format"] == 0.0 and short["pass@1"] == 0.0
+
+
+def test_load_checkpoint_and_cli(tmp_path, capsys):
+    """Our checkpoint layout: config.json {"model": ModelConfig fields}, model.safetensors, tokenizer/."""
+    import dataclasses
+    import json
+    from safetensors.torch import save_file
+    from tokenizer import Tokenizer
+    tok = Tokenizer.train(["User: 12 * 34 = 408. Assistant: <think> ok </think> <answer> 408 </answer>"] * 4, 280)
+    model = tiny_model("mla", vocab_size=tok.vocab_size)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"model": dataclasses.asdict(model.cfg), "step": 3}))
+    tok.save(str(tmp_path / "tokenizer"))
+    loaded, tok2 = sample.load_checkpoint(str(tmp_path))
+    prompt = tok.encode("User: 12 * 34 =")
+    assert tok2.encode("User: 12 * 34 =") == prompt
+    stops = sample._stops_for(tok)[0]
+    a = generate(model, [prompt], max_new_tokens=6, temperature=0, stop_tokens=stops)
+    b = generate(loaded, [prompt], max_new_tokens=6, temperature=0, stop_tokens=stops)
+    assert torch.equal(a.tokens, b.tokens)
+    sample.main(["--ckpt", str(tmp_path), "--prompt", "User: 12 * 34 =", "--max-new-tokens", "6",
+                 "--temperature", "0"])
+    out = capsys.readouterr().out
+    assert out == "User: 12 * 34 =" + tok.decode(a.tokens[0].tolist()) + "\n"
+    with pytest.raises(FileNotFoundError):
+        sample.load_checkpoint(str(tmp_path / "missing"))
