@@ -276,7 +276,7 @@ class MLP(nn.Module):
 
 def attend(q, k, v, mask, scale):
     """q (B, T, H, Dqk), k (B, S, Hk, Dqk), v (B, S, Hk, Dv), mask (B, 1, T, S) bool (True = may attend)
-    or None (plain causal) -> (B, T, H, Dv). Hk may be smaller than H (GQA; 1 for absorbed MLA)."""
+    or None (plain causal) -> (B, T, H, Dv). Hk may be smaller than H (GQA)."""
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), (B, Hk, S, D)
     gqa = k.shape[1] != q.shape[1]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
@@ -330,12 +330,16 @@ class MLA(nn.Module):
             k_nope, v = kv.split([Dn, Dv], dim=-1)  # (B, S, H, Dn), (B, S, H, Dv)
             k = torch.cat([k_nope, k_pe.unsqueeze(2).expand(B, S, H, Dr)], dim=-1)  # (B, S, H, Dn+Dr)
             out = attend(torch.cat([q_nope, q_pe], dim=-1), k, v, mask, self.scale)  # (B, T, H, Dv)
-        else:  # absorbed: q_nope.k_nope = (q_nope W_UK) . c_kv, and out = (P c_kv) W_UV^T
+        else:  # absorbed: q_nope.k_nope = (q_nope W_UK).c_kv and out = (P c_kv) W_UV^T, attention in latent space
             w = self.wkv_b.weight.view(H, Dn + Dv, R)  # (H, Dn+Dv, R)
             q_lat = torch.einsum("bthd,hdr->bthr", q_nope, w[:, :Dn])  # (B, T, H, R)
-            q = torch.cat([q_lat, q_pe], dim=-1)  # (B, T, H, R+Dr)
-            k = torch.cat([c_kv, k_pe], dim=-1).unsqueeze(2)  # (B, S, 1, R+Dr): one key head shared by all
-            out_lat = attend(q, k, c_kv.unsqueeze(2), mask, self.scale)  # (B, T, H, R)
+            scores = torch.einsum("bthr,bsr->bhts", q_lat, c_kv) \
+                + torch.einsum("bthd,bsd->bhts", q_pe, k_pe)  # (B, H, T, S)
+            if mask is None:
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)  # (T, S) causal
+            scores = (scores * self.scale).masked_fill(~mask, float("-inf"))  # (B, H, T, S)
+            probs = scores.float().softmax(dim=-1).to(c_kv.dtype)  # (B, H, T, S)
+            out_lat = torch.einsum("bhts,bsr->bthr", probs, c_kv)  # (B, T, H, R)
             out = torch.einsum("bthr,hvr->bthv", out_lat, w[:, Dn:])  # (B, T, H, Dv)
         return self.wo(out.reshape(B, T, H * Dv))  # (B, T, C)
 
