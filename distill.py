@@ -356,17 +356,12 @@ def get_teacher(cfg: DistillConfig, device, log):
         argv = ["--preset", cfg.teacher_preset, "--out_dir", tdir, f"--seed={cfg.seed}", f"--device={cfg.device}"]
         argv += [f"--{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in cfg.teacher_args.items()]
         stamp = os.path.join(tdir, "distill_teacher.json")
-        ckpt = train.latest_rl_checkpoint(tdir)
-        if not (ckpt and os.path.exists(stamp) and json.load(open(stamp)) == argv):
+        if not (os.path.exists(stamp) and json.load(open(stamp)) == argv):
             log(f"[teacher] training with train.py {' '.join(argv)}")
             train.main(argv)
-            ckpt = train.latest_rl_checkpoint(tdir)
-            if ckpt is None:
-                raise SystemExit(f"error: the teacher run in {tdir} left no RL checkpoint; give --teacher=DIR")
             json.dump(argv, open(stamp, "w"))
-        else:
-            log(f"[teacher] cached at {ckpt}")
-        path = ckpt
+        path = train.latest_rl_checkpoint(tdir) or os.path.join(tdir, "base")  # the base if rl_steps=0
+        log(f"[teacher] {path}")
     model, tok = sample.load_checkpoint(path, device=device)
     return model, tok, path
 
@@ -431,14 +426,19 @@ def results_markdown(rows: dict, stats: dict, cfg: DistillConfig, k: int) -> str
            f"({stats['problems_with_trace']} problems with a trace; teacher sample accuracy "
            f"{stats['teacher_accuracy']:.3f}); dropped: " +
            (", ".join(f"{k} {v}" for k, v in stats["dropped"].items()) or f"n/a (traces from {cfg.dataset})"),
-           "", "| model | active params | pass@1 | cons@k | length | format | trained tokens | sampled tokens "
-           "| student FLOPs | total FLOPs |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "", f"| model | active params | pass@1 | cons@{k} | length | format | steps | trained tokens "
+           "| sampled tokens | student FLOPs | total FLOPs |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         e, c = r["eval"], r.get("compute", {})
         out.append(f"| {name} | {r['params'] / 1e6:.2f}M | {fmt(e.get('pass@1'))} | {fmt(e.get('cons@k'))} | "
-                   f"{fmt(e.get('length'), 1)} | {fmt(e.get('format'))} | {c.get('trained_tokens', 0):,.0f} | "
+                   f"{fmt(e.get('length'), 1)} | {fmt(e.get('format'))} | {c.get('steps', '-')} | "
+                   f"{c.get('trained_tokens', 0):,.0f} | "
                    f"{c.get('sampled_tokens', 0):,.0f} | {c.get('student_flops', 0):.3g} | {c.get('flops', 0):.3g} |")
-    out += ["", "Per bucket: pass@1 / cons@k / length", "",
+    out += ["", f"Compute: FLOPs = 2 x active params per sampled token + 6 x active params per trained token. "
+            f"The distilled row counts the student's SFT (trained tokens, student FLOPs) plus the teacher's sampling "
+            f"(sampled tokens, in total FLOPs); GRPO was allowed {cfg.rl_budget:g} x the distillation's "
+            f"{'total' if cfg.budget_includes_teacher else 'student'} FLOPs (at most {cfg.rl_max_steps} steps).",
+            "", "Per bucket: pass@1 / cons@k / length", "",
             "| model | " + " | ".join(buckets) + " |", "|---|" + "---|" * len(buckets)]
     for name, r in rows.items():
         e = r["eval"]
@@ -448,6 +448,28 @@ def results_markdown(rows: dict, stats: dict, cfg: DistillConfig, k: int) -> str
     return "\n".join(out) + "\n"
 
 # -----------------------------------------------------------------------------
+
+def make_dataset(cfg: DistillConfig, rc: train.TrainConfig, teacher, ttok, log) -> tuple[list[dict], dict, dict]:
+    """Rejection-sample the teacher on cfg.n_problems training problems (or read --dataset).
+    Returns the kept records, their statistics and the teacher's sampling compute."""
+    if cfg.dataset:
+        records = read_jsonl(cfg.dataset)
+        questions = {r["question"] for r in records}
+        stats = {"problems": len(questions), "samples": len(records), "kept": len(records),
+                 "problems_with_trace": len(questions), "teacher_accuracy": float("nan"),
+                 "teacher_format": float("nan"), "generated_tokens": 0, "dropped": {}, "source": cfg.dataset}
+        log(f"[data] {len(records)} traces from {cfg.dataset} (teacher sampling cost not counted)")
+        return records, stats, compute(teacher)
+    t = time.time()
+    problems = tasks.make_problems(cfg.task, cfg.n_problems, split="train", seed=cfg.seed + 1,
+                                   buckets=rc.buckets.split(","))
+    teacher.eval()
+    records, stats = rejection_sample(problems, teacher_sampler(teacher, ttok, cfg), cfg)
+    prompt_tokens = sum(len(ids) for ids in train.prompt_ids(ttok, problems))  # prefilled once per problem
+    log(f"[data] kept {stats['kept']} of {stats['samples']} teacher samples ({time.time() - t:.0f}s); "
+        f"dropped {stats['dropped']}")
+    return records, stats, compute(teacher, sampled=prompt_tokens + stats["generated_tokens"])
+
 
 def main(argv: list[str] | None = None) -> dict:
     preset, cfg = parse_args(sys.argv[1:] if argv is None else argv)
@@ -485,25 +507,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = {"teacher": {"params": active_params(teacher), "eval": evaluate(teacher, ttok, "teacher")},
             "student base": {"params": active_params(base), "eval": evaluate(base, stok, "student base")}}
 
-    # rejection sampling (or a dataset given with --dataset)
+    records, stats, teacher_cost = make_dataset(cfg, rc, teacher, ttok, log)
     traces = os.path.join(cfg.out_dir, "traces.jsonl")
-    problems = tasks.make_problems(cfg.task, cfg.n_problems, split="train", seed=cfg.seed + 1,
-                                   buckets=rc.buckets.split(","))
-    teacher_cost = compute(teacher)
-    if cfg.dataset:
-        records = read_jsonl(cfg.dataset)
-        stats = {"problems": len({r["question"] for r in records}), "samples": len(records), "kept": len(records),
-                 "problems_with_trace": len({r["question"] for r in records}), "teacher_accuracy": float("nan"),
-                 "teacher_format": float("nan"), "dropped": {}, "source": cfg.dataset}
-        log(f"[data] {len(records)} traces from {cfg.dataset} (teacher sampling cost not counted)")
-    else:
-        t = time.time()
-        teacher.eval()
-        records, stats = rejection_sample(problems, teacher_sampler(teacher, ttok, cfg), cfg)
-        prompt_tokens = sum(len(ttok.encode(tasks.r1_zero_prompt(p.question))) for p in problems)
-        teacher_cost = compute(teacher, sampled=prompt_tokens + stats["generated_tokens"])
-        log(f"[data] kept {stats['kept']} of {stats['samples']} teacher samples ({time.time() - t:.0f}s); "
-            f"dropped {stats['dropped']}")
     write_jsonl(traces, records)
 
     # (a) distillation: SFT of the student base on the kept traces
@@ -517,9 +522,8 @@ def main(argv: list[str] | None = None) -> dict:
         log("[sft] no traces kept: the distilled student is the base (raise --n_problems/--k or train the teacher longer)")
     mean_len = sum(len(p) + len(c) for p, c in examples) / max(1, len(examples))
     sft_cost = compute(distilled, trained=len(sft_losses) * cfg.sft_batch_size * mean_len)
-    distill_cost = {**add(sft_cost, teacher_cost if cfg.budget_includes_teacher else {}),
-                    "student_flops": sft_cost["flops"], "teacher_flops": teacher_cost["flops"]}
-    distill_cost["flops"] = sft_cost["flops"] + teacher_cost["flops"]
+    distill_cost = {**add(sft_cost, teacher_cost), "student_flops": sft_cost["flops"],
+                    "teacher_flops": teacher_cost["flops"], "steps": len(sft_losses)}
     train.save_checkpoint(os.path.join(cfg.out_dir, "student", "distilled"), distilled, None,
                           {"sft_steps": len(sft_losses), "traces": traces}, stok)
     rows["distilled (SFT)"] = {"params": active_params(distilled), "eval": evaluate(distilled, stok, "distilled"),
