@@ -373,6 +373,12 @@ class GQA(nn.Module):
 # DeepSeekMoE
 
 
+def expert_counts(idx, n_experts):
+    """Tokens routed to each expert: idx (N, K) -> (E,) int64 (static shape, unlike bincount: compiles cleanly)."""
+    flat = idx.flatten()  # (N*K,)
+    return torch.zeros(n_experts, dtype=torch.long, device=idx.device).scatter_add_(0, flat, torch.ones_like(flat))
+
+
 class MoE(nn.Module):
     """y = shared(x) + sum over the K chosen experts of g_i * FFN_i(x).
     Routing (V3): s = sigmoid(x W_g^T); choose experts by s + bias (bias only steers selection, never the
@@ -432,7 +438,7 @@ class MoE(nn.Module):
         order = idx.flatten().argsort(stable=True)  # (N*K,) pair ids sorted by expert
         tok = order // K  # (N*K,) source token of each sorted pair
         xs = x[tok]  # (N*K, C)
-        counts = torch.bincount(idx.flatten(), minlength=self.cfg.n_routed_experts)  # (E,)
+        counts = expert_counts(idx, self.cfg.n_routed_experts)  # (E,)
         dev = x.device.type
         mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
         if mm_dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):  # one kernel for all experts
@@ -441,7 +447,7 @@ class MoE(nn.Module):
             h = F.silu(torch._grouped_mm(xs, w1.transpose(1, 2), offs=offs)) \
                 * torch._grouped_mm(xs, w3.transpose(1, 2), offs=offs)  # (N*K, I)
             ys = torch._grouped_mm(h, w2.transpose(1, 2), offs=offs).to(x.dtype)  # (N*K, C)
-        else:
+        else:  # one matmul per expert on its contiguous slice (the .tolist() is a host sync)
             outs, w1, w2, w3 = [], self.w1.unbind(0), self.w2.unbind(0), self.w3.unbind(0)
             for e, xe in enumerate(xs.split(counts.tolist())):  # xe (n_e, C)
                 outs.append((F.silu(xe @ w1[e].T) * (xe @ w3[e].T)) @ w2[e].T)  # (n_e, C)
@@ -457,7 +463,7 @@ class MoE(nn.Module):
         experts = self.experts_fast if cfg.moe_impl == "fast" else self.experts_loop
         y = experts(xf, weights, idx).view(B, T, C)  # (B, T, C)
         if torch.is_grad_enabled():
-            self.load += torch.bincount(idx.flatten(), minlength=cfg.n_routed_experts).to(self.load)  # (E,)
+            self.load += expert_counts(idx, cfg.n_routed_experts).to(self.load)  # (E,)
         if cfg.aux_loss_alpha > 0 and torch.is_grad_enabled():
             self.aux_loss = self.sequence_aux_loss(scores.view(B, T, -1), idx.view(B, T * cfg.n_activated_experts))
         if self.shared is not None:
