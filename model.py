@@ -115,6 +115,8 @@ class ModelConfig:
                                  f"[1, {self.n_limited_groups * E // G}] (experts in the limited groups)")
             if self.moe_inter_dim <= 0 or self.n_shared_experts < 0:
                 raise ValueError("moe_inter_dim must be > 0 and n_shared_experts >= 0")
+            if self.bias_update_speed < 0 or self.aux_loss_alpha < 0 or self.route_scale <= 0:
+                raise ValueError("bias_update_speed and aux_loss_alpha must be >= 0, route_scale > 0")
         if self.rope_scaling is not None and self.rope_scaling.get("type") not in ("yarn", "llama3"):
             raise ValueError(f"rope_scaling type {self.rope_scaling.get('type')!r}; valid: 'yarn', 'llama3' or None")
 
@@ -483,6 +485,8 @@ class MoE(nn.Module):
     @torch.no_grad()
     def update_bias(self):
         """Aux-loss-free balancing: b_i += gamma * sign(mean load - load_i); then reset the counts."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.load)  # every rank must apply the same update to its bias copy
         if self.load.sum() > 0:
             self.bias += self.cfg.bias_update_speed * torch.sign(self.load.mean() - self.load).to(self.bias)
         self.load.zero_()
