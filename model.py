@@ -559,6 +559,7 @@ class Transformer(nn.Module):
                 nn.init.normal_(w, std=0.02)
 
     def make_cache(self, batch_size, max_len, dtype=None, device=None):
+        """An empty KVCache for batch_size rows of up to max_len tokens (dtype/device default to the weights')."""
         cfg, p = self.cfg, self.embed.weight
         dtype, device = dtype or p.dtype, device or p.device
         if cfg.attn == "mla":
@@ -569,6 +570,9 @@ class Transformer(nn.Module):
         return KVCache(kv, torch.zeros(batch_size, max_len, dtype=torch.bool, device=device))
 
     def forward(self, tokens, cache=None, pos=None, valid=None, return_hidden=False):
+        """tokens (B, T) -> logits (B, T, V) float32, or the final-normed hidden (B, T, C) if return_hidden.
+        pos (B, T): RoPE positions (default cache.length + arange(T)). valid (B, T): False marks (left) padding
+        no query may attend to. With a cache, K/V go to slots cache.length.., then cache.length += T."""
         B, T = tokens.shape
         start = cache.length if cache is not None else 0
         if cache is not None and start + T > cache.valid.shape[1]:
@@ -596,9 +600,9 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, mask, cache, i)  # (B, T, C)
         if cache is not None:
             cache.length += T
-        moe = [l.ffn for l in self.layers if isinstance(l.ffn, MoE)]
-        self.aux_loss = sum((m.aux_loss for m in moe), torch.zeros((), device=x.device)) \
-            if self.cfg.aux_loss_alpha > 0 and torch.is_grad_enabled() else torch.zeros((), device=x.device)
+        self.aux_loss = torch.zeros((), device=x.device)  # sequence-wise balance loss, add it to the training loss
+        if self.cfg.aux_loss_alpha > 0 and torch.is_grad_enabled():
+            self.aux_loss = self.aux_loss + sum(l.ffn.aux_loss for l in self.layers if isinstance(l.ffn, MoE))
         h = self.norm(x)  # (B, T, C)
         return h if return_hidden else self.lm_head(h).float()  # (B, T, V)
 
