@@ -199,8 +199,10 @@ def hf_roundtrip(hf, tmp_path, vocab, **kw):
     assert (out - ref).abs().max() <= 1e-4
     ours.save_pretrained(str(tmp_path / "ours"), max_shard_bytes=40_000)  # force a sharded checkpoint
     back = type(hf).from_pretrained(str(tmp_path / "ours")).eval()
+    ours_back = Transformer.from_pretrained(str(tmp_path / "ours"))  # our sharded checkpoint, read by us
     with torch.no_grad():
         assert (back(tok).logits.float() - out).abs().max() <= 1e-4
+        assert (ours_back(tok) - out).abs().max() == 0
     return ours, out, tok
 
 
@@ -249,6 +251,18 @@ def test_qwen2_llama_deepseek_v2_parity(tmp_path):
         kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, routed_scaling_factor=1.5))
     ours, _, _ = hf_roundtrip(v2, tmp_path / "v2", 96)
     assert ours.cfg.score_func == "softmax"
+
+
+def test_rope_layout_mapping_for_gqa(tmp_path):
+    m = tiny("tiny-gqa", qkv_bias=False, rope_interleave=True)  # interleaved pairs, as in Meta's original Llama
+    m.save_pretrained(str(tmp_path))  # written in the half-split layout transformers' Llama expects
+    hf = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path)).eval()
+    again = Transformer.from_pretrained(str(tmp_path), rope_interleave=True)  # relayout back on load
+    tok = torch.randint(0, 512, (2, 16))
+    with torch.no_grad():
+        ref = m(tok)
+        assert (hf(tok).logits - ref).abs().max() <= 1e-4 and (again(tok) - ref).abs().max() <= 1e-5
+    torch.testing.assert_close(again.layers[0].attn.wq.weight, m.layers[0].attn.wq.weight)
 
 
 def test_fused_experts_and_fp8_checkpoints(tmp_path):
