@@ -405,7 +405,8 @@ class MoE(nn.Module):
         """x (N, C) -> weights (N, K) fp32, expert ids (N, K), scores (N, E) fp32."""
         cfg = self.cfg
         E, G, K = cfg.n_routed_experts, cfg.n_expert_groups, cfg.n_activated_experts
-        logits = F.linear(x.float(), self.gate.weight.float())  # (N, E)
+        with torch.autocast(x.device.type, enabled=False):  # fp32 routing: bias steps of 1e-3 must register
+            logits = F.linear(x.float(), self.gate.weight.float())  # (N, E)
         scores = logits.sigmoid() if cfg.score_func == "sigmoid" else logits.softmax(dim=-1)  # (N, E)
         choice = scores + self.bias.float()  # (N, E) used only to pick experts
         if G > 1:
