@@ -322,7 +322,7 @@ def summarize(samples, k):
     return result
 
 
-def _stops_for(tokenizer):
+def stops_for(tokenizer):
     stop_tokens = [tokenizer.eos_id]
     special = getattr(tokenizer, "special_tokens", {}) or {}
     if "</answer>" in special:
@@ -343,7 +343,7 @@ def evaluate(model, tokenizer, problems, k=8, temperature=0.6, top_p=0.95, max_n
     if not problems:
         raise ValueError("problems is empty")
     per_call = max(1, batch_size // k)  # problems per generate() call
-    stop_tokens, stop_strings = _stops_for(tokenizer)
+    stop_tokens, stop_strings = stops_for(tokenizer)
     chunks = [problems[i:i + per_call] for i in range(0, len(problems), per_call)]
     if progress:
         from tqdm import tqdm
@@ -441,7 +441,7 @@ def main(argv=None):
     model, tok = load_checkpoint(args.ckpt, args.device, getattr(torch, args.dtype))
     if args.prompt is not None:
         print(args.prompt, end="", flush=True)
-        stop_tokens, _ = _stops_for(tok)
+        stop_tokens, _ = stops_for(tok)
         callback, flush = _stream(tok)
         generate(model, [tok.encode(args.prompt)], max_new_tokens=args.max_new_tokens,
                  temperature=1.0 if args.temperature is None else args.temperature,

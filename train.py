@@ -43,6 +43,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 import grpo
@@ -77,6 +78,10 @@ class TrainConfig:
     weight_decay: float = 0.1
     corpus_mix: dict = field(default_factory=dict)   # overrides of tasks.corpus_stream's mix
     # RL (GRPO) on the R1-Zero template
+    init: str = ""                     # a Hugging Face checkpoint dir (with tokenizer.json): skip tokenizer + pretraining
+    problems: str = ""                 # a JSONL problem file (else the synthetic --task)
+    problems_kind: str = "gsm8k"       # gsm8k | math | generic (see tasks.load_jsonl)
+    eval_path: str = ""                # held-out JSONL (else the first --eval_problems lines of --problems)
     task: str = "multiplication"
     buckets: str = "E,M,H,VH"          # training problem buckets
     rl_steps: int = 60
@@ -101,6 +106,8 @@ class TrainConfig:
     eval_every: int = 20
     eval_problems: int = 32            # held-out problems per bucket
     eval_k: int = 4                    # samples per problem (pass@1 over k, cons@k)
+    eval_batch: int = 256              # sequences per sampler call during evaluation
+    probe: bool = True                 # step-0 forced-mode probe (direct vs long scratchpad)
     transcript_every: int = 20
     ckpt_every: int = 20
     halt_after: int = 0                # stop the process after this many RL steps of this run (simulates a kill)
@@ -110,6 +117,18 @@ TRAIN_PRESETS = {
                   rl_steps=4, prompts_per_step=2, group_size=4, max_new_tokens=24, micro_batch=8,
                   eval_every=2, eval_problems=2, eval_k=2, transcript_every=2, ckpt_every=2, buckets="E,M"),
     "zero-tiny": dict(),  # the dataclass defaults are zero-tiny's settings
+    # Full scale: a real base model (--init, a Hugging Face dir) on real problems, the paper's settings (Nature
+    # version): 16 samples per prompt, 32 prompts per step, KL 0.001, rollout temperature 1.0, DeepSeekMath
+    # aggregation, symmetric clip 0.2. Launch with torchrun across GPUs (see README).
+    "zero-full": dict(init="REQUIRED", problems="", task="multiplication", pretrain_steps=0, rl_steps=1000,
+                      prompts_per_step=32, group_size=16, max_new_tokens=1024, rl_lr=1e-6, beta=0.001,
+                      clip_high=0.2, token_level=False, mask_truncated=False, micro_batch=8, fused_head=True,
+                      eval_every=50, eval_problems=256, eval_k=8, transcript_every=10, ckpt_every=50, probe=False),
+    # TinyZero-style: Countdown from a real base model.
+    "zero-full-countdown": dict(init="REQUIRED", task="countdown", buckets="E,M,H", pretrain_steps=0, rl_steps=500,
+                                prompts_per_step=32, group_size=16, max_new_tokens=512, rl_lr=1e-6, beta=0.001,
+                                clip_high=0.2, token_level=False, micro_batch=8, fused_head=True, eval_every=50,
+                                eval_problems=64, eval_k=8, ckpt_every=50, probe=False),
     "zero-small": dict(model="zero-small", vocab_size=1024, tokenizer_mb=8.0, pretrain_steps=3000, batch_size=64,
                        seq_len=512, lr=2e-3, warmup=200, rl_steps=120, prompts_per_step=64, group_size=16,
                        max_new_tokens=320, rl_lr=5e-5, micro_batch=256, eval_every=20, eval_problems=64, eval_k=8),
@@ -169,6 +188,9 @@ def parse_args(argv: list[str]) -> tuple[str, TrainConfig, bool]:
         else:
             raise SystemExit(f"error: unknown field {k!r}; valid fields: {', '.join(names)} (and --model.FIELD=...)")
     cfg.out_dir = cfg.out_dir or os.path.join("runs", preset)
+    if cfg.init == "REQUIRED":
+        raise SystemExit(f"error: preset {preset} starts from a real checkpoint: give --init PATH (a Hugging Face "
+                         f"directory with config.json, *.safetensors and tokenizer.json)")
     validate(cfg)
     return preset, cfg, resume
 
@@ -213,8 +235,15 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.beta >= 0 and cfg.clip_low >= 0 and cfg.clip_high >= 0, "--beta, --clip_low, --clip_high must be >= 0")
     need(cfg.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda (got {cfg.device!r})")
     need(cfg.device != "cuda" or torch.cuda.is_available(), "--device=cuda but no CUDA device is available")
-    known = tasks.TASKS if hasattr(tasks, "TASKS") else None
-    need(known is None or cfg.task in known, f"--task={cfg.task!r} unknown; valid: {known}")
+    need(cfg.task in tasks.BUCKETS, f"--task={cfg.task!r} unknown; valid: {', '.join(tasks.BUCKETS)}")
+    bad = [b for b in cfg.buckets.split(",") if b not in tasks.BUCKETS[cfg.task]]
+    need(not bad, f"--buckets: unknown {bad} for {cfg.task}; valid: {','.join(tasks.BUCKETS[cfg.task])}")
+    for k in ("init", "problems", "eval_path"):
+        need(not getattr(cfg, k) or os.path.exists(getattr(cfg, k)), f"--{k}={getattr(cfg, k)!r} does not exist")
+    need(not cfg.init or os.path.exists(os.path.join(cfg.init, "config.json")),
+         f"--init={cfg.init!r} is not a Hugging Face checkpoint directory (no config.json)")
+    need(cfg.problems_kind in ("gsm8k", "math", "generic"), "--problems_kind must be gsm8k, math or generic")
+    need(cfg.group_size * cfg.eval_k >= 1 and cfg.eval_batch >= cfg.eval_k, "--eval_batch must be >= --eval_k")
 
 
 def config_hash(*parts) -> str:
@@ -223,56 +252,123 @@ def config_hash(*parts) -> str:
     return hashlib.sha256(blob).hexdigest()[:10]
 
 # -----------------------------------------------------------------------------
-# Checkpoints: safetensors + JSON, written to a temp dir then renamed (atomic).
+# Distributed: torchrun starts one process per GPU; FSDP2 shards every transformer block (and the root) across
+# them. A single process (WORLD == 1) never touches torch.distributed and trains exactly as written above it.
+
+RANK, WORLD = 0, 1
+
+
+def dist_init(pref: str) -> torch.device:
+    """Pick the device; under torchrun (WORLD_SIZE > 1) also join the process group (nccl on GPU, gloo on CPU)."""
+    global RANK, WORLD
+    cuda = torch.cuda.is_available() and pref != "cpu"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+        RANK, WORLD = dist.get_rank(), dist.get_world_size()
+        if cuda:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+    return torch.device("cuda" if cuda else "cpu")
+
+
+def shard(model: Transformer) -> Transformer:
+    """FSDP2 (fully_shard) per transformer block, then the root; bf16 compute with fp32 gradient reduction on
+    GPU. Parameters stay fp32 shards (the optimizer's master copy). A no-op in a single process."""
+    if WORLD == 1:
+        return model
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    on_gpu = next(model.parameters()).is_cuda
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if on_gpu else MixedPrecisionPolicy()
+    for block in model.layers:
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def all_mean(x: float) -> float:
+    """Mean of a float over ranks (the float itself in a single process)."""
+    if WORLD == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t) / WORLD
+
+
+def all_gather(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] in a single process)."""
+    if WORLD == 1:
+        return [obj]
+    out = [None] * WORLD
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if WORLD > 1:
+        dist.barrier()
+
+# -----------------------------------------------------------------------------
+# Checkpoints: safetensors + JSON, written to a temp dir then renamed (atomic). The full (gathered) state is
+# saved, so a checkpoint written by N ranks loads in any number of processes, one included.
+
+def full_model_state(model) -> dict:
+    """The full state dict on rank 0 (CPU tensors); a collective under FSDP, so every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if model.cfg.tie_embeddings:
+        sd.pop("lm_head.weight", None)  # the same tensor as the embedding; stored once
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
 
 def save_checkpoint(path: str, model, optimizer=None, state: dict | None = None, tok: Tokenizer | None = None) -> None:
     """DIR/model.safetensors, DIR/config.json ({"model": ModelConfig fields, ...state}), DIR/tokenizer/ and,
-    for resumable checkpoints, DIR/optimizer.safetensors. sample.load_checkpoint reads the same layout."""
+    for resumable checkpoints, DIR/optimizer.safetensors. sample.load_checkpoint reads the same layout.
+    Every rank calls it (the state is gathered); rank 0 writes."""
     from safetensors.torch import save_file
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    if tok is not None:
-        tok.save(os.path.join(tmp, "tokenizer"))
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
-              os.path.join(tmp, "model.safetensors"))
-    meta = {"model": dataclasses.asdict(model.cfg), **(state or {})}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    weights = full_model_state(model)
     if optimizer is not None:
-        tensors, groups = _flatten_optimizer(optimizer)
-        save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
-        meta["optimizer_groups"] = groups
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(meta, f, indent=1, default=str)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+        osd = get_optimizer_state_dict(model, optimizer,
+                                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if RANK == 0:
+        tmp = path + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        if tok is not None:
+            tok.save(os.path.join(tmp, "tokenizer"))
+        save_file(weights, os.path.join(tmp, "model.safetensors"))
+        meta = {"model": dataclasses.asdict(model.cfg), **(state or {})}
+        if optimizer is not None:  # {param name::state name: tensor} + the param groups as JSON
+            flat = {f"{name}::{k}": (v if torch.is_tensor(v) else torch.tensor(v)).contiguous().cpu()
+                    for name, st in osd["state"].items() for k, v in st.items()}
+            save_file(flat, os.path.join(tmp, "optimizer.safetensors"))
+            meta["optimizer_groups"] = osd["param_groups"]
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(meta, f, indent=1, default=str)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    barrier()
 
 
-def _flatten_optimizer(opt) -> tuple[dict, list]:
-    sd = opt.state_dict()
-    tensors = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            tensors[f"{pid}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous().cpu()
-    return tensors, sd["param_groups"]
-
-
-def load_optimizer(opt, path: str, groups: list) -> None:
+def load_optimizer(model, opt, path: str) -> None:
+    """Restore an optimizer saved by save_checkpoint, whatever the number of ranks that wrote it."""
     from safetensors.torch import load_file
-    flat = load_file(os.path.join(path, "optimizer.safetensors"))
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    meta = json.load(open(os.path.join(path, "config.json")))
     state: dict = {}
-    for key, v in flat.items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": groups})
+    for key, v in load_file(os.path.join(path, "optimizer.safetensors")).items():
+        name, k = key.split("::", 1)
+        state.setdefault(name, {})[k] = v
+    set_optimizer_state_dict(model, opt, {"state": state, "param_groups": meta["optimizer_groups"]},
+                             options=StateDictOptions(full_state_dict=True))
 
 
 def load_model(path: str, device) -> tuple[Transformer, dict]:
-    from safetensors.torch import load_file
-    with open(os.path.join(path, "config.json")) as f:
-        meta = json.load(f)
-    model = Transformer(ModelConfig(**meta["model"]))
-    model.load_state_dict(load_file(os.path.join(path, "model.safetensors")))
-    return model.to(device), meta
+    """(model in train mode on device, the checkpoint's config.json)."""
+    model, _ = sample.load_checkpoint(path, device=device)
+    return model.train(), json.load(open(os.path.join(path, "config.json")))
 
 
 def latest_rl_checkpoint(out_dir: str) -> str | None:
@@ -294,23 +390,27 @@ def corpus_text(seed: int, megabytes: float, mix: dict) -> str:
 
 
 def stage_tokenizer(cfg: TrainConfig, log) -> Tokenizer:
+    if cfg.init:  # a real checkpoint brings its own tokenizer.json
+        return Tokenizer.from_pretrained(cfg.init)
     key = config_hash(cfg.vocab_size, cfg.tokenizer_mb, cfg.corpus_mix, cfg.seed)
     path = os.path.join(cfg.out_dir, "tokenizer")
     stamp = os.path.join(path, "stage.json")
-    if os.path.exists(stamp) and json.load(open(stamp)).get("hash") == key:
+    cached = os.path.exists(stamp) and json.load(open(stamp)).get("hash") == key
+    if cached:
         log(f"[tokenizer] cached at {path}")
-        return Tokenizer.load(path)
-    t0 = time.time()
-    text = corpus_text(cfg.seed + 12345, cfg.tokenizer_mb, cfg.corpus_mix)
-    tok = Tokenizer.train([text], cfg.vocab_size)
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tok.save(tmp)
-    json.dump({"hash": key}, open(os.path.join(tmp, "stage.json"), "w"))
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-    log(f"[tokenizer] trained {tok.vocab_size} tokens on {len(text) / 1e6:.1f} MB in {time.time() - t0:.1f}s")
-    return tok
+    elif RANK == 0:
+        t0 = time.time()
+        text = corpus_text(cfg.seed + 12345, cfg.tokenizer_mb, cfg.corpus_mix)
+        tok = Tokenizer.train([text], cfg.vocab_size)
+        tmp = path + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tok.save(tmp)
+        json.dump({"hash": key}, open(os.path.join(tmp, "stage.json"), "w"))
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+        log(f"[tokenizer] trained {tok.vocab_size} tokens on {len(text) / 1e6:.1f} MB in {time.time() - t0:.1f}s")
+    barrier()
+    return Tokenizer.load(path)
 
 # -----------------------------------------------------------------------------
 # Stage 2: pretraining the base model from scratch on the synthetic corpus.
@@ -338,61 +438,83 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
+def make_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.95)):
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def pretrain_step(model, opt, batch: torch.Tensor, lr: float, fwd=None) -> float:
+    """One next-token step on this rank's rows of the global batch (B_local, T+1); returns the global mean loss.
+    Under FSDP the gradient all-reduce averages the ranks' equal-sized shares: the global-batch gradient."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    device = batch.device
+    with autocast(device):
+        logits = (fwd or model)(batch[:, :-1])  # (B, T, V)
+    loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+    aux = getattr(model, "aux_loss", None)
+    total = loss + aux if torch.is_tensor(aux) else loss
+    opt.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    if hasattr(model, "update_router_bias"):
+        model.update_router_bias()
+    return all_mean(total.item())
+
+
 def stage_pretrain(cfg: TrainConfig, tok: Tokenizer, device, log) -> Transformer:
+    """Returns the base model (sharded under FSDP). Cached: a finished base with the same config hash is reused."""
+    if cfg.init:
+        log(f"[pretrain] skipped: starting from {cfg.init}")
+        return shard(Transformer.from_pretrained(cfg.init).to(device).train())
     mcfg = model_config(cfg, tok)
     key = config_hash(dataclasses.asdict(mcfg), cfg.pretrain_steps, cfg.batch_size, cfg.seq_len, cfg.lr,
                       cfg.warmup, cfg.weight_decay, cfg.corpus_mix, cfg.seed, cfg.vocab_size, cfg.tokenizer_mb)
-    path = os.path.join(cfg.out_dir, "base")
+    path, partial = os.path.join(cfg.out_dir, "base"), os.path.join(cfg.out_dir, "base.partial")
     if os.path.exists(os.path.join(path, "config.json")):
         model, meta = load_model(path, device)
         if meta.get("hash") == key and meta.get("done"):
             log(f"[pretrain] cached base model at {path}")
-            return model
+            return shard(model)
     torch.manual_seed(cfg.seed)
-    model = Transformer(mcfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    start = 0
-    partial = path + ".partial"
-    if os.path.exists(os.path.join(partial, "config.json")):  # resume an interrupted pretraining
-        m2, meta = load_model(partial, device)
-        if meta.get("hash") == key:
-            model = m2
-            opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-            load_optimizer(opt, partial, meta["optimizer_groups"])
-            start = meta["step"]
-            log(f"[pretrain] resuming at step {start}")
-    n_total, n_active = model.num_params(), model.num_params(active=True)
+    model, start = Transformer(mcfg).to(device), 0
+    resume = os.path.exists(os.path.join(partial, "config.json"))
+    if resume:
+        model2, meta = load_model(partial, device)
+        resume = meta.get("hash") == key
+        if resume:
+            model, start = model2, meta["step"]
+    model = shard(model)
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    if resume:
+        load_optimizer(model, opt, partial)
+        log(f"[pretrain] resuming at step {start}")
+    n_total, n_active = mcfg_params(mcfg)
     log(f"[pretrain] {cfg.model}: {n_total / 1e6:.2f}M params ({n_active / 1e6:.2f}M active), "
-        f"{cfg.pretrain_steps} steps x {cfg.batch_size}x{cfg.seq_len} tokens on {device}")
+        f"{cfg.pretrain_steps} steps x {cfg.batch_size}x{cfg.seq_len} tokens on {device} x{WORLD}")
     fwd = torch.compile(model) if cfg.compile else model
     t0, tokens_seen = time.time(), 0
     for step in range(start, cfg.pretrain_steps):
-        batch = pretrain_batch(cfg, tok, step).to(device)  # (B, T+1)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.pretrain_steps, cfg.lr, cfg.warmup)
-        with autocast(device):
-            logits = fwd(batch[:, :-1])  # (B, T, V)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
-        aux = getattr(model, "aux_loss", None)
-        total = loss + aux if torch.is_tensor(aux) else loss
-        if not torch.isfinite(total):
-            raise SystemExit(f"error: pretraining loss is {total.item()} at step {step}; last good checkpoint "
-                             f"kept at {partial if start else 'none'}. Try a lower --lr.")
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if hasattr(model, "update_router_bias"):
-            model.update_router_bias()
-        tokens_seen += batch[:, :-1].numel()
+        batch = pretrain_batch(cfg, tok, step)[RANK::WORLD].to(device)  # (B/W, T+1) this rank's rows
+        loss = pretrain_step(model, opt, batch, lr_at(step, cfg.pretrain_steps, cfg.lr, cfg.warmup), fwd)
+        if not math.isfinite(loss):
+            raise SystemExit(f"error: pretraining loss is {loss} at step {step}; the last good checkpoint is kept "
+                             f"at {partial if os.path.exists(partial) else '(none yet)'}. Try a lower --lr.")
+        tokens_seen += cfg.batch_size * cfg.seq_len
         if step % 25 == 0 or step == cfg.pretrain_steps - 1:
-            log(f"[pretrain] step {step:5d} loss {loss.item():.4f} lr {opt.param_groups[0]['lr']:.2e} "
+            log(f"[pretrain] step {step:5d} loss {loss:.4f} lr {opt.param_groups[0]['lr']:.2e} "
                 f"{tokens_seen / (time.time() - t0):,.0f} tok/s")
         if (step + 1) % 200 == 0 and step + 1 < cfg.pretrain_steps:
             save_checkpoint(partial, model, opt, {"hash": key, "step": step + 1}, tok)
     save_checkpoint(path, model, None, {"hash": key, "done": True, "step": cfg.pretrain_steps}, tok)
-    shutil.rmtree(partial, ignore_errors=True)
+    if RANK == 0:
+        shutil.rmtree(partial, ignore_errors=True)
     return model
+
+
+def mcfg_params(mcfg: ModelConfig) -> tuple[int, int]:
+    from model import count_params
+    return count_params(mcfg), count_params(mcfg, True)
 
 
 def autocast(device):
@@ -459,17 +581,19 @@ def prompt_ids(tok: Tokenizer, problems) -> list[list[int]]:
 
 
 def rollout(model, tok: Tokenizer, problems, cfg: TrainConfig, seed: int, temperature: float, n: int,
-            top_p: float = 1.0, prefix: str = ""):
-    """Sample n responses per problem and score them. Returns the Generation, texts and score dicts."""
-    prompts = [ids + tok.encode(prefix) if prefix else ids for ids in prompt_ids(tok, problems)]
-    stops = [tok.eos_id, tok.token_id("</answer>")]
+            top_p: float = 1.0, prefixes: list[str] | None = None):
+    """Sample n responses per problem (optionally forced to start with a per-problem prefix) and score them.
+    Returns (prompt ids, the Generation, response texts, score dicts), rows prompt-major."""
+    prefixes = prefixes or [""] * len(problems)
+    prompts = [ids + tok.encode(pre) for ids, pre in zip(prompt_ids(tok, problems), prefixes)]
+    stop_tokens, stop_strings = sample.stops_for(tok)
     gen = sample.generate(model, prompts, max_new_tokens=cfg.max_new_tokens, temperature=temperature,
-                          top_p=top_p, n=n, stop_tokens=stops, pad_id=tok.pad_id, seed=seed)
+                          top_p=top_p, n=n, stop_tokens=stop_tokens, stop_strings=stop_strings, tokenizer=tok,
+                          pad_id=tok.pad_id, seed=seed)
     texts, scores = [], []
     for row in range(gen.tokens.shape[0]):
-        ids = gen.tokens[row][gen.mask[row]].tolist()
-        ids = [t for t in ids if t != tok.eos_id]
-        text = prefix + tok.decode(ids)
+        ids = gen.tokens[row, :gen.lengths[row]].tolist()
+        text = prefixes[row // n] + tok.decode([t for t in ids if t != tok.eos_id])
         texts.append(text)
         scores.append(rewards.score(text, problems[row // n]))
     return prompts, gen, texts, scores
@@ -477,176 +601,233 @@ def rollout(model, tok: Tokenizer, problems, cfg: TrainConfig, seed: int, temper
 
 def build_rollouts(prompts, gen, scores, n: int, pad_id: int) -> dict:
     """Concatenate prompt and response per row, right-padded: what grpo.rl_step consumes."""
-    rows, masks = [], []
+    rows, starts = [], []
     for r in range(gen.tokens.shape[0]):
         p = prompts[r // n]
-        resp = gen.tokens[r][gen.mask[r]].tolist()
-        rows.append(p + resp)
-        masks.append([False] * len(p) + [True] * len(resp))
+        rows.append(p + gen.tokens[r, :gen.lengths[r]].tolist())
+        starts.append(len(p))
     L = max(len(x) for x in rows)
     tokens = torch.full((len(rows), L), pad_id, dtype=torch.long)  # (B, L)
-    mask = torch.zeros(len(rows), L, dtype=torch.bool)  # (B, L)
-    for i, (x, m) in enumerate(zip(rows, masks)):
+    mask = torch.zeros(len(rows), L, dtype=torch.bool)  # (B, L) True on response tokens
+    for i, (x, s0) in enumerate(zip(rows, starts)):
         tokens[i, :len(x)] = torch.tensor(x)
-        mask[i, :len(m)] = torch.tensor(m)
-    return {"tokens": tokens, "response_mask": mask, "truncated": gen.truncated.clone(),
+        mask[i, s0:len(x)] = True
+    return {"tokens": tokens, "response_mask": mask, "truncated": gen.truncated.cpu().clone(),
             "rewards": torch.tensor([s["reward"] for s in scores], dtype=torch.float32)}
 
 
 def reflection_rate(texts: list[str]) -> float:
-    """Reflective words per 100 words of response, counted over the whole batch."""
+    """Reflective words (the R1 paper's list) per 100 words of response, over the whole batch."""
     words = [w for t in texts for w in re.findall(r"[a-z]+", t.lower())]
     hits = sum(1 for w in words if w in REFLECTIVE_WORDS)
     return 100.0 * hits / max(1, len(words))
 
 
-def think_length(text: str, tok: Tokenizer) -> int:
-    """Tokens inside <think>...</think> (the reasoning the model chose to write)."""
-    m = re.search(r"<think>(.*?)(</think>|$)", text, re.S)
-    return len(tok.encode(m.group(1))) if m else 0
-
-
-def step_metrics(problems, gen, texts, scores, tok, n: int) -> dict:
-    lengths = gen.lengths.float()  # (B*n,)
-    acc = torch.tensor([s["accuracy"] for s in scores], dtype=torch.float32)
-    fmt = torch.tensor([s["format"] for s in scores], dtype=torch.float32)
-    m = {"reward": float(torch.tensor([s["reward"] for s in scores]).mean()),
-         "accuracy": float(acc.mean()), "format": float(fmt.mean()),
-         "length": float(lengths.mean()), "truncated": float(gen.truncated.float().mean()),
-         "length_correct": float(lengths[acc > 0].mean()) if (acc > 0).any() else float("nan"),
-         "length_wrong": float(lengths[acc == 0].mean()) if (acc == 0).any() else float("nan"),
-         "reflection": reflection_rate(texts)}
-    buckets = sorted({p.bucket for p in problems})
-    for b in buckets:
-        rows = [i for i in range(len(texts)) if problems[i // n].bucket == b]
-        m[f"length/{b}"] = float(lengths[rows].mean())
-        m[f"accuracy/{b}"] = float(acc[rows].mean())
+def step_metrics(rows: list[dict]) -> dict:
+    """Training-rollout metrics from per-response records {bucket, text, reward, accuracy, format, length,
+    truncated}: overall, per bucket, and the lengths of correct and wrong answers separately."""
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else float("nan")
+    m = {k: mean([r[k] for r in rows]) for k in ("reward", "accuracy", "format", "length", "truncated")}
+    m["length_correct"] = mean([r["length"] for r in rows if r["accuracy"] > 0])
+    m["length_wrong"] = mean([r["length"] for r in rows if r["accuracy"] == 0])
+    m["reflection"] = reflection_rate([r["text"] for r in rows])
+    for b in sorted({r["bucket"] for r in rows}):
+        m[f"length/{b}"] = mean([r["length"] for r in rows if r["bucket"] == b])
+        m[f"accuracy/{b}"] = mean([r["accuracy"] for r in rows if r["bucket"] == b])
     return m
 
 
 def evaluate(model, tok, problems, cfg: TrainConfig, seed: int) -> dict:
-    """Held-out pass@1 over k samples at T=0.6, top-p 0.95 (paper), cons@k, per bucket."""
+    """Held-out pass@1 over k samples at T=0.6, top-p 0.95 (the paper's protocol), cons@k, per bucket."""
     res = sample.evaluate(model, tok, problems, k=cfg.eval_k, temperature=0.6, top_p=0.95,
-                          max_new_tokens=cfg.max_new_tokens, batch_size=max(8, cfg.micro_batch), seed=seed)
-    out = {k: res[k] for k in ("pass@1", "cons@k", "pass@k", "format", "length", "truncated") if k in res}
-    for b, r in res.get("by_bucket", {}).items():
+                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch, seed=seed)
+    out = {k: res[k] for k in ("pass@1", "cons@k", "pass@k", "format", "length", "truncated")}
+    for b, r in res["by_bucket"].items():
         for k in ("pass@1", "cons@k", "length"):
-            if k in r:
-                out[f"{k}/{b}"] = r[k]
-    out["reflection"] = reflection_rate([s["completion"] for s in res.get("samples", []) if "completion" in s])
+            out[f"{k}/{b}"] = r[k]
+    out["reflection"] = reflection_rate([s["completion"] for s in res["samples"]])
     return out
 
 
 def forced_mode_probe(model, tok, problems, cfg: TrainConfig, seed: int) -> dict:
-    """Step 0: the same held-out problems answered with the response forced to start in the direct mode
-    versus the long scratchpad mode (a prefix taken from tasks.render_response). The gap between the two is
-    the headroom RL can exploit by learning to choose the long mode when it pays."""
+    """Step 0 only: the held-out problems answered with the response forced to open in the direct mode (D)
+    versus the long scratchpad (L), with tasks.mode_prefix. The gap is the headroom RL can exploit by
+    learning to choose the long mode where it pays."""
     out = {}
     for mode in ("D", "L"):
-        acc = {}
+        _, _, _, scores = rollout(model, tok, problems, cfg, seed, temperature=0.6, n=cfg.eval_k, top_p=0.95,
+                                  prefixes=[tasks.mode_prefix(p, mode) for p in problems])
         for b in sorted({p.bucket for p in problems}):
-            ps = [p for p in problems if p.bucket == b]
-            prefixes = [tasks.mode_prefix(p, mode) for p in ps]
-            hits = []
-            for p, pre in zip(ps, prefixes):  # prefixes differ per problem: one small batch each
-                _, _, _, scores = rollout(model, tok, [p], cfg, seed, temperature=0.6, n=cfg.eval_k,
-                                          top_p=0.95, prefix=pre)
-                hits += [s["accuracy"] for s in scores]
-            acc[b] = sum(hits) / max(1, len(hits))
-            out[f"forced_{mode}/{b}"] = acc[b]
+            hits = [s["accuracy"] for i, s in enumerate(scores) if problems[i // cfg.eval_k].bucket == b]
+            out[f"forced_{mode}/{b}"] = sum(hits) / len(hits)
     return out
 
 
+def load_problems(cfg: TrainConfig) -> tuple[list, list]:
+    """(training pool, held-out set): a synthetic task's train/test splits, or a user's JSONL file whose
+    first eval_problems lines are held out (or a separate --eval_path file)."""
+    if cfg.problems:
+        pool = tasks.load_jsonl(cfg.problems, kind=cfg.problems_kind)
+        if cfg.eval_path:
+            return pool, tasks.load_jsonl(cfg.eval_path, kind=cfg.problems_kind)[:cfg.eval_problems]
+        if len(pool) <= cfg.eval_problems:
+            raise SystemExit(f"error: {cfg.problems} has {len(pool)} problems; need more than --eval_problems="
+                             f"{cfg.eval_problems} (they are held out) or give --eval_path")
+        return pool[cfg.eval_problems:], pool[:cfg.eval_problems]
+    buckets = cfg.buckets.split(",")
+    return (tasks.make_problems(cfg.task, 20000, split="train", seed=cfg.seed, buckets=buckets),
+            tasks.make_problems(cfg.task, cfg.eval_problems * len(buckets), split="test", seed=cfg.seed,
+                                buckets=buckets))
+
+
+def global_normaliser(batch: dict, gcfg) -> float | None:
+    """Under FSDP the loss weights must divide by the GLOBAL count (loss tokens for token-level aggregation,
+    responses otherwise), divided by the world size because the gradient all-reduce averages ranks."""
+    if WORLD == 1:
+        return None
+    m = grpo.loss_mask(batch["response_mask"], batch["rewards"], batch["truncated"], gcfg)[:, 1:]  # (B, T)
+    count = m.sum() if gcfg.token_level else (m.sum(1) > 0).sum()
+    count = count.double().reshape(1)
+    dist.all_reduce(count)
+    return float(count) / WORLD
+
+
+class Replica:
+    """The weights the sampler uses. A single process samples from the training model itself; under FSDP each
+    rank samples from a full (gathered) copy refreshed after every update, so ranks can decode different
+    numbers of steps without waiting on each other's all-gathers."""
+
+    def __init__(self, model):
+        self.model, self.copy = model, None
+
+    def get(self) -> Transformer:
+        if WORLD == 1:
+            return self.model
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
+        if self.copy is None:
+            self.copy = Transformer(self.model.cfg).to(next(iter(sd.values())).device)
+        self.copy.load_state_dict(sd, strict=False)
+        return self.copy.eval()
+
+
 def stage_rl(cfg: TrainConfig, tok: Tokenizer, base: Transformer, device, resume: bool, log) -> dict:
+    """R1-Zero: GRPO from the base model. Each rank samples whole groups for its share of the step's prompts."""
     model = base
     ref_model = None
-    if cfg.beta > 0:  # a frozen copy of the base for the KL term; never built when beta == 0
-        ref_model = Transformer(base.cfg).to(device)
-        ref_model.load_state_dict(base.state_dict())
-        ref_model.requires_grad_(False).eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.rl_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    if cfg.beta > 0:  # a frozen copy of the base for the KL term (sharded too); never built when beta == 0
+        ref_model = Transformer(model.cfg).to(device)
+        ref_model.load_state_dict(full_model_state_all(model), strict=False)
+        ref_model = shard(ref_model.requires_grad_(False).eval())
+    opt = make_optimizer(model, cfg.rl_lr, 0.0, betas=(0.9, 0.99))
     gcfg = grpo.GRPOConfig(group_size=cfg.group_size, clip_low=cfg.clip_low, clip_high=cfg.clip_high, beta=cfg.beta,
                            std_norm=cfg.std_norm, token_level=cfg.token_level, const_norm=cfg.const_norm,
                            drop_equal_groups=cfg.drop_equal_groups, mask_truncated=cfg.mask_truncated, mu=cfg.mu,
                            micro_batch=cfg.micro_batch, temperature=cfg.rollout_temperature,
                            max_grad_norm=cfg.max_grad_norm, fused_head=cfg.fused_head)
-    buckets = cfg.buckets.split(",")
-    train_pool = tasks.make_problems(cfg.task, 20000, split="train", seed=cfg.seed, buckets=buckets)
-    eval_set = tasks.make_problems(cfg.task, cfg.eval_problems * len(buckets), split="test", seed=cfg.seed,
-                                   buckets=buckets)
+    train_pool, eval_set = load_problems(cfg)
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    transcripts = os.path.join(cfg.out_dir, "transcripts.md")
     start = 0
     ckpt = latest_rl_checkpoint(cfg.out_dir) if resume else None
     if ckpt:
-        m2, meta = load_model(ckpt, device)
-        model.load_state_dict(m2.state_dict())
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.rl_lr, betas=(0.9, 0.99), weight_decay=0.0)
-        load_optimizer(opt, ckpt, meta["optimizer_groups"])
-        start = meta["step"]
-        history = [json.loads(l) for l in open(metrics_path)] if os.path.exists(metrics_path) else []
-        history = [h for h in history if h["step"] < start or (h["step"] == start and h["kind"] == "eval")]
+        from safetensors.torch import load_file
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+        set_model_state_dict(model, load_file(os.path.join(ckpt, "model.safetensors")),
+                             options=StateDictOptions(full_state_dict=True, strict=False))
+        load_optimizer(model, opt, ckpt)
+        start = json.load(open(os.path.join(ckpt, "config.json")))["step"]
+        log(f"[rl] resumed from {ckpt} at step {start}")
+    history = []
+    if RANK == 0:
+        if ckpt:  # drop what was logged after the checkpoint: those steps run again, identically
+            history = [json.loads(l) for l in open(metrics_path)] if os.path.exists(metrics_path) else []
+            history = [h for h in history if h["step"] < start or (h["step"] == start and h["kind"] == "eval")]
+        else:
+            shutil.rmtree(os.path.join(cfg.out_dir, "rl"), ignore_errors=True)
+            open(transcripts, "w").close()
         with open(metrics_path, "w") as f:
             f.writelines(json.dumps(h) + "\n" for h in history)
-        log(f"[rl] resumed from {ckpt} at step {start}")
-    else:
-        shutil.rmtree(os.path.join(cfg.out_dir, "rl"), ignore_errors=True)
-        open(metrics_path, "w").close()
-        open(os.path.join(cfg.out_dir, "transcripts.md"), "w").close()
-    history = [json.loads(l) for l in open(metrics_path)]
 
     def record(entry):
         history.append(entry)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
+    replica = Replica(model)
+
+    def run_eval(step: int, probe: bool = False):
+        sampler = replica.get()  # collective under FSDP: every rank refreshes its copy
+        if RANK == 0:
+            t0 = time.time()
+            ev = evaluate(sampler, tok, eval_set, cfg, seed=cfg.seed)
+            if probe and cfg.probe and not cfg.problems:
+                ev.update(forced_mode_probe(sampler, tok, eval_set, cfg, seed=cfg.seed))
+            record({"kind": "eval", "step": step, **ev})
+            log(f"[eval] step {step} " + fmt_metrics(ev) + f" ({time.time() - t0:.0f}s)")
+            plot(history, os.path.join(cfg.out_dir, "plots.png"))
+        barrier()
+
     if start == 0:
-        t0 = time.time()
-        ev = evaluate(model, tok, eval_set, cfg, seed=cfg.seed)
-        ev.update(forced_mode_probe(model, tok, eval_set, cfg, seed=cfg.seed))
-        record({"kind": "eval", "step": 0, **ev})
-        log(f"[eval] step 0 " + fmt_metrics(ev) + f" ({time.time() - t0:.0f}s)")
+        run_eval(0, probe=True)
     from tqdm import tqdm
-    bar = tqdm(range(start, cfg.rl_steps), desc="rl", initial=start, total=cfg.rl_steps, disable=None)
+    bar = tqdm(range(start, cfg.rl_steps), desc="rl", initial=start, total=cfg.rl_steps,
+               disable=None if RANK == 0 else True)
     steps_this_run = 0
+    per_rank = cfg.prompts_per_step // WORLD
     for step in bar:
         t0 = time.time()
-        rng = random.Random(cfg.seed * 1_000_003 + step)
-        problems = rng.sample(train_pool, cfg.prompts_per_step)
-        model.eval()
-        prompts, gen, texts, scores = rollout(model, tok, problems, cfg, seed=cfg.seed * 7919 + step,
+        problems = random.Random(cfg.seed * 1_000_003 + step).sample(train_pool, cfg.prompts_per_step)
+        mine = problems[RANK * per_rank:(RANK + 1) * per_rank]  # whole groups stay on one rank
+        prompts, gen, texts, scores = rollout(replica.get(), tok, mine, cfg, seed=(cfg.seed * 7919 + step) * 64 + RANK,
                                               temperature=cfg.rollout_temperature, n=cfg.group_size)
-        model.train()
+        t_sample = time.time() - t0
         batch = build_rollouts(prompts, gen, scores, cfg.group_size, tok.pad_id)
-        diag = grpo.rl_step(model, opt, {k: v.to(device) for k, v in batch.items()}, gcfg, ref_model=ref_model)
-        if not math.isfinite(float(diag["loss"])):
-            raise SystemExit(f"error: non-finite GRPO loss at step {step}; last good checkpoint: "
+        batch = {k: v.to(device) for k, v in batch.items()}
+        model.train()
+        diag = grpo.rl_step(model, opt, batch, gcfg, ref_model=ref_model, normaliser=global_normaliser(batch, gcfg))
+        diag = {k: all_mean(float(v)) for k, v in diag.items()}
+        if not math.isfinite(diag["loss"]):
+            raise SystemExit(f"error: non-finite GRPO loss at step {step + 1}; the last good checkpoint is "
                              f"{latest_rl_checkpoint(cfg.out_dir)}. Try a lower --rl_lr or --beta.")
-        m = {"kind": "train", "step": step + 1, **step_metrics(problems, gen, texts, scores, tok, cfg.group_size),
-             **{k: float(v) for k, v in diag.items() if isinstance(v, (int, float)) or torch.is_tensor(v)},
-             "expert_imbalance": expert_imbalance(model), "seconds": time.time() - t0}
-        record(m)
-        bar.set_postfix(acc=f"{m['accuracy']:.2f}", len=f"{m['length']:.0f}", fmt=f"{m['format']:.2f}")
-        log(f"[rl] step {step + 1:4d} reward {m['reward']:.3f} acc {m['accuracy']:.3f} fmt {m['format']:.2f} "
-            f"len {m['length']:.1f} refl {m['reflection']:.2f} ({m['seconds']:.1f}s)", console_only=True)
-        if (step + 1) % cfg.transcript_every == 0 or step == 0:
-            write_transcripts(cfg, step + 1, problems, texts, scores)
+        rows = [{"bucket": mine[i // cfg.group_size].bucket, "text": texts[i], "reward": s["reward"],
+                 "accuracy": s["accuracy"], "format": s["format"], "length": int(gen.lengths[i]),
+                 "truncated": float(gen.truncated[i])} for i, s in enumerate(scores)]
+        rows = [r for part in all_gather(rows) for r in part]
+        if RANK == 0:
+            m = {"kind": "train", "step": step + 1, **step_metrics(rows), **diag,
+                 "expert_imbalance": expert_imbalance(model), "seconds": time.time() - t0, "sample_seconds": t_sample}
+            record(m)
+            bar.set_postfix(acc=f"{m['accuracy']:.2f}", len=f"{m['length']:.0f}", fmt=f"{m['format']:.2f}")
+            log(f"[rl] step {step + 1:4d} reward {m['reward']:.3f} acc {m['accuracy']:.3f} fmt {m['format']:.2f} "
+                f"len {m['length']:.1f} refl {m['reflection']:.2f} ent {diag['entropy']:.2f} "
+                f"({m['seconds']:.1f}s, sampling {t_sample:.1f}s)", console_only=True)
+            if (step + 1) % cfg.transcript_every == 0 or step == 0:
+                write_transcripts(transcripts, step + 1, mine, texts, scores, cfg.group_size)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.rl_steps:
-            ev = evaluate(model, tok, eval_set, cfg, seed=cfg.seed)
-            record({"kind": "eval", "step": step + 1, **ev})
-            log(f"[eval] step {step + 1} " + fmt_metrics(ev))
-            plot(history, os.path.join(cfg.out_dir, "plots.png"))
+            run_eval(step + 1)
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.rl_steps:
             save_checkpoint(os.path.join(cfg.out_dir, "rl", f"step_{step + 1:06d}"), model, opt, {"step": step + 1}, tok)
-            prune_checkpoints(cfg.out_dir, keep=2)
+            if RANK == 0:
+                prune_checkpoints(cfg.out_dir, keep=2)
         steps_this_run += 1
-        if cfg.halt_after and steps_this_run >= cfg.halt_after:
+        if cfg.halt_after and steps_this_run >= cfg.halt_after and step + 1 < cfg.rl_steps:
             log(f"[rl] halting after {steps_this_run} steps (--halt_after); continue with --resume")
             return {"halted": True}
+    if RANK != 0:
+        return {}
     plot(history, os.path.join(cfg.out_dir, "plots.png"))
     evals = [h for h in history if h["kind"] == "eval"]
     summary = {"first": evals[0], "last": evals[-1]}
     json.dump(summary, open(os.path.join(cfg.out_dir, "summary.json"), "w"), indent=1)
     return summary
+
+
+def full_model_state_all(model) -> dict:
+    """The full state dict on every rank (the model's own state_dict in a single process)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
 
 
 def expert_imbalance(model) -> float:
@@ -666,11 +847,11 @@ def prune_checkpoints(out_dir: str, keep: int) -> None:
         shutil.rmtree(os.path.join(d, old), ignore_errors=True)
 
 
-def write_transcripts(cfg, step, problems, texts, scores, per_step: int = 3) -> None:
-    with open(os.path.join(cfg.out_dir, "transcripts.md"), "a") as f:
+def write_transcripts(path: str, step: int, problems, texts, scores, group_size: int, per_step: int = 3) -> None:
+    with open(path, "a") as f:
         f.write(f"\n## step {step}\n")
-        for i in range(0, min(len(texts), per_step * cfg.group_size), cfg.group_size):
-            p = problems[i // cfg.group_size]
+        for i in range(0, min(len(texts), per_step * group_size), group_size):
+            p = problems[i // group_size]
             f.write(f"\n**{p.question}** (bucket {p.bucket}, gold {p.answer}, reward {scores[i]['reward']:.2f})\n\n"
                     f"```\n{texts[i]}\n```\n")
 
@@ -716,23 +897,27 @@ def plot(history: list[dict], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     preset, cfg, resume = parse_args(sys.argv[1:] if argv is None else argv)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          (cfg.device if cfg.device != "auto" else "cpu"))
+    device = dist_init(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    json.dump({"preset": preset, **dataclasses.asdict(cfg)}, open(os.path.join(cfg.out_dir, "train_config.json"), "w"),
-              indent=1)
-    log_file = open(os.path.join(cfg.out_dir, "log.txt"), "a")
+    validate_world(cfg)
+    if RANK == 0:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        json.dump({"preset": preset, **dataclasses.asdict(cfg)},
+                  open(os.path.join(cfg.out_dir, "train_config.json"), "w"), indent=1)
+    barrier()
+    log_file = open(os.path.join(cfg.out_dir, "log.txt"), "a") if RANK == 0 else None
 
     def log(msg: str, console_only: bool = False):
+        if RANK != 0:
+            return
         if not console_only:
             print(msg, flush=True)
         log_file.write(msg + "\n")
         log_file.flush()
 
     t0 = time.time()
-    log(f"== {preset} on {device} -> {cfg.out_dir}")
+    log(f"== {preset} on {device}" + (f" x {WORLD} ranks (FSDP)" if WORLD > 1 else "") + f" -> {cfg.out_dir}")
     tok = stage_tokenizer(cfg, log)
     base = stage_pretrain(cfg, tok, device, log)
     summary = stage_rl(cfg, tok, base, device, resume, log)
@@ -742,6 +927,13 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"   held-out pass@1 {a['pass@1']:.3f} -> {b['pass@1']:.3f}, cons@k {a['cons@k']:.3f} -> "
             f"{b['cons@k']:.3f}, length {a['length']:.1f} -> {b['length']:.1f}")
     return summary
+
+
+def validate_world(cfg: TrainConfig) -> None:
+    """Checks that need the world size: every rank gets equal whole shares."""
+    if cfg.batch_size % WORLD or cfg.prompts_per_step % WORLD:
+        raise SystemExit(f"error: --batch_size ({cfg.batch_size}) and --prompts_per_step ({cfg.prompts_per_step}) "
+                         f"must be divisible by the number of processes ({WORLD})")
 
 
 if __name__ == "__main__":
