@@ -184,6 +184,8 @@ def generate(model, prompts, max_new_tokens=256, temperature=1.0, top_p=1.0, top
     step_fn = _compiled_decode_step(COMPILE_BACKEND) if compile else _decode_step
 
     was_training = model.training
+    cfg = getattr(model, "cfg", None)
+    was_absorbed = getattr(cfg, "mla_absorb", None)
     model.eval()
     try:
         with torch.no_grad():  # not inference_mode: the outputs may be used next to autograd in the trainer
@@ -191,6 +193,8 @@ def generate(model, prompts, max_new_tokens=256, temperature=1.0, top_p=1.0, top
                                pad_id, generator, step_fn, callback, compact_frac, device)
     finally:
         model.train(was_training)
+        if was_absorbed is not None:
+            cfg.mla_absorb = was_absorbed
     out_tokens, out_logprobs, lengths, stopped = out
     T = max(int(lengths.max()), 1)
     mask = torch.arange(T, device=device)[None, :] < lengths[:, None]  # (N, T)
@@ -207,6 +211,8 @@ def _sample_loop(model, prompts, max_new_tokens, temperature, top_p, top_k, n, s
     cache = model.make_cache(B, P + max_new_tokens)
     hidden = model(tokens, cache=cache, pos=pos, valid=valid, return_hidden=True)[:, -1]  # (B, C)
     logits = model.lm_head(hidden).float()  # (B, V) only the last position: no (B, P, V) tensor
+    if getattr(getattr(model, "cfg", None), "attn", None) == "mla":
+        model.cfg.mla_absorb = True  # decode attends in latent space: no per-step expansion of the cache
     expand = torch.arange(B, device=device).repeat_interleave(n)  # (N,)
     cache.select(expand)
     logits = logits[expand]  # (N, V)

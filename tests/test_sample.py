@@ -389,7 +389,7 @@ def test_load_checkpoint_and_cli(tmp_path, capsys):
     loaded, tok2 = sample.load_checkpoint(str(tmp_path))
     prompt = tok.encode("User: 12 * 34 =")
     assert tok2.encode("User: 12 * 34 =") == prompt
-    stops = sample._stops_for(tok)[0]
+    stops = sample.stops_for(tok)[0]
     a = generate(model, [prompt], max_new_tokens=6, temperature=0, stop_tokens=stops)
     b = generate(loaded, [prompt], max_new_tokens=6, temperature=0, stop_tokens=stops)
     assert torch.equal(a.tokens, b.tokens)
