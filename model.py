@@ -395,6 +395,7 @@ class MoE(nn.Module):
         self.gate = nn.Linear(C, E, bias=False)
         self.register_buffer("bias", torch.zeros(E))  # e_score_correction_bias (kept in fp32)
         self.register_buffer("load", torch.zeros(E), persistent=False)  # tokens per expert since last update
+        self.register_buffer("last_load", torch.zeros(E), persistent=False)  # the counts the last update used
         self.w1 = nn.Parameter(torch.empty(E, I, C))  # gate proj per expert
         self.w2 = nn.Parameter(torch.empty(E, C, I))  # down proj
         self.w3 = nn.Parameter(torch.empty(E, I, C))  # up proj
@@ -490,6 +491,7 @@ class MoE(nn.Module):
             torch.distributed.all_reduce(self.load)  # every rank must apply the same update to its bias copy
         if self.load.sum() > 0:
             self.bias += self.cfg.bias_update_speed * torch.sign(self.load.mean() - self.load).to(self.bias)
+            self.last_load.copy_(self.load)
         self.load.zero_()
 
 
@@ -614,9 +616,11 @@ class Transformer(nn.Module):
                 layer.ffn.update_bias()
 
     def expert_load(self):
-        """{layer index: (E,) fraction of routed tokens per expert counted since the last bias update}."""
-        return {i: (l.ffn.load / l.ffn.load.sum().clamp(min=1)).cpu() for i, l in enumerate(self.layers)
-                if isinstance(l.ffn, MoE)}
+        """{layer index: (E,) fraction of routed tokens per expert}, counted since the last bias update, or
+        the counts that update used when nothing was counted since (e.g. logging right after a step)."""
+        loads = {i: l.ffn.load if l.ffn.load.sum() > 0 else l.ffn.last_load for i, l in enumerate(self.layers)
+                 if isinstance(l.ffn, MoE)}
+        return {i: (v / v.sum().clamp(min=1)).cpu() for i, v in loads.items()}
 
     def num_params(self, active=False):
         return count_params(self.cfg, active)
