@@ -5,7 +5,8 @@ strong reasoner's outputs beats large-scale RL on the same small model.
 
 The pipeline, all in main():
   1. teacher: one of our checkpoints or a Hugging Face model dir (--teacher=DIR), or, by default, trained here by
-     train.py with the recipe --teacher_preset into OUT/teacher (the smoke recipe for distill-smoke, ...).
+     train.py with the recipe --teacher_preset into OUT/teacher (the smoke recipe for distill-smoke, ...), or
+     --teacher=oracle: the task's reference solutions (an upper bound that needs no training).
   2. student base: a smaller model preset pretrained from scratch with the same recipe and the teacher's tokenizer
      (train.stage_pretrain with --student_model), or --student=DIR.
   3. rejection sampling: k samples per training problem from the teacher at T=--temperature; keep those that are
@@ -35,6 +36,7 @@ Use:
     python distill.py --preset distill-small                   # one GPU; trains a zero-small teacher first
     python distill.py --preset distill-tiny --teacher=runs/zero-tiny/rl/step_000060   # reuse a trained teacher
     python distill.py --preset distill-tiny --dataset=runs/distill-tiny/traces.jsonl  # reuse kept traces
+    python distill.py --preset distill-tiny --teacher=oracle   # reference solutions as the teacher (no training)
     python distill.py --help                                   # presets and every field
 
 Outputs under --out_dir (default runs/<preset>): teacher/ (if trained here), student/base/, traces.jsonl,
@@ -73,7 +75,7 @@ class DistillConfig:
     device: str = "auto"               # auto | cpu | cuda
     threads: int = 0                   # CPU threads for torch (0: torch's default)
     # teacher
-    teacher: str = ""                  # checkpoint dir (ours or Hugging Face); "" -> train one with teacher_preset
+    teacher: str = ""                  # checkpoint dir (ours or HF); "" -> train one with teacher_preset; "oracle"
     teacher_preset: str = "zero-tiny"  # train.py preset: the teacher's recipe, and the student's pretraining recipe
     teacher_args: dict = field(default_factory=dict)  # train.py field overrides for the teacher run and recipe
     # student
@@ -175,7 +177,8 @@ def validate(cfg: DistillConfig) -> None:
          f"--student_model={cfg.student_model!r} is not a model preset; valid: {', '.join(train.MODEL_PRESETS)}")
     for name in ("teacher", "student", "dataset"):
         path = getattr(cfg, name)
-        need(not path or os.path.exists(path), f"--{name}={path!r} does not exist")
+        need(not path or os.path.exists(path) or (name, path) == ("teacher", "oracle"),
+             f"--{name}={path!r} does not exist")
     for name in ("n_problems", "k", "max_new_tokens", "batch_size", "repeat_ngram", "max_per_problem",
                  "sft_batch_size", "eval_problems", "eval_k"):
         need(getattr(cfg, name) >= 1, f"--{name} must be >= 1 (got {getattr(cfg, name)})")
@@ -301,6 +304,36 @@ def teacher_sampler(model, tok, cfg: DistillConfig):
     return sampler
 
 
+def oracle_sampler(tok, cfg: DistillConfig):
+    """--teacher=oracle: the task's reference solutions (tasks.render_response in the long modes, with and without
+    a verification step that catches an injected slip) stand in for a teacher. An upper bound for distillation,
+    and a teacher that needs no training (CPU demonstrations)."""
+    def sampler(problems, k, seed):
+        rng = random.Random(seed)
+        out = []
+        for p in problems:
+            for _ in range(k):
+                text = tasks.render_response(p, rng.choice(["L", "LV"]), rng)
+                n = len(tok.encode(text))
+                out.append({"completion": text, "length": min(n, cfg.max_new_tokens),
+                            "truncated": n > cfg.max_new_tokens})
+        return out
+    return sampler
+
+
+def oracle_eval(problems, tok, cfg: DistillConfig, k: int) -> dict:
+    """The metrics of train.evaluate for the reference solutions (what --teacher=oracle would score)."""
+    samples = []
+    for p, s in zip([p for p in problems for _ in range(k)], oracle_sampler(tok, cfg)(problems, k, cfg.seed)):
+        sc = rewards.score(s["completion"], p) if not s["truncated"] else {"accuracy": 0, "format": 0, "answer": None}
+        samples.append({"bucket": p.bucket, "correct": sc["accuracy"] > 0, "pred": sc["answer"],
+                        "format": sc["format"], "length": s["length"], "truncated": s["truncated"]})
+    res = sample.summarize(samples, k)
+    out = {m: res[m] for m in ("pass@1", "cons@k", "pass@k", "format", "length", "truncated")}
+    out.update({f"{m}/{b}": r[m] for b, r in res["by_bucket"].items() for m in ("pass@1", "cons@k", "length")})
+    return out
+
+
 def write_jsonl(path: str, records: list[dict]) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -333,6 +366,8 @@ def to_examples(records: list[dict], tok) -> list[tuple[list[int], list[int]]]:
 # Compute accounting: tokens through each model, and FLOPs = 2 N per forward token, 6 N per trained token.
 
 def active_params(model) -> int:
+    if model is None:  # the oracle teacher
+        return 0
     return model.num_params(active=True) if hasattr(model, "num_params") else sum(p.numel() for p in model.parameters())
 
 
@@ -351,6 +386,10 @@ def add(a: dict, b: dict) -> dict:
 def get_teacher(cfg: DistillConfig, device, log):
     """(model, tokenizer, source): --teacher, or a run of train.py with the recipe into OUT/teacher (cached)."""
     path = cfg.teacher
+    if path == "oracle":
+        rc = dataclasses.replace(recipe(cfg), out_dir=os.path.join(cfg.out_dir, "student"))
+        os.makedirs(rc.out_dir, exist_ok=True)
+        return None, train.stage_tokenizer(rc, log), "oracle"
     if not path:
         tdir = os.path.join(cfg.out_dir, "teacher")
         argv = ["--preset", cfg.teacher_preset, "--out_dir", tdir, f"--seed={cfg.seed}", f"--device={cfg.device}"]
@@ -463,8 +502,8 @@ def make_dataset(cfg: DistillConfig, rc: train.TrainConfig, teacher, ttok, log) 
     t = time.time()
     problems = tasks.make_problems(cfg.task, cfg.n_problems, split="train", seed=cfg.seed + 1,
                                    buckets=rc.buckets.split(","))
-    teacher.eval()
-    records, stats = rejection_sample(problems, teacher_sampler(teacher, ttok, cfg), cfg)
+    sampler = oracle_sampler(ttok, cfg) if teacher is None else teacher_sampler(teacher.eval(), ttok, cfg)
+    records, stats = rejection_sample(problems, sampler, cfg)
     prompt_tokens = sum(len(ids) for ids in train.prompt_ids(ttok, problems))  # prefilled once per problem
     log(f"[data] kept {stats['kept']} of {stats['samples']} teacher samples ({time.time() - t:.0f}s); "
         f"dropped {stats['dropped']}")
@@ -504,7 +543,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"({time.time() - t:.0f}s)")
         return ev
 
-    rows = {"teacher": {"params": active_params(teacher), "eval": evaluate(teacher, ttok, "teacher")},
+    rows = {"teacher": {"params": active_params(teacher), "eval": oracle_eval(eval_set, ttok, cfg, rc.eval_k)
+                        if teacher is None else evaluate(teacher, ttok, "teacher")},
             "student base": {"params": active_params(base), "eval": evaluate(base, stok, "student base")}}
 
     records, stats, teacher_cost = make_dataset(cfg, rc, teacher, ttok, log)

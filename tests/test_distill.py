@@ -168,3 +168,14 @@ def test_teacher_sampler_on_a_real_model():
     assert samples == distill.teacher_sampler(model, tok, c)(problems, 2, 0)  # seeded
     records, stats = distill.rejection_sample(problems, distill.teacher_sampler(model, tok, c), c)
     assert stats["samples"] == 6 and stats["kept"] == len(records) == 0  # an untrained model is never right
+
+
+def test_oracle_teacher_traces_are_correct_and_kept():
+    tok = tiny_tokenizer()
+    problems = tasks.make_problems("multiplication", 6, seed=4, buckets=["E"])
+    c = cfg(k=3, max_new_tokens=400)
+    records, stats = distill.rejection_sample(problems, distill.oracle_sampler(tok, c), c)
+    assert stats["teacher_accuracy"] == 1.0 and stats["problems_with_trace"] == 6
+    assert stats["kept"] + stats["dropped"]["duplicate"] == 18 and stats["kept"] > 6
+    ev = distill.oracle_eval(problems, tok, cfg(max_new_tokens=400), k=2)
+    assert ev["pass@1"] == 1.0 and ev["pass@1/E"] == 1.0 and ev["length"] > 10
