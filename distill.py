@@ -420,10 +420,12 @@ def get_student_base(cfg: DistillConfig, rc: train.TrainConfig, tok, device, log
 def grpo_baseline(model, tok, rc: train.TrainConfig, budget: float, cfg: DistillConfig, device, log):
     """Returns (model, compute dict, per-step rewards)."""
     opt = torch.optim.AdamW(model.parameters(), lr=rc.rl_lr, betas=(0.9, 0.99), weight_decay=0.0)
-    gcfg = grpo.GRPOConfig(group_size=rc.group_size, clip_low=rc.clip_low, clip_high=rc.clip_high, beta=0.0,
+    gcfg = grpo.GRPOConfig(group_size=rc.group_size, clip_low=rc.clip_low, clip_high=rc.clip_high, beta=rc.beta,
                            std_norm=rc.std_norm, token_level=rc.token_level, const_norm=rc.const_norm,
                            drop_equal_groups=rc.drop_equal_groups, mask_truncated=rc.mask_truncated, mu=rc.mu,
-                           micro_batch=rc.micro_batch, temperature=rc.rollout_temperature)
+                           micro_batch=rc.micro_batch, temperature=rc.rollout_temperature,
+                           max_grad_norm=rc.max_grad_norm, fused_head=rc.fused_head)
+    ref_model = copy.deepcopy(model).requires_grad_(False).eval() if rc.beta > 0 else None  # frozen base for KL
     pool = tasks.make_problems(cfg.task, max(cfg.n_problems, rc.prompts_per_step * max(1, cfg.rl_max_steps)),
                                split="train", seed=cfg.seed, buckets=rc.buckets.split(","))
     spent, step, history = compute(model), 0, []
@@ -436,12 +438,12 @@ def grpo_baseline(model, tok, rc: train.TrainConfig, budget: float, cfg: Distill
         scores = [rewards.score(t, problems[r // rc.group_size]) for r, t in enumerate(texts)]
         model.train()
         batch = train.build_rollouts(prompts, gen, scores, rc.group_size, tok.pad_id)
-        diag = grpo.rl_step(model, opt, {k: v.to(device) for k, v in batch.items()}, gcfg)
+        diag = grpo.rl_step(model, opt, {k: v.to(device) for k, v in batch.items()}, gcfg, ref_model=ref_model)
         prompt_tokens = sum(len(p) for p in prompts)
         generated = float(gen.lengths.sum())
         rows = prompt_tokens * rc.group_size + generated  # non-pad tokens of the training batch
         spent = add(spent, compute(model, sampled=prompt_tokens + generated, trained=rows * rc.mu,
-                                   forward=rows if rc.mu > 1 else 0))
+                                   forward=rows * ((rc.mu > 1) + (rc.beta > 0))))  # pi_old and reference passes
         step += 1
         history.append(float(diag["reward_mean"]))
         log(f"[grpo] step {step:4d} reward {diag['reward_mean']:.3f} len {diag['response_len']:.1f} "
