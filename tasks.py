@@ -74,11 +74,17 @@ BUCKETS = {
     "multiplication": ["E", "M", "H", "VH"],
     "addition": ["E", "M", "H", "VH"],
     "countdown": ["E", "M", "H"],
+    "count": ["E", "M", "H", "VH"],
 }
 # multiplication shapes (digits of a, digits of b) per bucket
 MUL_SHAPES = {"E": [(1, 1), (2, 1)], "M": [(2, 2), (3, 1)], "H": [(3, 2), (4, 1)], "VH": [(4, 2)]}
 ADD_SHAPES = {"E": (2, 2), "M": (3, 3), "H": (4, 4), "VH": (5, 5)}  # (how many numbers, digits)
 COUNTDOWN_SIZES = {"E": 3, "M": 4, "H": 5, "VH": 5}
+# count: how many times one letter occurs in a string of LETTERS; string lengths per bucket. Counting in one
+# shot gets hard as strings grow; a running count (one successor per letter) does not: a CPU-sized stand-in
+# for "thinking pays on hard problems" that a tiny model learns in minutes (the zero-tiny preset).
+COUNT_LENGTHS = {"E": (3, 6), "M": (7, 11), "H": (12, 17), "VH": (18, 24)}
+LETTERS = "abcd"
 TEST_PERCENT = 10
 
 
@@ -147,7 +153,16 @@ def _countdown_problem(rng, bucket) -> Problem:
             return Problem(q, expr, "countdown", bucket, {"numbers": nums, "target": val, "steps": steps})
 
 
+def _count_problem(rng, bucket) -> Problem:
+    letters = [rng.choice(LETTERS) for _ in range(rng.randint(*COUNT_LENGTHS[bucket]))]
+    target = rng.choice(LETTERS)
+    q = f"Count the letter {target} in: {' '.join(letters)}"
+    return Problem(q, str(letters.count(target)), "count", bucket, {"letters": letters, "target": target})
+
+
 def _canonical_key(p: Problem):
+    if p.task == "count":
+        return ("".join(p.meta["letters"]), p.meta["target"])
     if p.task == "multiplication":
         return tuple(sorted((p.meta["a"], p.meta["b"])))
     if p.task == "addition":
@@ -155,7 +170,8 @@ def _canonical_key(p: Problem):
     return (tuple(sorted(p.meta["numbers"])), p.meta["target"])
 
 
-_MAKERS = {"multiplication": _mul_problem, "addition": _add_problem, "countdown": _countdown_problem}
+_MAKERS = {"multiplication": _mul_problem, "addition": _add_problem, "countdown": _countdown_problem,
+           "count": _count_problem}
 
 
 def make_problems(task: str, n: int, split: str = "train", seed: int = 0, buckets=None) -> list[Problem]:
@@ -356,6 +372,28 @@ def _countdown_think(p: Problem, mode: str, rng: random.Random) -> str:
     return "\n".join(lines)
 
 
+def _count_think(letters: list[str], t: str, mode: str, rng: random.Random, slip_rate: float = 1 / 3) -> str:
+    """D: 'count a : 3'; S: 'matches a a a so 3'; L: 'step b 0 a 1 c 1 a 2 a 3 so 3' (a running count);
+    LV: L, where a slip (a wrong count, then "wait, that's wrong" and the right one) may occur, then a check."""
+    n = letters.count(t)
+    if mode == "D":
+        return f"count {t} : {n}"
+    if mode == "S":
+        return f"matches {' '.join([t] * n) or 'none'} so {n}"
+    steps, run = [], 0
+    slip_at = rng.randrange(len(letters)) if mode == "LV" and rng.random() < slip_rate else -1
+    for i, x in enumerate(letters):
+        run += x == t
+        if i == slip_at:
+            steps.append(f"{x} {run + rng.choice([-1, 1]) if run else run + 1} {rng.choice(WRONG)} {x} {run}")
+        else:
+            steps.append(f"{x} {run}")
+    out = f"step {' '.join(steps)} so {n}"
+    if mode == "LV":
+        out += f" check matches {' '.join([t] * n) or 'none'} is {n} ok"
+    return out
+
+
 def think_text(problem: Problem, mode: str, rng: random.Random, slip_rate: float = 1 / 3) -> str:
     """The reasoning text of one response mode (no tags)."""
     if mode not in ("D", "S", "L", "LV"):
@@ -366,6 +404,8 @@ def think_text(problem: Problem, mode: str, rng: random.Random, slip_rate: float
         return _add_think(problem.meta["numbers"], mode, rng, slip_rate)
     if problem.task == "countdown":
         return _countdown_think(problem, mode, rng)
+    if problem.task == "count":
+        return _count_think(problem.meta["letters"], problem.meta["target"], mode, rng, slip_rate)
     raise ValueError(f"no response renderer for task {problem.task!r}; valid: {sorted(BUCKETS)}")
 
 
@@ -379,8 +419,12 @@ def render_response(problem: Problem, mode: str, rng: random.Random | None = Non
 def mode_prefix(problem: Problem, mode: str) -> str:
     """The start of a mode's completion that forces it (for step-0 forced-mode probes):
     D: ' <think> 347 * 28 =' ; S: ' <think> split' ; L/LV: ' <think> 347 * 28 :\\n347 * 8 :'."""
+    if problem.task == "count":
+        if mode not in ("D", "S", "L", "LV"):
+            raise ValueError(f"mode must be one of D, S, L, LV; got {mode!r}")
+        return " <think> " + {"D": "count", "S": "matches", "L": "step", "LV": "step"}[mode]
     if problem.task != "multiplication":
-        raise ValueError("mode_prefix is defined for multiplication problems")
+        raise ValueError("mode_prefix is defined for multiplication and count problems")
     a, b = problem.meta["a"], problem.meta["b"]
     if mode == "D":
         return f" <think> {a} * {b} ="
@@ -399,9 +443,10 @@ DEFAULT_MIX = {
     "kinds": {"drill": 0.45, "textbook": 0.15, "dialogue": 0.35, "filler": 0.05},
     "textbook_modes": {"D": 0.3, "S": 0.3, "L": 0.3, "LV": 0.1},
     "dialogue_modes": {"D": 0.7, "S": 0.18, "L": 0.1, "LV": 0.02},
-    "tasks": {"multiplication": 0.8, "addition": 0.1, "countdown": 0.1},
+    "tasks": {"multiplication": 0.8, "addition": 0.1, "countdown": 0.1, "count": 0.0},
     "buckets": {"E": 0.25, "M": 0.25, "H": 0.25, "VH": 0.25},
-    "drills": {"times": 0.2, "mul_line": 0.4, "add_line": 0.25, "digit_root": 0.15},
+    "drills": {"times": 0.2, "mul_line": 0.4, "add_line": 0.25, "digit_root": 0.15, "count_run": 0.0,
+               "successor": 0.0},
     "defect_rate": 0.3,
     "slip_rate": 1 / 3,
 }
@@ -466,6 +511,15 @@ def _train_sum(rng) -> tuple[int, int]:
 
 
 def _drill(rng, kind) -> str:
+    if kind == "successor":  # counting up, the one fact a running count needs
+        start = rng.randint(0, 20)
+        return " ".join(str(k) for k in range(start, start + rng.randint(5, 15)))
+    if kind == "count_run":  # running counts of one letter over strings outside any template
+        lines = []
+        for _ in range(rng.randint(2, 4)):
+            p = _train_problem(rng, "count", rng.choice(BUCKETS["count"]))
+            lines.append(f"{p.question} : {_count_think(p.meta['letters'], p.meta['target'], 'L', rng)}")
+        return "\n".join(lines)
     if kind == "times":
         d = rng.randint(2, 9)
         ks = list(range(1, 10))

@@ -116,7 +116,10 @@ TRAIN_PRESETS = {
     "smoke": dict(vocab_size=300, tokenizer_mb=0.2, model="tiny-mla", pretrain_steps=6, batch_size=4, seq_len=64,
                   rl_steps=4, prompts_per_step=2, group_size=4, max_new_tokens=24, micro_batch=8,
                   eval_every=2, eval_problems=2, eval_k=2, transcript_every=2, ckpt_every=2, buckets="E,M"),
-    "zero-tiny": dict(),  # the dataclass defaults are zero-tiny's settings
+    # zero-tiny: the CPU preset. Letter counting (tasks.py "count") instead of multiplication: a 1.5M-parameter
+    # model can learn a running count from ~1M tokens of pretraining, which is what 2 CPU cores allow.
+    "zero-tiny": dict(task="count", corpus_mix={"tasks": {"count": 1.0}, "drills": {"count_run": 0.7, "successor": 0.3}},
+                      pretrain_steps=300, batch_size=16, max_new_tokens=72, threads=1),
     # Full scale: a real base model (--init, a Hugging Face dir) on real problems, the paper's settings (Nature
     # version): 16 samples per prompt, 32 prompts per step, KL 0.001, rollout temperature 1.0, DeepSeekMath
     # aggregation, symmetric clip 0.2. Launch with torchrun across GPUs (see README).
@@ -788,7 +791,7 @@ def stage_rl(cfg: TrainConfig, tok: Tokenizer, base: Transformer, device, resume
         model.train()
         diag = grpo.rl_step(model, opt, batch, gcfg, ref_model=ref_model, normaliser=global_normaliser(batch, gcfg))
         diag = {k: all_mean(float(v)) for k, v in diag.items()}
-        if not math.isfinite(diag["loss"]):
+        if not (math.isfinite(diag["loss"]) and math.isfinite(diag["grad_norm"])):
             raise SystemExit(f"error: non-finite GRPO loss at step {step + 1}; the last good checkpoint is "
                              f"{latest_rl_checkpoint(cfg.out_dir)}. Try a lower --rl_lr or --beta.")
         rows = [{"bucket": mine[i // cfg.group_size].bucket, "text": texts[i], "reward": s["reward"],
