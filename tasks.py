@@ -80,11 +80,13 @@ BUCKETS = {
 MUL_SHAPES = {"E": [(1, 1), (2, 1)], "M": [(2, 2), (3, 1)], "H": [(3, 2), (4, 1)], "VH": [(4, 2)]}
 ADD_SHAPES = {"E": (2, 2), "M": (3, 3), "H": (4, 4), "VH": (5, 5)}  # (how many numbers, digits)
 COUNTDOWN_SIZES = {"E": 3, "M": 4, "H": 5, "VH": 5}
-# count: how many times one letter occurs in a string of LETTERS; string lengths per bucket. Counting in one
-# shot gets hard as strings grow; a running count (one successor per letter) does not: a CPU-sized stand-in
-# for "thinking pays on hard problems" that a tiny model learns in minutes (the zero-tiny preset).
-COUNT_LENGTHS = {"E": (3, 6), "M": (7, 11), "H": (12, 17), "VH": (18, 24)}
-LETTERS = "abcd"
+# count: how many of a list of distinct letters lie in the first half of the alphabet (a to m); list lengths per
+# bucket. Counting in one shot gets hard as lists grow; a running count does not (copy the next letter, one
+# 26-entry fact, one successor): a CPU-sized stand-in for "thinking pays on hard problems" that a tiny model
+# learns in minutes (the zero-tiny preset). Letters are distinct so that copying the next one is unambiguous.
+COUNT_LENGTHS = {"E": (3, 5), "M": (6, 9), "H": (10, 14), "VH": (15, 20)}
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+COUNT_CLASS = set("abcdefghijklm")
 TEST_PERCENT = 10
 
 
@@ -154,15 +156,14 @@ def _countdown_problem(rng, bucket) -> Problem:
 
 
 def _count_problem(rng, bucket) -> Problem:
-    letters = [rng.choice(LETTERS) for _ in range(rng.randint(*COUNT_LENGTHS[bucket]))]
-    target = rng.choice(LETTERS)
-    q = f"Count the letter {target} in: {' '.join(letters)}"
-    return Problem(q, str(letters.count(target)), "count", bucket, {"letters": letters, "target": target})
+    letters = rng.sample(LETTERS, rng.randint(*COUNT_LENGTHS[bucket]))
+    q = f"Count the letters from a to m in: {' '.join(letters)}"
+    return Problem(q, str(sum(x in COUNT_CLASS for x in letters)), "count", bucket, {"letters": letters})
 
 
 def _canonical_key(p: Problem):
     if p.task == "count":
-        return ("".join(p.meta["letters"]), p.meta["target"])
+        return "".join(p.meta["letters"])
     if p.task == "multiplication":
         return tuple(sorted((p.meta["a"], p.meta["b"])))
     if p.task == "addition":
@@ -372,25 +373,26 @@ def _countdown_think(p: Problem, mode: str, rng: random.Random) -> str:
     return "\n".join(lines)
 
 
-def _count_think(letters: list[str], t: str, mode: str, rng: random.Random, slip_rate: float = 1 / 3) -> str:
-    """D: 'count a : 3'; S: 'matches a a a so 3'; L: 'step b 0 a 1 c 1 a 2 a 3 so 3' (a running count);
+def _count_think(letters: list[str], mode: str, rng: random.Random, slip_rate: float = 1 / 3) -> str:
+    """D: 'count : 3'; S: 'matches c a e so 3'; L: 'step q 0 c 1 x 1 a 2 e 3 so 3' (a running count);
     LV: L, where a slip (a wrong count, then "wait, that's wrong" and the right one) may occur, then a check."""
-    n = letters.count(t)
+    hits = [x for x in letters if x in COUNT_CLASS]
+    n = len(hits)
     if mode == "D":
-        return f"count {t} : {n}"
+        return f"count : {n}"
     if mode == "S":
-        return f"matches {' '.join([t] * n) or 'none'} so {n}"
+        return f"matches {' '.join(hits) or 'none'} so {n}"
     steps, run = [], 0
     slip_at = rng.randrange(len(letters)) if mode == "LV" and rng.random() < slip_rate else -1
     for i, x in enumerate(letters):
-        run += x == t
+        run += x in COUNT_CLASS
         if i == slip_at:
             steps.append(f"{x} {run + rng.choice([-1, 1]) if run else run + 1} {rng.choice(WRONG)} {x} {run}")
         else:
             steps.append(f"{x} {run}")
     out = f"step {' '.join(steps)} so {n}"
     if mode == "LV":
-        out += f" check matches {' '.join([t] * n) or 'none'} is {n} ok"
+        out += f" check matches {' '.join(hits) or 'none'} is {n} ok"
     return out
 
 
@@ -405,7 +407,7 @@ def think_text(problem: Problem, mode: str, rng: random.Random, slip_rate: float
     if problem.task == "countdown":
         return _countdown_think(problem, mode, rng)
     if problem.task == "count":
-        return _count_think(problem.meta["letters"], problem.meta["target"], mode, rng, slip_rate)
+        return _count_think(problem.meta["letters"], mode, rng, slip_rate)
     raise ValueError(f"no response renderer for task {problem.task!r}; valid: {sorted(BUCKETS)}")
 
 
@@ -518,7 +520,7 @@ def _drill(rng, kind) -> str:
         lines = []
         for _ in range(rng.randint(2, 4)):
             p = _train_problem(rng, "count", rng.choice(BUCKETS["count"]))
-            lines.append(f"{p.question} : {_count_think(p.meta['letters'], p.meta['target'], 'L', rng)}")
+            lines.append(f"{p.question} : {_count_think(p.meta['letters'], 'L', rng)}")
         return "\n".join(lines)
     if kind == "times":
         d = rng.randint(2, 9)

@@ -746,7 +746,7 @@ def stage_rl(cfg: TrainConfig, tok: Tokenizer, base: Transformer, device, resume
     if RANK == 0:
         if ckpt:  # drop what was logged after the checkpoint: those steps run again, identically
             history = [json.loads(l) for l in open(metrics_path)] if os.path.exists(metrics_path) else []
-            history = [h for h in history if h["step"] < start or (h["step"] == start and h["kind"] == "eval")]
+            history = [h for h in history if h["step"] <= start]
         else:
             shutil.rmtree(os.path.join(cfg.out_dir, "rl"), ignore_errors=True)
             open(transcripts, "w").close()
