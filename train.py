@@ -118,8 +118,11 @@ TRAIN_PRESETS = {
                   eval_every=2, eval_problems=2, eval_k=2, transcript_every=2, ckpt_every=2, buckets="E,M"),
     # zero-tiny: the CPU preset. Letter counting (tasks.py "count") instead of multiplication: a 1.5M-parameter
     # model can learn a running count from ~1M tokens of pretraining, which is what 2 CPU cores allow.
-    "zero-tiny": dict(task="count", corpus_mix={"tasks": {"count": 1.0}, "drills": {"count_run": 0.7, "successor": 0.3}},
-                      pretrain_steps=300, batch_size=16, max_new_tokens=72, threads=1),
+    "zero-tiny": dict(task="count", corpus_mix={"tasks": {"count": 1.0}, "drills": {"count_run": 0.9, "successor": 0.1},
+                                                "kinds": {"drill": 0.55, "textbook": 0.1, "dialogue": 0.3, "filler": 0.05}},
+                      pretrain_steps=700, batch_size=16, max_new_tokens=72, threads=1, rl_steps=40,
+                      prompts_per_step=16, group_size=8, eval_every=10, transcript_every=10, ckpt_every=10,
+                      eval_problems=32),
     # Full scale: a real base model (--init, a Hugging Face dir) on real problems, the paper's settings (Nature
     # version): 16 samples per prompt, 32 prompts per step, KL 0.001, rollout temperature 1.0, DeepSeekMath
     # aggregation, symmetric clip 0.2. Launch with torchrun across GPUs (see README).
