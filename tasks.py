@@ -374,8 +374,9 @@ def _countdown_think(p: Problem, mode: str, rng: random.Random) -> str:
 
 
 def _count_think(letters: list[str], mode: str, rng: random.Random, slip_rate: float = 1 / 3) -> str:
-    """D: 'count : 3'; S: 'matches c a e so 3'; L: 'step q 0 c 1 x 1 a 2 e 3 so 3' (a running count);
-    LV: L, where a slip (a wrong count, then "wait, that's wrong" and the right one) may occur, then a check."""
+    """D: 'count : 3'; S: 'matches c a e so 3'; L: 'step a yes 1 b no 1 c yes 2 ... m no 3 so 3', a running count
+    over the alphabet a..m where each step only asks "is this letter in the list?" (one look-up, no copying);
+    LV: L, where a slip (a wrong step, then "wait, that's wrong" and the right one) may occur, then a check."""
     hits = [x for x in letters if x in COUNT_CLASS]
     n = len(hits)
     if mode == "D":
@@ -383,13 +384,14 @@ def _count_think(letters: list[str], mode: str, rng: random.Random, slip_rate: f
     if mode == "S":
         return f"matches {' '.join(hits) or 'none'} so {n}"
     steps, run = [], 0
-    slip_at = rng.randrange(len(letters)) if mode == "LV" and rng.random() < slip_rate else -1
-    for i, x in enumerate(letters):
-        run += x in COUNT_CLASS
-        if i == slip_at:
-            steps.append(f"{x} {run + rng.choice([-1, 1]) if run else run + 1} {rng.choice(WRONG)} {x} {run}")
-        else:
-            steps.append(f"{x} {run}")
+    alphabet = sorted(COUNT_CLASS)
+    slip_at = rng.randrange(len(alphabet)) if mode == "LV" and rng.random() < slip_rate else -1
+    for i, x in enumerate(alphabet):
+        seen = x in letters
+        if i == slip_at:  # the slip flips the look-up, then is caught and redone
+            steps.append(f"{x} {'no' if seen else 'yes'} {run + (0 if seen else 1)} {rng.choice(WRONG)}")
+        run += seen
+        steps.append(f"{x} {'yes' if seen else 'no'} {run}")
     out = f"step {' '.join(steps)} so {n}"
     if mode == "LV":
         out += f" check matches {' '.join(hits) or 'none'} is {n} ok"

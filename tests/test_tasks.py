@@ -272,11 +272,12 @@ def test_count_task_modes_and_split():
         for mode in ["D", "S", "L", "LV"]:
             r = render_response(p, mode, rng)
             assert r.startswith(mode_prefix(p, mode)) and r.endswith(f"<answer> {p.answer} </answer>")
-        steps = re.findall(r"([a-z]) (\d+)", render_response(p, "L", rng).split("step ")[1].split(" so ")[0])
-        assert [x for x, _ in steps] == p.meta["letters"]  # one step per letter, in order
+        steps = re.findall(r"([a-z]) (yes|no) (\d+)", render_response(p, "L", rng).split("step ")[1])
+        assert [x for x, _, _ in steps] == list("abcdefghijklm")  # one look-up per letter of a..m, in order
         run = 0
-        for x, c in steps:  # and the running count is right at every step
-            run += x <= "m"
+        for x, seen, c in steps:  # each look-up and the running count are right
+            assert (seen == "yes") == (x in p.meta["letters"])
+            run += seen == "yes"
             assert int(c) == run
     lengths = {b: [len(p.meta["letters"]) for p in make_problems("count", 40, buckets=[b])] for b in "E M H VH".split()}
     assert max(lengths["E"]) < min(lengths["M"]) and max(lengths["H"]) < min(lengths["VH"])
