@@ -19,8 +19,8 @@ The pipeline, all in main():
      T=0.6, cons@k, length, per difficulty bucket): OUT/results.md and OUT/results.json.
 
 Simplifications relative to the paper:
- 1. ~800k traces from DeepSeek-R1 become a few hundred to a few thousand traces from our own small RL'd teacher on
-    the synthetic multiplication task; no non-reasoning data (writing, QA, translation) is mixed in.
+ 1. ~800k traces from DeepSeek-R1 become a few hundred to a few thousand traces from our own small RL'd teacher
+    on the recipe's synthetic task (letter counting, multiplication, ...); no non-reasoning data is mixed in.
  2. Readability filters are rules on text (truncation, length, repeated word n-grams, language share) instead of
     the paper's filters plus human post-processing.
  3. The students are pretrained here on the same synthetic corpus (not Qwen2.5/Llama checkpoints), unless a
@@ -83,14 +83,14 @@ class DistillConfig:
     student_model: str = "tiny-mla"    # model.py preset for the student, pretrained with the teacher's recipe
     student_overrides: dict = field(default_factory=dict)  # ModelConfig overrides for the student
     # rejection sampling
-    task: str = "multiplication"
+    task: str = ""                     # "" -> the recipe's task (train.py preset --teacher_preset)
     buckets: str = ""                  # "" -> the recipe's buckets
     dataset: str = ""                  # an existing traces JSONL to reuse instead of sampling the teacher
     n_problems: int = 256              # training problems shown to the teacher
     k: int = 8                         # samples per problem
     temperature: float = 0.8           # teacher sampling temperature (paper range 0.6-1.0)
     top_p: float = 0.95
-    max_new_tokens: int = 160          # response cap for sampling, GRPO and evaluation
+    max_new_tokens: int = 0            # response cap for sampling, GRPO and evaluation; 0 -> the recipe's
     batch_size: int = 64               # sequences per generate() call
     min_tokens: int = 4                # kept completions have between min_tokens and max_tokens tokens
     max_tokens: int = 0                # 0 -> max_new_tokens (truncated completions are always dropped)
@@ -113,13 +113,13 @@ class DistillConfig:
 
 DISTILL_PRESETS = {
     "distill-smoke": dict(teacher_preset="smoke", student_model="tiny-mla", student_overrides={"dim": 32},
-                          n_problems=4, k=4, max_new_tokens=24, batch_size=16, min_tokens=1, sft_steps=4,
+                          n_problems=4, k=4, batch_size=16, min_tokens=1, sft_steps=4,
                           sft_batch_size=4, rl_max_steps=2, eval_problems=2, eval_k=2),
     "distill-tiny": dict(teacher_preset="zero-tiny", student_model="tiny-mla", n_problems=256, k=8,
                          sft_steps=150, sft_batch_size=16, rl_max_steps=100, eval_problems=32, eval_k=4),
     "distill-small": dict(teacher_preset="zero-small", student_model="zero-tiny",  # dense, like the paper's students
                           student_overrides={"n_routed_experts": 0, "inter_dim": 512}, n_problems=2048, k=8,
-                          max_new_tokens=320, batch_size=512, sft_steps=600, sft_batch_size=64, sft_lr=5e-4,
+                          batch_size=512, sft_steps=600, sft_batch_size=64, sft_lr=5e-4,
                           rl_max_steps=400, eval_problems=64, eval_k=8),
 }
 
@@ -179,10 +179,10 @@ def validate(cfg: DistillConfig) -> None:
         path = getattr(cfg, name)
         need(not path or os.path.exists(path) or (name, path) == ("teacher", "oracle"),
              f"--{name}={path!r} does not exist")
-    for name in ("n_problems", "k", "max_new_tokens", "batch_size", "repeat_ngram", "max_per_problem",
+    for name in ("n_problems", "k", "batch_size", "repeat_ngram", "max_per_problem",
                  "sft_batch_size", "eval_problems", "eval_k"):
         need(getattr(cfg, name) >= 1, f"--{name} must be >= 1 (got {getattr(cfg, name)})")
-    for name in ("min_tokens", "max_tokens", "sft_steps", "rl_max_steps", "threads"):
+    for name in ("max_new_tokens", "min_tokens", "max_tokens", "sft_steps", "rl_max_steps", "threads"):
         need(getattr(cfg, name) >= 0, f"--{name} must be >= 0 (got {getattr(cfg, name)})")
     need(cfg.temperature > 0 and 0 < cfg.top_p <= 1, "--temperature must be > 0 and --top_p in (0, 1]")
     need(0 <= cfg.max_repeat <= 1 and 0 <= cfg.min_language <= 1, "--max_repeat and --min_language are in [0, 1]")
@@ -194,9 +194,15 @@ def recipe(cfg: DistillConfig) -> train.TrainConfig:
     """The teacher's train.py config: the recipe the student is pretrained with and GRPO'd with."""
     rc = train.TrainConfig(**copy.deepcopy(train.TRAIN_PRESETS[cfg.teacher_preset]))
     rc = dataclasses.replace(rc, **cfg.teacher_args)
-    return dataclasses.replace(rc, seed=cfg.seed, task=cfg.task, buckets=cfg.buckets or rc.buckets,
-                               max_new_tokens=cfg.max_new_tokens, eval_k=cfg.eval_k,
+    return dataclasses.replace(rc, seed=cfg.seed, task=cfg.task or rc.task, buckets=cfg.buckets or rc.buckets,
+                               max_new_tokens=cfg.max_new_tokens or rc.max_new_tokens, eval_k=cfg.eval_k,
                                eval_problems=cfg.eval_problems)
+
+
+def resolve(cfg: DistillConfig) -> DistillConfig:
+    """Fill the fields left to the recipe (task, buckets, max_new_tokens) from it."""
+    rc = recipe(cfg)
+    return dataclasses.replace(cfg, task=rc.task, buckets=rc.buckets, max_new_tokens=rc.max_new_tokens)
 
 # -----------------------------------------------------------------------------
 # Rejection sampling: keep the correct, well-formatted, readable and new traces.
@@ -514,6 +520,7 @@ def make_dataset(cfg: DistillConfig, rc: train.TrainConfig, teacher, ttok, log) 
 
 def main(argv: list[str] | None = None) -> dict:
     preset, cfg = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = resolve(cfg)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           (cfg.device if cfg.device != "auto" else "cpu"))
     if cfg.threads:
