@@ -641,7 +641,17 @@ def step_metrics(rows: list[dict]) -> dict:
     for b in sorted({r["bucket"] for r in rows}):
         m[f"length/{b}"] = mean([r["length"] for r in rows if r["bucket"] == b])
         m[f"accuracy/{b}"] = mean([r["accuracy"] for r in rows if r["bucket"] == b])
+        m[f"long/{b}"] = mean([r["long"] for r in rows if r["bucket"] == b and r["long"] is not None])
     return m
+
+
+def long_mode(problem, text: str) -> float | None:
+    """1.0 if the response opens the long step-by-step mode of the corpus (tasks.mode_prefix), else 0.0;
+    None for tasks without one (real problem files)."""
+    try:
+        return float(text.startswith(tasks.mode_prefix(problem, "L")))
+    except ValueError:
+        return None
 
 
 def evaluate(model, tok, problems, cfg: TrainConfig, seed: int) -> dict:
@@ -653,6 +663,12 @@ def evaluate(model, tok, problems, cfg: TrainConfig, seed: int) -> dict:
         for k in ("pass@1", "cons@k", "length"):
             out[f"{k}/{b}"] = r[k]
     out["reflection"] = reflection_rate([s["completion"] for s in res["samples"]])
+    by_question = {p.question: p for p in problems}
+    for b in res["by_bucket"]:
+        longs = [long_mode(by_question[s["question"]], s["completion"]) for s in res["samples"] if s["bucket"] == b]
+        longs = [x for x in longs if x is not None]
+        if longs:
+            out[f"long/{b}"] = sum(longs) / len(longs)
     return out
 
 
@@ -799,6 +815,7 @@ def stage_rl(cfg: TrainConfig, tok: Tokenizer, base: Transformer, device, resume
             raise SystemExit(f"error: non-finite GRPO loss at step {step + 1}; the last good checkpoint is "
                              f"{latest_rl_checkpoint(cfg.out_dir)}. Try a lower --rl_lr or --beta.")
         rows = [{"bucket": mine[i // cfg.group_size].bucket, "text": texts[i], "reward": s["reward"],
+                 "long": long_mode(mine[i // cfg.group_size], texts[i]),
                  "accuracy": s["accuracy"], "format": s["format"], "length": int(gen.lengths[i]),
                  "truncated": float(gen.truncated[i])} for i, s in enumerate(scores)]
         rows = [r for part in all_gather(rows) for r in part]
@@ -889,10 +906,10 @@ def plot(history: list[dict], path: str) -> None:
     series(axes[0, 0], ev, ["pass@1", "cons@k"] + [f"pass@1/{b}" for b in buckets], "held-out accuracy (T=0.6)")
     series(axes[0, 1], tr, ["length", "length_correct", "length_wrong"], "response length (tokens)")
     series(axes[0, 2], tr, [f"length/{b}" for b in buckets], "response length by bucket")
-    series(axes[0, 3], tr, ["format", "accuracy", "truncated"], "train rollouts")
+    series(axes[0, 3], tr, ["format", "accuracy", "truncated"] + [f"long/{b}" for b in buckets], "train rollouts (long = long-mode share)")
     series(axes[1, 0], tr, ["reflection"], "reflective words per 100 words")
     series(axes[1, 1], tr, ["entropy"], "policy entropy (nats/token)")
-    series(axes[1, 2], tr, ["kl", "clip_frac"], "KL to reference / clip fraction")
+    series(axes[1, 2], tr, ["kl", "clip_low", "clip_high"], "KL to reference / clipped fraction")
     series(axes[1, 3], tr, ["expert_imbalance"], "expert load (max/mean)")
     fig.tight_layout()
     tmp = path + ".tmp.png"
