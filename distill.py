@@ -354,7 +354,8 @@ def read_jsonl(path: str) -> list[dict]:
     for i, r in enumerate(records):
         missing = {"prompt", "completion"} - set(r)
         if missing:
-            raise ValueError(f"{path} line {i + 1}: missing fields {sorted(missing)}; a trace needs prompt and completion")
+            raise ValueError(f"{path} line {i + 1}: missing fields {sorted(missing)}; a trace needs prompt and "
+                             "completion")
     return records
 
 
@@ -401,10 +402,12 @@ def get_teacher(cfg: DistillConfig, device, log):
         argv = ["--preset", cfg.teacher_preset, "--out_dir", tdir, f"--seed={cfg.seed}", f"--device={cfg.device}"]
         argv += [f"--{k}={json.dumps(v) if isinstance(v, (dict, list)) else v}" for k, v in cfg.teacher_args.items()]
         stamp = os.path.join(tdir, "distill_teacher.json")
-        if not (os.path.exists(stamp) and json.load(open(stamp)) == argv):
+        tc = train.TrainConfig(**copy.deepcopy(train.TRAIN_PRESETS[cfg.teacher_preset]))  # presets may change
+        key = {"argv": argv, "config": dataclasses.asdict(dataclasses.replace(tc, **cfg.teacher_args))}
+        if not (os.path.exists(stamp) and json.load(open(stamp)) == json.loads(json.dumps(key))):
             log(f"[teacher] training with train.py {' '.join(argv)}")
             train.main(argv)
-            json.dump(argv, open(stamp, "w"))
+            json.dump(key, open(stamp, "w"))
         path = train.latest_rl_checkpoint(tdir) or os.path.join(tdir, "base")  # the base if rl_steps=0
         log(f"[teacher] {path}")
     model, tok = sample.load_checkpoint(path, device=device)
@@ -568,7 +571,8 @@ def main(argv: list[str] | None = None) -> dict:
         sft_losses = train.sft(distilled, examples, cfg.sft_steps, cfg.sft_batch_size, cfg.sft_lr, stok.pad_id,
                                seed=cfg.seed, log=log)
     else:
-        log("[sft] no traces kept: the distilled student is the base (raise --n_problems/--k or train the teacher longer)")
+        log("[sft] no traces kept: the distilled student is the base (raise --n_problems/--k or train the teacher "
+            "longer)")
     mean_len = sum(len(p) + len(c) for p, c in examples) / max(1, len(examples))
     sft_cost = compute(distilled, trained=len(sft_losses) * cfg.sft_batch_size * mean_len)
     distill_cost = {**add(sft_cost, teacher_cost), "student_flops": sft_cost["flops"],
