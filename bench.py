@@ -12,6 +12,7 @@ Sections (each prints the device and every number it measured beside its baselin
   kernels  fused log-prob/entropy/KL: Triton vs eager vs torch.compile; GB/s, % of copy bandwidth, memory (GPU)
   rewards  math checks/s and sandboxed programs/s
   data     tokenizer training time and synthetic-corpus MB/s
+  fsdp     step time and peak memory, FSDP2 path vs plain training, ~1B model (GPU)
 
 Simplifications: 1. Numbers are medians of a few repeats, not a statistical study. 2. GPU targets are only
 claimed by the GPU run that measured them; on CPU a section reports CPU numbers or says it needs a GPU.
@@ -183,14 +184,16 @@ def bench_sample(args):
         if cuda:
             torch.cuda.synchronize()
 
-    def timed(fn, repeat=1):
-        fn()  # warm-up (allocator, kernels, compile)
-        sync()
-        t0 = time.perf_counter()
+    def timed(fn, repeat=3, warmup=True):
+        """Best of `repeat` timed runs after one warm-up (allocator, kernels, compile): robust to a busy host."""
+        out, best = fn() if warmup else None, float("inf")
         for _ in range(repeat):
+            sync()
+            t0 = time.perf_counter()
             out = fn()
-        sync()
-        return (time.perf_counter() - t0) / repeat, out
+            sync()
+            best = min(best, time.perf_counter() - t0)
+        return best, out
 
     # identical weights on both sides
     torch.manual_seed(0)
@@ -233,7 +236,7 @@ def bench_sample(args):
               f"{res['compiled_tokens_equal']:.2f}")
 
     # 2) no cache: recompute the whole sequence for every new token
-    n_nc = T if not cuda or quick else T // 4  # the no-cache loop is slow on big runs: time a quarter
+    n_nc = T if quick else T // 4  # the no-cache loop is slow on big runs: time a quarter of the steps
 
     @torch.inference_mode()
     def no_cache_part():
@@ -243,7 +246,7 @@ def bench_sample(args):
             nxt = ours.lm_head(h).argmax(-1)  # (B,)
             seq = torch.cat([seq, nxt[:, None]], 1)  # (B, P+t)
         return seq
-    t_nc, seq_nc = timed(no_cache_part)
+    t_nc, seq_nc = timed(no_cache_part, repeat=1, warmup=False)  # the model is warm already
     res["no_cache_tok_s"] = B * n_nc / t_nc
     print(f"[sample] no cache (recompute): {t_nc:.3f} s for {n_nc} tokens, {res['no_cache_tok_s']:.1f} tok/s"
           + ("" if n_nc == T else " (first quarter of the steps: an upper bound on its rate)"))
@@ -267,7 +270,7 @@ def bench_sample(args):
     nbytes = (256 << 20) if not cuda else (2 << 30)
     x = torch.empty(nbytes, dtype=torch.uint8, device=device)
     y = torch.empty_like(x)
-    t_copy, _ = timed(lambda: y.copy_(x), repeat=5)
+    t_copy, _ = timed(lambda: y.copy_(x), repeat=10)
     bw = 2 * nbytes / t_copy  # read + write
     params = {id(p): p for p in ours.parameters()}
     weight_bytes = sum(p.numel() * p.element_size() for p in params.values())
@@ -602,9 +605,73 @@ def bench_data(args=None) -> dict:
     print(f"tokenizer: 4096 vocab on {n / 1e6:.0f} MB of stdlib source in {cpu:.1f}s CPU ({wall:.1f}s wall)")
     return res
 
+# ====================================================================================================
+# fsdp
+# bench_fsdp(args): peak memory and step time of one training step through train.py's FSDP2 path (fully_shard per
+# block, bf16 compute, fp32 reduction; a 1-rank process group) vs plain single-GPU training (fp32 weights + bf16
+# autocast) for a ~1B-parameter model (llama-3.2-1b shape, random weights), AdamW, batch 4 x 1024 tokens.
+# With one rank FSDP shards nothing: the comparison shows its overhead; memory savings scale with the world size
+# (see the README's table). On CPU it says it needs a GPU.
+
+def bench_fsdp(args):
+    import os
+    import time
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print("fsdp: needs a CUDA GPU (nothing measured on CPU; tests/test_fsdp.py checks correctness on gloo)")
+        return {}
+    import torch.distributed as dist
+
+    import train
+    from model import ModelConfig, Transformer
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29533")
+    dev = torch.device("cuda")
+    shape = "tiny-gqa" if args.quick else "llama-3.2-1b"
+    B, T = (2, 128) if args.quick else (4, 1024)
+    out = {}
+    for mode in ("plain", "fsdp"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        torch.manual_seed(0)
+        model = Transformer(ModelConfig.from_preset(shape)).to(dev)
+        if mode == "fsdp":
+            if not dist.is_initialized():
+                dist.init_process_group("nccl", rank=0, world_size=1)
+            train.WORLD = 1  # shard() is a no-op at world 1 in training; force the FSDP path here
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            for block in model.layers:
+                fully_shard(block, mp_policy=mp)
+            fully_shard(model, mp_policy=mp)
+        opt = train.make_optimizer(model, 1e-4, 0.1)
+        batch = torch.randint(0, model.cfg.vocab_size, (B, T + 1), device=dev)
+        times = []
+        for i in range(6):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            train.pretrain_step(model, opt, batch, 1e-4)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        ms = sorted(times[2:])[len(times[2:]) // 2] * 1e3
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        params = sum(p.numel() for p in model.parameters())
+        print(f"fsdp: {mode:5s} {shape} ({params / 1e9:.2f}B params) step {ms:.1f} ms, peak memory {peak:.2f} GiB "
+              f"on {torch.cuda.get_device_name()}")
+        out[mode] = {"ms": ms, "peak_gib": peak}
+        del model, opt
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    print(f"fsdp: step time fsdp/plain {out['fsdp']['ms'] / out['plain']['ms']:.2f}x, "
+          f"peak memory fsdp/plain {out['fsdp']['peak_gib'] / out['plain']['peak_gib']:.2f}x (1 rank)")
+    return out
+
 
 SECTIONS = {"model": bench_model, "sample": bench_sample, "kernels": bench_kernels, "rewards": bench_rewards,
-            "data": bench_data}
+            "data": bench_data, "fsdp": bench_fsdp}
 
 
 def main(argv=None):
