@@ -641,8 +641,7 @@ def bench_fsdp(args):
         if mode == "fsdp":
             if not dist.is_initialized():
                 dist.init_process_group("nccl", rank=0, world_size=1)
-            train.WORLD = 1  # shard() is a no-op at world 1 in training; force the FSDP path here
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # train.shard() skips world 1
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
             for block in model.layers:
                 fully_shard(block, mp_policy=mp)
