@@ -135,19 +135,7 @@ def parse_args(argv: list[str]) -> tuple[str, DistillConfig]:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             print(f"  --{f.name}={default}")
         sys.exit(0)
-    pairs, i = [], 0
-    while i < len(argv):
-        a = argv[i]
-        if not a.startswith("--"):
-            raise SystemExit(f"error: unexpected argument {a!r}; flags look like --field=value")
-        if "=" in a:
-            pairs.append(tuple(a[2:].split("=", 1)))
-        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            pairs.append((a[2:], argv[i + 1]))
-            i += 1
-        else:
-            raise SystemExit(f"error: flag {a} needs a value (--field=value)")
-        i += 1
+    pairs, _ = train.split_flags(argv)
     preset = dict(pairs).get("preset", "distill-tiny")
     if preset not in DISTILL_PRESETS:
         raise SystemExit(f"error: unknown preset {preset!r}; valid presets: {', '.join(DISTILL_PRESETS)}")
@@ -158,7 +146,7 @@ def parse_args(argv: list[str]) -> tuple[str, DistillConfig]:
             continue
         if k not in names:
             raise SystemExit(f"error: unknown field {k!r}; valid fields: {', '.join(names)}")
-        setattr(cfg, k, train._convert(v, names[k].type, k))
+        setattr(cfg, k, train.convert_flag(v, names[k].type, k))
     cfg.out_dir = cfg.out_dir or os.path.join("runs", preset)
     validate(cfg)
     return preset, cfg

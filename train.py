@@ -150,29 +150,14 @@ def parse_args(argv: list[str]) -> tuple[str, TrainConfig, bool]:
         print("presets:", ", ".join(TRAIN_PRESETS))
         for name, over in TRAIN_PRESETS.items():
             print(f"  {name}: {over}")
-        print("\nfields (default = zero-tiny):")
+        print("\nfields (dataclass defaults; presets override some):")
         for f in dataclasses.fields(TrainConfig):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             print(f"  --{f.name}={default}")
         print("  --model.FIELD=value   any ModelConfig field:", ", ".join(f.name for f in dataclasses.fields(ModelConfig)))
         sys.exit(0)
-    args, resume, preset = list(argv), False, "zero-tiny"
-    pairs = []
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if not a.startswith("--"):
-            raise SystemExit(f"error: unexpected argument {a!r}; flags look like --field=value")
-        if a == "--resume":
-            resume = True
-        elif "=" in a:
-            pairs.append(tuple(a[2:].split("=", 1)))
-        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-            pairs.append((a[2:], args[i + 1]))
-            i += 1
-        else:
-            raise SystemExit(f"error: flag {a} needs a value (--field=value)")
-        i += 1
+    pairs, switches = split_flags(argv, switches=("resume",))
+    resume, preset = "resume" in switches, "zero-tiny"
     for k, v in pairs:
         if k == "preset":
             preset = v
@@ -188,9 +173,9 @@ def parse_args(argv: list[str]) -> tuple[str, TrainConfig, bool]:
             mk = k[len("model."):]
             if mk not in model_names:
                 raise SystemExit(f"error: unknown model field {mk!r}; valid: {', '.join(model_names)}")
-            cfg.model_overrides = {**cfg.model_overrides, mk: _convert(v, model_names[mk].type, k)}
+            cfg.model_overrides = {**cfg.model_overrides, mk: convert_flag(v, model_names[mk].type, k)}
         elif k in names:
-            setattr(cfg, k, _convert(v, names[k].type, k))
+            setattr(cfg, k, convert_flag(v, names[k].type, k))
         else:
             raise SystemExit(f"error: unknown field {k!r}; valid fields: {', '.join(names)} (and --model.FIELD=...)")
     cfg.out_dir = cfg.out_dir or os.path.join("runs", preset)
@@ -201,7 +186,27 @@ def parse_args(argv: list[str]) -> tuple[str, TrainConfig, bool]:
     return preset, cfg, resume
 
 
-def _convert(v: str, typ, name: str):
+def split_flags(argv: list[str], switches=()) -> tuple[list[tuple[str, str]], set[str]]:
+    """[(field, value)] from --field=value or --field value, and the bare --switches named in `switches`."""
+    pairs, seen, i = [], set(), 0
+    while i < len(argv):
+        a = argv[i]
+        if not a.startswith("--"):
+            raise SystemExit(f"error: unexpected argument {a!r}; flags look like --field=value")
+        if a[2:] in switches:
+            seen.add(a[2:])
+        elif "=" in a:
+            pairs.append(tuple(a[2:].split("=", 1)))
+        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            pairs.append((a[2:], argv[i + 1]))
+            i += 1
+        else:
+            raise SystemExit(f"error: flag {a} needs a value (--field=value)")
+        i += 1
+    return pairs, seen
+
+
+def convert_flag(v: str, typ, name: str):
     typ = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
     try:
         if typ.startswith("bool"):
