@@ -3,16 +3,16 @@ train.py: the entry point. Train a tokenizer, pretrain a DeepSeek-V3-style base 
 synthetic corpus, then run pure RL with GRPO on the R1-Zero template (no SFT) and watch R1-Zero's behaviour
 appear: held-out accuracy and response length rising through RL alone.
 
-    python train.py --preset zero-small            # one GPU, ~10 minutes, pretraining included
-    python train.py --preset zero-tiny             # 2 CPU cores, ~15 minutes
+    python train.py --preset zero-small            # one GPU, ~10 minutes target, pretraining included (not yet run)
+    python train.py --preset zero-tiny             # 2 CPU cores, ~12 minutes (measured)
     python train.py --preset smoke                 # every stage in seconds (tests, CI)
     python train.py --preset zero-tiny --rl_steps=100 --out_dir=runs/mine   # any field is a flag
     python train.py --preset zero-tiny --resume    # continue a killed run
     python train.py --help                         # presets and every field with its default
 
 Outputs of a run go under --out_dir (default runs/<preset>):
-    tokenizer/  base/        cached stages (re-used by any later run whose stage config hashes the same)
-    rl/step_NNNNNN/          RL checkpoints (model + optimizer as safetensors, state.json), atomic
+    tokenizer/  base/        cached stages (re-used by a later run whose stage config and source files hash the same)
+    rl/step_NNNNNN/          RL checkpoints (model + optimizer as safetensors, config.json, tokenizer/), atomic
     metrics.jsonl            one JSON line per RL step and per evaluation
     transcripts.md           full sampled responses every --transcript_every steps (read the "aha" here)
     plots.png                accuracy, length, format, reflection words, entropy, KL, expert load
@@ -20,11 +20,12 @@ Outputs of a run go under --out_dir (default runs/<preset>):
 Simplifications relative to the paper (DeepSeek-R1, arXiv 2501.12948):
  1. The base model is ours, pretrained in the run on a synthetic corpus (tasks.py) instead of DeepSeek-V3-Base
     on 14.8T web tokens; it is a miniature of the same architecture (MLA + DeepSeekMoE, aux-loss-free balancing).
- 2. The task is synthetic multiplication with difficulty buckets (answers checked by rules) instead of
-    competition math and code; real problem files and checkpoints are the zero-full preset's business.
+ 2. The tasks are synthetic with difficulty buckets and rule-checked answers (multiplication for zero-small,
+    letter counting for the CPU-sized zero-tiny) instead of competition math and code; real problem files and
+    real checkpoints are the zero-full presets' business.
  3. Rollouts stop at the first </answer> or end-of-text token; response length is capped (max_new_tokens).
  4. Pretraining packs documents into fixed-length rows without cross-document attention masks.
- 5. One process per GPU; the sampler and the trainer share the weights (no separate inference engine).
+ 5. No separate inference engine: the sampler uses the training weights (under FSDP, a gathered bf16 copy per rank).
  6. The loss defaults follow DAPO/Dr. GRPO-era practice where the notes argue for it (clip-higher, token-level
     aggregation); the paper's exact objective is one flag away (see grpo.py).
 """
@@ -257,9 +258,12 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.group_size * cfg.eval_k >= 1 and cfg.eval_batch >= cfg.eval_k, "--eval_batch must be >= --eval_k")
 
 
-def config_hash(*parts) -> str:
-    """A short hash of the config that defines a cached stage."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+def config_hash(*parts, code: tuple[str, ...] = ()) -> str:
+    """A short hash of what defines a cached stage: its config values and the source files it runs (so editing
+    tasks.py, say, retrains the tokenizer and the base model instead of silently reusing stale ones)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sources = [open(os.path.join(here, f), encoding="utf-8").read() for f in code]
+    blob = json.dumps([parts, sources], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
 
 # -----------------------------------------------------------------------------
@@ -403,7 +407,7 @@ def corpus_text(seed: int, megabytes: float, mix: dict) -> str:
 def stage_tokenizer(cfg: TrainConfig, log) -> Tokenizer:
     if cfg.init:  # a real checkpoint brings its own tokenizer.json
         return Tokenizer.from_pretrained(cfg.init)
-    key = config_hash(cfg.vocab_size, cfg.tokenizer_mb, cfg.corpus_mix, cfg.seed)
+    key = config_hash(cfg.vocab_size, cfg.tokenizer_mb, cfg.corpus_mix, cfg.seed, code=("tasks.py", "tokenizer.py"))
     path = os.path.join(cfg.out_dir, "tokenizer")
     stamp = os.path.join(path, "stage.json")
     cached = os.path.exists(stamp) and json.load(open(stamp)).get("hash") == key
@@ -480,7 +484,8 @@ def stage_pretrain(cfg: TrainConfig, tok: Tokenizer, device, log) -> Transformer
         return shard(Transformer.from_pretrained(cfg.init).to(device).train())
     mcfg = model_config(cfg, tok)
     key = config_hash(dataclasses.asdict(mcfg), cfg.pretrain_steps, cfg.batch_size, cfg.seq_len, cfg.lr,
-                      cfg.warmup, cfg.weight_decay, cfg.corpus_mix, cfg.seed, cfg.vocab_size, cfg.tokenizer_mb)
+                      cfg.warmup, cfg.weight_decay, cfg.corpus_mix, cfg.seed, cfg.vocab_size, cfg.tokenizer_mb,
+                      code=("tasks.py", "tokenizer.py", "model.py"))
     path, partial = os.path.join(cfg.out_dir, "base"), os.path.join(cfg.out_dir, "base.partial")
     if os.path.exists(os.path.join(path, "config.json")):
         model, meta = load_model(path, device)
