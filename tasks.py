@@ -6,6 +6,8 @@ What is here:
       multiplication  E: (1-2 digit) x 1 digit, M: 2x2 and 3x1, H: 3x2 and 4x1, VH: 4x2
       addition        E: 2 numbers of 2 digits, M: 3 of 3, H: 4 of 4, VH: 5 of 5
       countdown       E: 3 numbers, M: 4 numbers, H (and VH): 5 numbers; answer = an equation
+      count           how many of a list of distinct letters lie in a..m; E: 3-5 letters, M: 6-9,
+                      H: 10-14, VH: 15-20 (zero-tiny's task: what a CPU-trained 1.5M model can learn)
     Train and test never overlap: a problem's split is a hash of its canonical key (the unordered
     operand pair, the number list and target), ~10% test.
   - R1_ZERO_TEMPLATE (DeepSeek-R1 paper, Table 1, verbatim) and a chat template for instruct models.
@@ -14,7 +16,8 @@ What is here:
     amplify behaviour pretraining put within reach, so the corpus holds, like web text, worked
     problems in several styles without ever saying which style pays where:
       drill     skill drills outside any template: times tables, one-digit x many-digit products
-                with explicit carries, column additions, digit-sum (casting out nines) checks;
+                with explicit carries, column additions, digit-sum (casting out nines) checks; for count,
+                running-count walks and counting up;
       textbook  "Problem: ... Solution: ... Answer: ..." worked examples in modes D/S/L/LV;
       dialogue  the exact R1-Zero template + " <think> ... </think> <answer> N </answer>", the mode
                 drawn independently of difficulty (mostly D/S, a minority L/LV), ~30% with format
@@ -26,7 +29,10 @@ What is here:
     digits written so far, so every step reads only the last ~20 tokens; then column additions of
     zero-padded partial products, same layout); LV = L plus casting-out-nines checks of every
     partial product where a third of traces inject a slip, then "wait, that's wrong", then the
-    redone step. With the corpus-trained tokenizer a 4x2 product takes ~28 tokens in D, ~375 in L,
+    redone step. For count: D "count : 4"; S "matches c a e m so 4"; L "step a yes 1 b no 1 ... m no 4
+    so 4" (one look-up per letter of a..m with a running count: no copying of the list, which a tiny
+    model trained for minutes does not learn); LV = L with a possible slip + "wait, that's wrong" and a
+    check. With the corpus-trained tokenizer a 4x2 product takes ~28 tokens in D, ~375 in L,
     ~750 in LV; the R1-Zero prompt is ~90.
     The corpus never shows a test problem: not as a question, nor worked out inside a train
     problem's solution (sub-products such as 347 * 8 inside 347 * 28), nor in a drill.
@@ -34,7 +40,7 @@ What is here:
     concatenates documents and a model learns to stop after </answer>.
 
 Simplifications vs the paper / production data pipelines:
-  1. Synthetic arithmetic and Countdown only; real data (GSM8K, MATH) only through the loaders.
+  1. Synthetic arithmetic, Countdown and counting only; real data (GSM8K, MATH) only through the loaders.
   2. The corpus mix is sampled per document (not per token); corpus_stats reports both shares.
   3. Train/test split by a 10% hash of the canonical key; no near-duplicate detection.
   4. The chat template is one user message (DeepSeek's recommended math prompt), no system prompt.
