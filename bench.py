@@ -18,9 +18,7 @@ Simplifications: 1. Numbers are medians of a few repeats, not a statistical stud
 claimed by the GPU run that measured them; on CPU a section reports CPU numbers or says it needs a GPU.
 """
 import argparse
-import sys
 import glob
-import itertools
 import os
 import sysconfig
 import tasks

@@ -127,13 +127,7 @@ DISTILL_PRESETS = {
 def parse_args(argv: list[str]) -> tuple[str, DistillConfig]:
     """--preset NAME, --help and --FIELD=value (or --FIELD value); unknown fields are errors."""
     if "--help" in argv or "-h" in argv:
-        print(__doc__)
-        for name, over in DISTILL_PRESETS.items():
-            print(f"  {name}: {over}")
-        print("\nfields (defaults; presets override some):")
-        for f in dataclasses.fields(DistillConfig):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            print(f"  --{f.name}={default}")
+        train.print_help(__doc__, DISTILL_PRESETS, DistillConfig)
         sys.exit(0)
     pairs, _ = train.split_flags(argv)
     preset = dict(pairs).get("preset", "distill-tiny")

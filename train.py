@@ -147,14 +147,7 @@ REFLECTIVE_WORDS = ["wait", "mistake", "however", "but", "retry", "error", "veri
 def parse_args(argv: list[str]) -> tuple[str, TrainConfig, bool]:
     """--preset NAME, --resume, --help and --FIELD=value (or --FIELD value); --model.FIELD=value for the model."""
     if "--help" in argv or "-h" in argv:
-        print(__doc__)
-        print("presets:", ", ".join(TRAIN_PRESETS))
-        for name, over in TRAIN_PRESETS.items():
-            print(f"  {name}: {over}")
-        print("\nfields (dataclass defaults; presets override some):")
-        for f in dataclasses.fields(TrainConfig):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            print(f"  --{f.name}={default}")
+        print_help(__doc__, TRAIN_PRESETS, TrainConfig)
         print("  --model.FIELD=value   any ModelConfig field:", ", ".join(f.name for f in dataclasses.fields(ModelConfig)))
         sys.exit(0)
     pairs, switches = split_flags(argv, switches=("resume",))
@@ -185,6 +178,18 @@ def parse_args(argv: list[str]) -> tuple[str, TrainConfig, bool]:
                          f"directory with config.json, *.safetensors and tokenizer.json)")
     validate(cfg)
     return preset, cfg, resume
+
+
+def print_help(doc: str, presets: dict, config_cls) -> None:
+    """The module docstring, the presets, and every field of the config dataclass with its default."""
+    print(doc)
+    print("presets:", ", ".join(presets))
+    for name, over in presets.items():
+        print(f"  {name}: {over}")
+    print("\nfields (dataclass defaults; presets override some):")
+    for f in dataclasses.fields(config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        print(f"  --{f.name}={default}")
 
 
 def split_flags(argv: list[str], switches=()) -> tuple[list[tuple[str, str]], set[str]]:
