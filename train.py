@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -112,6 +113,7 @@ class TrainConfig:
     transcript_every: int = 20
     ckpt_every: int = 20
     halt_after: int = 0                # stop the process after this many RL steps of this run (simulates a kill)
+    wandb_project: str = ""            # also log metrics to Weights & Biases under this project (pip install wandb)
 
 TRAIN_PRESETS = {
     "smoke": dict(vocab_size=300, tokenizer_mb=0.2, model="tiny-mla", pretrain_steps=6, batch_size=4, seq_len=64,
@@ -260,6 +262,8 @@ def validate(cfg: TrainConfig) -> None:
     need(not cfg.init or os.path.exists(os.path.join(cfg.init, "config.json")),
          f"--init={cfg.init!r} is not a Hugging Face checkpoint directory (no config.json)")
     need(cfg.problems_kind in ("gsm8k", "math", "generic"), "--problems_kind must be gsm8k, math or generic")
+    need(not cfg.wandb_project or importlib.util.find_spec("wandb") is not None,
+         "--wandb_project needs the wandb package (pip install wandb), which is not installed")
     need(cfg.group_size * cfg.eval_k >= 1 and cfg.eval_batch >= cfg.eval_k, "--eval_batch must be >= --eval_k")
 
 
@@ -788,10 +792,18 @@ def stage_rl(cfg: TrainConfig, tok: Tokenizer, base: Transformer, device, resume
         with open(metrics_path, "w") as f:
             f.writelines(json.dumps(h) + "\n" for h in history)
 
+    wandb_run = None
+    if cfg.wandb_project and RANK == 0:
+        import wandb
+        wandb_run = wandb.init(project=cfg.wandb_project, config=dataclasses.asdict(cfg), resume="allow")
+
     def record(entry):
         history.append(entry)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
+        if wandb_run is not None:
+            wandb_run.log({f"{entry['kind']}/{k}": v for k, v in entry.items() if isinstance(v, (int, float))},
+                          step=entry["step"])
 
     replica = Replica(model)
 

@@ -100,6 +100,7 @@ def test_sft_lowers_the_loss_on_completion_tokens(smoke_run):
     (["--preset", "smoke", "--buckets=E,Z"], "unknown \\['Z'\\]"),
     (["--preset", "smoke", "--model=gpt5"], "not a model preset"),
     (["--preset", "smoke", "--problems=/no/such.jsonl"], "does not exist"),
+    (["--preset", "smoke", "--batch_size=0"], "batch_size must be >= 1"),
 ])
 def test_bad_arguments_fail_before_any_work(argv, msg):
     with pytest.raises(SystemExit, match=msg):
@@ -111,3 +112,10 @@ def test_help_lists_presets_and_fields(capsys):
         train.parse_args(["--help"])
     text = capsys.readouterr().out
     assert "zero-small" in text and "--rl_steps=" in text and "--model.FIELD" in text
+
+
+def test_wandb_flag_needs_the_package(monkeypatch):
+    real = train.importlib.util.find_spec
+    monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
+    with pytest.raises(SystemExit, match="pip install wandb"):
+        train.parse_args(["--preset", "smoke", "--wandb_project=r1"])
