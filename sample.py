@@ -20,6 +20,9 @@ Simplifications vs production samplers (vLLM, SGLang, nanochat's Engine)
        slot per step), no custom attention kernels, no speculative decoding.
     5. Stop strings are checked by decoding the tail of a row, and only for rows whose newest token
        could complete one (its text contains a stop string's last character, or an incomplete byte).
+    6. MLA models prefill through the textbook attention path and decode through the absorbed one
+       (model.cfg.mla_absorb is switched for the decode loop and restored): same numbers, no per-step
+       expansion of the latent cache into per-head keys and values.
 
 Log-probs: the log-prob of each sampled token under the distribution actually sampled from, i.e.
 log_softmax(filter(logits / temperature)) where filter = top-k then top-p (removed tokens get -inf).
