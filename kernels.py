@@ -1,30 +1,41 @@
 """
 Fused token log-probabilities for the RL hot path: log p(target), entropy and k3 KL from logits.
 
-The GRPO loss needs, for every response token, log p(token) under the policy at a sampling
-temperature, often the entropy of that distribution, and the k3 KL to a reference model. Done
-naively (log_softmax, gather, p * log p, ...) that materialises several (N, V) float32 tensors,
-which with a 150k vocabulary dominates both memory and time. Here one Triton program per token row
-streams the row once with an online softmax (running max and running sum, fp32 accumulation) and
-keeps only per-row numbers; the backward streams the row once more and writes dlogits in one pass.
-Each kernel has a plain PyTorch twin that is the readable definition and that the tests hold equal.
+RL on a language model needs, for every response token, log p(token) under the policy at a
+sampling temperature, often the entropy of that distribution, and sometimes a KL estimate to a
+reference model. Done naively (log_softmax, gather, p * log p, ...) that materialises several
+(N, V) float32 tensors, which with a 150k vocabulary dominates both memory and time. Here one Triton
+program per token row streams the row once with an online softmax (running max and running sum,
+fp32 accumulation) and keeps only per-row numbers; the backward streams the row once more and
+writes dlogits in one pass. Each kernel has a plain PyTorch twin that is the readable definition and
+that the tests hold equal. grpo.py uses the fused log-prob and entropy; it computes the KL itself
+with `k3_kl` below on the (B, T) log-probs (elementwise, nothing to fuse), so both paths share one
+KL definition and one clamp.
 
-Math (z = logits / T, p = softmax(z), lse = logsumexp(z), y the target, r the reference log-prob):
+"k3" is the third of the three Monte Carlo KL estimators in J. Schulman, "Approximating KL
+Divergence" (2020): with r = pi_ref / pi evaluated at the sampled token, k3 = r - log r - 1. It is
+unbiased for KL(pi || pi_ref) under samples from pi, never negative, and has low variance; GRPO
+(DeepSeekMath) uses it.
+
+Math (z = logits / tau with tau the sampling temperature, p = softmax(z), lse = logsumexp(z), y the target,
+r the reference log-prob):
     logp    = z[y] - lse
     entropy = -sum_j p_j log p_j = lse - sum_j p_j z_j
-    kl      = exp(d) - d - 1,  d = clamp(r - logp, -KL_CLAMP, KL_CLAMP)     (k3 estimator)
+    kl      = exp(d) - d - 1,  d = min(r - logp, KL_CLAMP)                  (k3 estimator)
     d logp    / dz_j = 1[j = y] - p_j
     d entropy / dz_j = -p_j (z_j - sum_k p_k z_k)
     d kl      / dlogp = 1 - exp(d)   (0 where the clamp is active)
-    dlogits_j = (g_logp' (1[j = y] - p_j) - g_ent p_j (z_j - sum_k p_k z_k)) / T
+    dlogits_j = (g_logp' (1[j = y] - p_j) - g_ent p_j (z_j - sum_k p_k z_k)) / tau
     with g_logp' = g_logp + g_kl dkl/dlogp (the KL gradient folded into the logp one),
-so the backward needs only lse and the entropy per row (sum p z = lse - entropy).
+so the backward needs only lse and the entropy per row (sum p z = lse - entropy). The clamp is one-sided:
+exp(d) only overflows for large positive d (reference far likelier than the policy); for negative d
+(policy far likelier) k3 grows like -d and stays exact, gradient included.
 
 Simplifications vs production kernels (Liger, verl, Unsloth, Cut-CE):
 1. One program per row with a scalar running max: no split-row reduction for tiny N, no autotuning
    (block size, warps and pipeline stages picked by `_launch_config`; bench.py sweeps them).
-2. The PPO ratio / clipping stays in grpo.py in PyTorch (it acts on (N,) tensors, cheap); only the
-   (N, V) work is fused.
+2. The PPO ratio / clipping and the KL of grpo.py stay in PyTorch (they act on (B, T) tensors,
+   cheap); only the (N, V) work is fused.
 3. No gradient to ref_logprobs (the reference model is frozen).
 4. Logits must be finite (like the PyTorch twin, -inf logits give NaN entropy); targets out of range
    raise ValueError (one device sync per call).
@@ -41,6 +52,7 @@ Use:
     token_logprobs(..., impl="torch")                      # the readable PyTorch definition
     TRITON_INTERPRET=1 python -c "..."                     # impl="triton" on CPU (set before import)
     linear_token_logprobs(hidden, lm_head.weight, targets, ...)  # chunked, never all logits
+    k3_kl(logp, ref_logp)                                  # the k3 KL on any log-probs (grpo.py's)
     python -m pytest tests/test_kernels.py                 # twin gradcheck, Triton via interpreter
 Avoid logits[:, :-1] (a non-viewable slice is copied to (N, V)); shift targets instead and mark the
 last position with ignore_index.
@@ -56,13 +68,53 @@ try:
 except ImportError:  # CPU-only installs: the PyTorch twin still works
     triton = None
 
-KL_CLAMP = 20.0  # |ref - logp| clamp inside k3 so exp() cannot overflow; gradient 0 beyond it
+KL_CLAMP = 20.0  # upper clamp of d = ref - logp inside k3 so exp(d) cannot overflow; gradient 0 above it
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"  # read once: triton.jit reads it at import
+
+
+def _patch_interpreter_index():
+    """triton <= 3.6's CPU interpreter converts a scalar kernel argument used as a loop bound (V in
+    `tl.range(0, V, ...)`) with int() on a numpy array of shape (1,), which numpy >= 2.4 refuses
+    ("only 0-dimensional arrays can be converted"). Re-patch tensor.__index__ to take the single element,
+    as newer triton does. Interpreter only (TRITON_INTERPRET=1); compiled kernels are untouched."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "one_element_index", False):
+        return
+
+    def index(self):
+        return int(self.handle.data.reshape(-1)[0]) if self.handle.data.size == 1 else int(self.handle.data)
+
+    def patched(tensor, *args, **kwargs):
+        original(tensor, *args, **kwargs)
+        scope = args[0] if args else kwargs.get("scope")
+        if scope is not None and hasattr(scope, "set_attr"):  # triton >= 3.5 restores patches via a scope
+            scope.set_attr(tensor, "__index__", index)
+        else:
+            tensor.__index__ = index
+
+    patched.one_element_index = True
+    interpreter._patch_lang_tensor = patched
+
+
+if triton is not None and INTERPRET:
+    _patch_interpreter_index()
+
+
+def k3_kl(logp, ref_logp):
+    """The k3 estimate of KL(pi || pi_ref) per token: r - log r - 1 with log r = ref_logp - logp, >= 0.
+    logp, ref_logp: log-probs of the sampled tokens, same shape (any); returns that shape.
+    log r is clamped above at KL_CLAMP (exp(20) ~ 5e8) so fp32 cannot overflow; below it is exact."""
+    d = (ref_logp - logp).clamp(max=KL_CLAMP)  # same shape: log(pi_ref / pi)
+    return torch.exp(d) - d - 1
 
 
 class TokenStats(NamedTuple):
     logp: torch.Tensor                   # (...,) float32 log p(target) at the temperature
-    entropy: torch.Tensor | None         # (...,) float32 entropy of softmax(logits / T), or None
+    entropy: torch.Tensor | None         # (...,) float32 entropy of softmax(logits / temperature), or None
     kl: torch.Tensor | None              # (...,) float32 k3 KL to the reference, or None
 
 
@@ -86,8 +138,7 @@ def forward_torch(logits, targets, temperature=1.0, ref_logprobs=None, return_en
         entropy = -(logz.exp() * logz).sum(-1)                        # (N,)
         entropy = torch.where(valid, entropy, 0.0)                    # (N,)
     if ref_logprobs is not None:
-        d = (ref_logprobs.to(acc) - logp).clamp(-KL_CLAMP, KL_CLAMP)   # (N,)
-        kl = torch.where(valid, d.exp() - d - 1, 0.0)                 # (N,)
+        kl = torch.where(valid, k3_kl(logp, ref_logprobs.to(acc)), 0.0)  # (N,)
     return logp, entropy, kl, lse
 
 
@@ -100,7 +151,7 @@ def backward_torch(logits, targets, lse, entropy, logp, ref_logprobs, g_logp, g_
     g = g_logp.to(acc)                                                # (N,) total dL/dlogp
     if ref_logprobs is not None and g_kl is not None:
         d = ref_logprobs.to(acc) - logp                               # (N,)
-        inside = (d >= -KL_CLAMP) & (d <= KL_CLAMP)                   # (N,)
+        inside = d <= KL_CLAMP                                        # (N,) k3_kl's clamp
         g = g + g_kl * torch.where(inside, 1 - d.exp(), 0.0)          # (N,)
     z = logits.to(acc) / temperature                                  # (N, V)
     p = torch.exp(z - lse[:, None])                                   # (N, V)
@@ -151,7 +202,7 @@ if triton is not None:
             tl.store(ent_ptr + row, tl.where(valid, lse - a / s, 0.0))
         if HAS_REF:
             d = tl.load(ref_ptr + row) - logp
-            d = tl.minimum(tl.maximum(d, -kl_clamp), kl_clamp)
+            d = tl.minimum(d, kl_clamp)  # k3_kl's one-sided clamp
             tl.store(kl_ptr + row, tl.where(valid, tl.exp(d) - d - 1.0, 0.0))
 
     @triton.jit
@@ -168,7 +219,7 @@ if triton is not None:
         g = tl.load(g_logp_ptr + row)  # total dL/dlogp, KL folded in below
         if HAS_REF:
             d = tl.load(ref_ptr + row) - tl.load(logp_ptr + row)
-            inside = (d >= -kl_clamp) & (d <= kl_clamp)
+            inside = d <= kl_clamp
             g += tl.load(g_kl_ptr + row) * tl.where(inside, 1.0 - tl.exp(d), 0.0)
         g_ent = 0.0
         mean_z = 0.0  # sum_j p_j z_j = lse - entropy

@@ -6,6 +6,7 @@ triton.jit reads the variable when kernels.py is imported); bf16 at real vocab s
 Run: python -m pytest tests/test_kernels.py -q
      TRITON_INTERPRET=1 python tests/test_kernels.py      # just the interpreter checks, verbose
 """
+import math
 import os
 import subprocess
 import sys
@@ -59,25 +60,25 @@ def test_twin_gradcheck_float64():
 def test_backward_twin_matches_autograd(entropy, kl):
     logits, targets, ref = make_case(6, 11, masked=(2,), dtype=torch.float64)
     logits.requires_grad_()
-    T = 1.3
-    ref = forward_torch(logits.detach(), targets, T)[0] + ref if kl else None  # (N,)
-    logp, ent, klv, lse = forward_torch(logits, targets, T, ref, entropy, IGNORE)
+    tau = 1.3
+    ref = forward_torch(logits.detach(), targets, tau)[0] + ref if kl else None  # (N,)
+    logp, ent, klv, lse = forward_torch(logits, targets, tau, ref, entropy, IGNORE)
     g = [torch.randn(6, dtype=torch.float64) for _ in range(3)]
     loss = (logp * g[0]).sum()
     loss = loss + ((ent * g[1]).sum() if entropy else 0) + ((klv * g[2]).sum() if kl else 0)
     expected, = torch.autograd.grad(loss, logits)
     got = backward_torch(logits.detach(), targets, lse.detach(), ent.detach() if entropy else None,
                          logp.detach(), ref, g[0], g[1] if entropy else None,
-                         g[2] if kl else None, T, IGNORE)
+                         g[2] if kl else None, tau, IGNORE)
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
     assert got[2].abs().max() == 0  # masked row
 
 
 def test_twin_matches_naive_reference():
     logits, targets, ref = make_case(9, 33, masked=(3, 4))
-    T = 0.6
-    stats = token_logprobs(logits, targets, T, ref, return_entropy=True, impl="torch")
-    logz = torch.log_softmax(logits.double() / T, -1)                          # (N, V)
+    tau = 0.6
+    stats = token_logprobs(logits, targets, tau, ref, return_entropy=True, impl="torch")
+    logz = torch.log_softmax(logits.double() / tau, -1)                          # (N, V)
     valid = targets != IGNORE
     logp = logz.gather(1, targets.clamp(min=0)[:, None]).squeeze(1) * valid    # (N,)
     ent = torch.distributions.Categorical(logits=logz).entropy() * valid        # (N,)
@@ -105,6 +106,39 @@ def test_kl_clamp_is_finite():
     ref = torch.full((4,), 500.0)  # exp(500 - logp) would overflow without the clamp
     kl = token_logprobs(logits, targets, ref_logprobs=ref).kl
     assert torch.isfinite(kl).all() and kl.min() > 1e6
+
+
+def test_k3_hand_values():
+    """r = pi_ref / pi: r = 0.5 gives 0.5 - log 0.5 - 1 = 0.193147; r = 2 gives 2 - log 2 - 1 = 0.306853."""
+    logp = torch.log(torch.tensor([0.5, 0.25, 0.3]))                            # (N,)
+    ref = torch.log(torch.tensor([0.25, 0.5, 0.3]))                             # (N,)
+    torch.testing.assert_close(kernels.k3_kl(logp, ref), torch.tensor([0.193147, 0.306853, 0.0]))
+
+
+def test_k3_clamp_is_one_sided():
+    """Policy e^25 above the reference: KL = e^-25 + 25 - 1 = 24 and d KL / d logp = 1 - e^-25 = 1.
+    (A two-sided clamp at 20 read 19 with gradient 0.) Above the clamp the value saturates, gradient 0.
+    The same through the PyTorch twin's forward and its hand-written backward."""
+    logp = torch.tensor([-1.0, -30.0], dtype=torch.float64, requires_grad=True)  # (N,)
+    ref = torch.tensor([-26.0, -1.0], dtype=torch.float64)                      # (N,) d = -25, +29
+    kl = kernels.k3_kl(logp, ref)                                               # (N,)
+    kl.sum().backward()
+    cap = kernels.KL_CLAMP
+    torch.testing.assert_close(kl.detach(), torch.tensor([24.0, torch.e ** cap - cap - 1], dtype=torch.float64))
+    torch.testing.assert_close(logp.grad, torch.tensor([1.0, 0.0], dtype=torch.float64))
+    # the fused path: two equal logits (logp = log 0.5), reference 25 below / 25 above the policy
+    logits = torch.zeros(2, 2, dtype=torch.float64, requires_grad=True)         # (N, V)
+    targets = torch.tensor([0, 0])                                              # (N,)
+    ref = math.log(0.5) + torch.tensor([-25.0, 25.0], dtype=torch.float64)      # (N,)
+    stats = token_logprobs(logits, targets, ref_logprobs=ref, impl="torch")
+    assert stats.kl[0].item() == pytest.approx(24.0, abs=1e-6)
+    logp, _, _, lse = forward_torch(logits.detach(), targets, 1.0, ref)
+    ones = torch.ones(2, dtype=torch.float64)                                   # (N,)
+    dz = backward_torch(logits.detach(), targets, lse, None, logp, ref, 0 * ones, None, ones)  # (N, V) of sum(kl)
+    (auto,) = torch.autograd.grad(stats.kl.sum(), logits)
+    torch.testing.assert_close(dz, auto)
+    torch.testing.assert_close(dz[0], torch.tensor([0.5, -0.5], dtype=torch.float64))  # 1 * (1[j = y] - p_j)
+    assert dz[1].abs().max() == 0                                               # clamped side: no gradient
 
 
 def test_bad_inputs_raise():
@@ -178,20 +212,20 @@ def interpreter_checks():
     cases = [  # (entropy, kl, temperature, BLOCK_V)
         (False, False, 1.0, 128), (True, False, 0.7, 128), (False, True, 0.7, 128),
         (True, True, 1.3, 128), (True, True, 0.7, 1024)]
-    for entropy, kl, T, block in cases:
+    for entropy, kl, tau, block in cases:
         logits, targets, ref = make_case(N, V, seed=block)
-        ref = (forward_torch(logits, targets, T)[0] + ref).float() if kl else None  # (N,)
+        ref = (forward_torch(logits, targets, tau)[0] + ref).float() if kl else None  # (N,)
         x = logits.clone().requires_grad_()
-        a = token_logprobs(x, targets, T, ref, entropy, impl="triton", block_v=block)
+        a = token_logprobs(x, targets, tau, ref, entropy, impl="triton", block_v=block)
         ga, = torch.autograd.grad(weighted_loss(a), x)
-        b = token_logprobs(logits.requires_grad_(), targets, T, ref, entropy, impl="torch")
+        b = token_logprobs(logits.requires_grad_(), targets, tau, ref, entropy, impl="torch")
         gb, = torch.autograd.grad(weighted_loss(b), logits)
         for u, w in zip((*a, ga), (*b, gb)):
             assert (u is None) == (w is None)
             if u is not None:
                 torch.testing.assert_close(u, w, atol=1e-5, rtol=1e-5)
         assert ga[0].abs().max() == 0 and ga[1].abs().max() > 0
-        print(f"ok entropy={entropy} kl={kl} T={T} BLOCK_V={block} "
+        print(f"ok entropy={entropy} kl={kl} tau={tau} BLOCK_V={block} "
               f"max|dlogp|={(a.logp - b.logp).abs().max():.1e} max|dgrad|={(ga - gb).abs().max():.1e}")
     logits, targets, _ = make_case(7, 300, dtype=torch.bfloat16)  # bf16 in, bf16 grad out
     x = logits.clone().requires_grad_()
@@ -215,6 +249,18 @@ def interpreter_checks():
     for u, v in zip((*outs[0], *grads[0]), (*outs[1], *grads[1])):
         torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-5)
     print("ok linear_token_logprobs")
+    logits, targets, _ = make_case(6, 200, masked=())                            # reference far from the policy
+    logp = forward_torch(logits, targets)[0]                                    # (N,)
+    ref = logp + torch.tensor([-25.0, -5.0, 0.0, 5.0, 19.0, 29.0])              # (N,) both sides of the clamp
+    outs = []
+    for impl in ("triton", "torch"):
+        x = logits.clone().requires_grad_()
+        s = token_logprobs(x, targets, ref_logprobs=ref, impl=impl, block_v=64 if impl == "triton" else None)
+        outs.append((s.kl, *torch.autograd.grad(s.kl.sum(), x)))
+    for u, v in zip(*outs):
+        torch.testing.assert_close(u, v, atol=1e-4, rtol=1e-5)
+    assert abs(outs[0][0][0].item() - 24.0) < 1e-4                              # low side exact, not clamped
+    print("ok k3 far from the reference")
     x = torch.randn(5, 100, requires_grad=True)                                 # (N, V) all masked
     s = token_logprobs(x, torch.full((5,), IGNORE), ref_logprobs=torch.zeros(5), return_entropy=True,
                        impl="triton", block_v=64)
@@ -231,7 +277,7 @@ def test_triton_interpreter_matches_twin():
     r = subprocess.run([sys.executable, os.path.abspath(__file__)], cwd=root, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr[-4000:]
-    assert r.stdout.count("ok ") == 8, r.stdout
+    assert r.stdout.count("ok ") == 9, r.stdout
 
 
 # ----------------------------------------------------------------------------------------------
