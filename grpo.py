@@ -1,23 +1,26 @@
 """
-grpo.py: the GRPO objective (DeepSeekMath, used by DeepSeek-R1) and one RL step from rollouts to
-gradients, with the loss variants later work argues for as documented flags.
+grpo.py: the GRPO objective (DeepSeekMath, used by DeepSeek-R1) built from small pieces, one RL step
+composed of them, and the SFT step on log-probs that distillation needs.
 
 For each prompt q the sampler draws a group of G responses o_1..o_G and rewards r_1..r_G. GRPO
 maximises (no value model; the group mean is the baseline)
 
     J = 1/G sum_i 1/|o_i| sum_t [ min(rho_it A_i, clip(rho_it, 1-eps_low, 1+eps_high) A_i) - beta KL_it ]
     rho_it = pi(o_it | q, o_i<t) / pi_old(o_it | q, o_i<t)        A_i = (r_i - mean(r)) / (std(r) + eps)
-    KL_it  = pi_ref/pi - log(pi_ref/pi) - 1                         (the "k3" estimator, always >= 0)
+    KL_it  = pi_ref/pi - log(pi_ref/pi) - 1
 
-and we minimise loss = -J. Every aggregation mode is written as per-token weights w, loss =
-sum over tokens of w_it * l_it, where l_it is the bracket above with the sign flipped:
+and we minimise loss = -J. KL_it is "k3", the third of J. Schulman's three Monte Carlo KL estimators
+("Approximating KL Divergence", 2020): unbiased under samples from pi, never negative (kernels.k3_kl).
+
+Every aggregation mode is written as per-token weights w_it, loss = sum over tokens of w_it * l_it,
+where l_it is the bracket above with the sign flipped (per_token_loss):
 
     paper default (DeepSeekMath)    w_it = 1 / (|o_i| * n)        n = responses with a loss token
     token_level=True (DAPO)         w_it = 1 / sum_i |o_i|        every token in the batch counts once
     const_norm=L (Dr. GRPO)         w_it = 1 / (L * n)            no per-response length division
     std_norm=False (Dr. GRPO)       advantages are r_i - mean(r), not divided by the group std
 
-drop_equal_groups=True (DAPO) and mask_truncated=True (DAPO's overlong filtering, Dr. GRPO's
+drop_equal_groups=True (DAPO) and drop_truncated=True (DAPO's overlong filtering, Dr. GRPO's
 "truncated -> 0") remove rows from the loss mask before the weights are computed, so they also
 leave the normaliser: n and sum_i |o_i| count only the rows that remain (the remaining rows are
 averaged as if the dropped ones had never been sampled). Because the weights are computed once
@@ -25,31 +28,37 @@ for the whole batch before it is split, the micro-batch losses add up to the ful
 gradient accumulation is exact in every mode (the common "mean per micro-batch, divide by the
 number of micro-batches" is exact only for the paper mode with equal-sized micro-batches).
 
+The file reads top to bottom: masked reductions, advantages, per-token losses, aggregation weights,
+the GRPO loss with its diagnostics, the SFT step, then rl_step, which composes them with a model.
+
 Simplifications vs the papers and production trainers (verl, TRL, OpenRLHF):
-1. One loss: clipped ratio + k3 KL. No value model, no dual clip, no KL-in-reward, no k1/k2.
+1. One RL loss in rl_step: clipped ratio + k3 KL. No value model, no dual clip, no KL-in-reward, no
+   k1/k2. The REINFORCE losses (no baseline, group-mean baseline) are here as pieces, not wired in.
 2. DAPO's dynamic sampling (re-sampling to refill dropped groups) is the caller's business; here
    drop_equal_groups only masks those groups (their rows sort last and cost width-1 forwards).
 3. Old log-probs are recomputed by the trainer (one no_grad pass when mu > 1), not taken from the
    sampler, so the ratio never mixes two numerical paths.
 4. Single process. For FSDP, rl_step takes a `normaliser` override so every rank can weight its
-   tokens with the global count (see rl_step).
-5. Diagnostics are token means over the loss mask (not weighted by w).
+   tokens with the global count (see token_weights and rl_step).
+5. Diagnostics are token means over the loss mask (not weighted by w); NaN when no token is left.
 
 Use:
     cfg = GRPOConfig(group_size=8, clip_high=0.28, token_level=True)   # DAPO-style
     stats = rl_step(model, optimizer, {"tokens": tokens, "response_mask": response_mask,
                                        "rewards": rewards, "truncated": truncated}, cfg)
-Tests: python -m pytest tests/test_grpo.py -q
+    adv = group_advantages(rewards, 8)                                  # the pieces, one at a time
+    loss = aggregate(per_token_loss(logp, old_logp, adv), token_mean_weights(mask))
+Tests: python -m pytest tests/test_grpo.py -q          Exercises: docs/assignments.md
 
-Shapes: B batch of responses (= P prompts * G group size), P prompts, G group size,
-L rollout length (prompt + response), T = L - 1 predicted positions, V vocab, C model dim,
-N loss tokens; b rows and w positions of one micro-batch.
+Shapes: B responses (= P prompts * G group size), P prompts, G group size, L rollout length
+(prompt + response), T = L - 1 predicted positions, V vocab, C model dim, N loss tokens; a micro-batch
+holds b rows and the first `width` positions.
 """
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 import torch
 
-from kernels import TokenStats, linear_token_logprobs, token_logprobs
+from kernels import TokenStats, k3_kl, linear_token_logprobs, token_logprobs
 
 IGNORE = -100  # target id for positions outside the loss; the log-prob kernel skips them
 
@@ -61,10 +70,11 @@ class GRPOConfig:
     clip_high: float = 0.2       # DAPO "clip-higher": 0.28
     beta: float = 0.0            # k3 KL coefficient; 0 -> no reference model needed
     std_norm: bool = True        # divide advantages by the group std (Dr. GRPO: False)
+    unbiased_std: bool = False   # group std with Bessel's correction (/(G-1)); False: population std (/G)
     token_level: bool = False    # DAPO: average over all tokens in the batch
     const_norm: float = 0        # Dr. GRPO: 0 off, else the constant (e.g. max_new_tokens)
     drop_equal_groups: bool = False  # groups whose rewards are all equal leave the loss
-    mask_truncated: bool = False     # responses that hit max_new_tokens leave the loss
+    drop_truncated: bool = False     # responses that hit max_new_tokens leave the loss
     mu: int = 1                  # inner updates per batch (1 = strictly on-policy)
     micro_batch: int = 16        # rows per forward/backward
     max_grad_norm: float = 1.0   # 0 -> no clipping (the norm is still reported)
@@ -72,8 +82,13 @@ class GRPOConfig:
     logprob_impl: str = "auto"   # kernels.token_logprobs impl: "auto" | "triton" | "torch"
     fused_head: bool = False     # lm_head fused into the log-prob kernel on loss tokens only (never
                                  # holds (B, T, V) logits); needs model(x, return_hidden=True), model.lm_head
+    mask_truncated: InitVar[bool | None] = None  # the old name of drop_truncated, still accepted
 
-    def __post_init__(self):
+    def __post_init__(self, mask_truncated):
+        if mask_truncated is not None:
+            if self.drop_truncated and not mask_truncated:
+                raise ValueError("drop_truncated=True and its old name mask_truncated=False disagree; set one")
+            self.drop_truncated = bool(mask_truncated)
         if self.group_size < 1 or self.mu < 1 or self.micro_batch < 1:
             raise ValueError(f"group_size, mu and micro_batch must be >= 1, got "
                              f"{self.group_size}, {self.mu}, {self.micro_batch}")
@@ -87,7 +102,27 @@ class GRPOConfig:
             raise ValueError(f"logprob_impl must be 'auto', 'triton' or 'torch', got {self.logprob_impl!r}")
 
 
-# ----------------------------------------------------------------------------- advantages and weights
+# ----------------------------------------------------------------------------- masked reductions
+
+def masked_mean(x, mask, dim=None):
+    """Mean of x over the entries where mask is True. x and mask (B, T) (any equal shapes).
+    dim=None: a 0-dim tensor; dim=d: that dimension reduced. NaN where the mask selects nothing
+    (a mean of no tokens is absent, not 0)."""
+    m = mask.to(x.dtype) if x.is_floating_point() else mask.float()  # same shape as x
+    if dim is None:
+        return (x * m).sum() / m.sum()
+    return (x * m).sum(dim) / m.sum(dim)
+
+
+def masked_normalize(x, mask, normaliser, dim=None):
+    """Sum of x over the entries where mask is True, divided by a constant normaliser.
+    x and mask (B, T); dim=None: a 0-dim tensor; dim=d: that dimension reduced. Dr. GRPO's aggregation
+    is masked_normalize(l, mask, L, dim=1).mean(): every response divided by the same L."""
+    m = mask.to(x.dtype) if x.is_floating_point() else mask.float()  # same shape as x
+    return ((x * m).sum() if dim is None else (x * m).sum(dim)) / normaliser
+
+
+# ----------------------------------------------------------------------------- advantages
 
 def _groups(rewards, group_size):
     if rewards.dim() != 1 or group_size < 1 or rewards.numel() % group_size:
@@ -97,99 +132,188 @@ def _groups(rewards, group_size):
 
 
 def group_spread(rewards, group_size):
-    """(B,) bool: True for rows whose group has at least two different rewards."""
+    """(B,) bool: True for rows whose group has at least two different rewards. rewards (B,) prompt-major."""
     r = _groups(rewards, group_size)  # (P, G)
     spread = r.amax(dim=1) > r.amin(dim=1)  # (P,)
     return spread.repeat_interleave(group_size)  # (B,)
 
 
-def group_advantages(rewards, group_size, std_norm=True, eps=1e-4):
-    """A_i = (r_i - mean of its group) / (std of its group + eps); (B,) float32.
-    std is the population std of the group. Groups with equal rewards get exactly 0 (not a
-    rounding residue of r - mean), so they contribute exactly no policy gradient."""
+def zero_spread(rewards, group_size):
+    """Share of groups whose rewards are all equal (no learning signal); a 0-dim float tensor.
+    rewards (B,) in prompt-major order (rows of one group adjacent), as sampled, never micro-batch order."""
+    r = _groups(rewards, group_size)  # (P, G)
+    return (r.amax(dim=1) == r.amin(dim=1)).float().mean()
+
+
+def group_advantages(rewards, group_size, std_norm=True, unbiased=False, eps=1e-4):
+    """A_i = (r_i - mean of its group) / (std of its group + eps). rewards (B,) prompt-major -> (B,) float32.
+    std_norm=False (Dr. GRPO): no division, A_i = r_i - mean, the REINFORCE group-mean baseline.
+    unbiased=False: population std (divide by G), the DeepSeekMath formula as written; unbiased=True:
+    Bessel's correction (divide by G - 1), torch.std's default and so what TRL, verl and OpenRLHF compute.
+    Groups with equal rewards get exactly 0 (not a rounding residue of r - mean), so they contribute
+    exactly no policy gradient."""
     r = _groups(rewards, group_size)  # (P, G)
     adv = r - r.mean(dim=1, keepdim=True)  # (P, G)
     if std_norm:
-        adv = adv / (r.std(dim=1, keepdim=True, correction=0) + eps)  # (P, G)
+        adv = adv / (r.std(dim=1, keepdim=True, correction=1 if unbiased else 0) + eps)  # (P, G)
     adv = adv.flatten()  # (B,)
     return torch.where(group_spread(rewards, group_size), adv, torch.zeros_like(adv))  # (B,)
 
 
+# ----------------------------------------------------------------------------- per-token losses, each (B, T)
+
+def reinforce_loss(logp, advantages):
+    """The REINFORCE per-token loss -A_i * logp_it: logp (B, T) of the sampled tokens (with grad),
+    advantages (B,) -> (B, T). Its gradient is the policy gradient -A_i grad log pi(o_it)."""
+    return -advantages.float()[:, None] * logp  # (B, T)
+
+
+def no_baseline_loss(logp, rewards):
+    """REINFORCE without a baseline: the raw reward is the advantage. logp (B, T), rewards (B,) -> (B, T)."""
+    return reinforce_loss(logp, rewards)  # (B, T)
+
+
+def reinforce_with_baseline_loss(logp, rewards, group_size):
+    """REINFORCE with the group mean as baseline: A_i = r_i - mean(r of its group). logp (B, T),
+    rewards (B,) prompt-major -> (B, T). Same expected gradient as no_baseline_loss, lower variance."""
+    return reinforce_loss(logp, group_advantages(rewards, group_size, std_norm=False))  # (B, T)
+
+
+def clipped_loss(logp, old_logp, advantages, clip_low=0.2, clip_high=0.2):
+    """PPO's clipped surrogate per token, sign flipped: -min(rho A, clip(rho, 1 - clip_low, 1 + clip_high) A)
+    with rho = exp(logp - old_logp). logp (B, T) with grad, old_logp (B, T), advantages (B,) -> (B, T).
+    On-policy (old_logp = logp.detach(), rho = 1) its gradient equals reinforce_loss's."""
+    adv = advantages.float()[:, None]  # (B, 1)
+    ratio = torch.exp(logp - old_logp)  # (B, T)
+    clipped = ratio.clamp(1 - clip_low, 1 + clip_high)  # (B, T)
+    return -torch.minimum(ratio * adv, clipped * adv)  # (B, T)
+
+
+def per_token_loss(logp, old_logp, advantages, clip_low=0.2, clip_high=0.2, ref_logp=None, beta=0.0):
+    """GRPO's per-token loss l_it: clipped_loss + beta * k3 KL to the reference. logp (B, T) with grad,
+    old_logp (B, T), advantages (B,), ref_logp (B, T) or None (needed when beta > 0) -> (B, T).
+    Positions outside the loss must hold finite values (grpo_loss fills them with 0)."""
+    loss = clipped_loss(logp, old_logp, advantages, clip_low, clip_high)  # (B, T)
+    if beta > 0:
+        if ref_logp is None:
+            raise ValueError("beta > 0 needs ref_logp (log-probs of the reference policy)")
+        loss = loss + beta * k3_kl(logp, ref_logp)  # (B, T)
+    return loss
+
+
+# ----------------------------------------------------------------------------- aggregation as per-token weights
+
 def loss_mask(response_mask, rewards, truncated, cfg):
-    """(B, L) bool: the response tokens that enter the loss, after drop_equal_groups / mask_truncated."""
+    """(B, L) bool: the response tokens that enter the loss, after drop_equal_groups / drop_truncated.
+    response_mask (B, L) bool, rewards (B,), truncated (B,) bool or None."""
     keep = torch.ones_like(rewards, dtype=torch.bool)  # (B,)
     if cfg.drop_equal_groups:
         keep &= group_spread(rewards, cfg.group_size)
-    if cfg.mask_truncated and truncated is not None:
+    if cfg.drop_truncated and truncated is not None:
         keep &= ~truncated.bool()
     return response_mask.bool() & keep[:, None]  # (B, L)
 
 
-def token_weights(mask, cfg, normaliser=None):
-    """Per-token weights w (B, T) float32 with loss = sum(w * per_token_loss); see the module docstring.
-    normaliser overrides the batch count the weights divide by: the number of loss tokens when
-    cfg.token_level, else the number of responses (rows with at least one loss token)."""
+def _divide(m, denominator):
+    """m / denominator where m > 0, else 0: an empty row or batch gets weight 0, never 0/0."""
+    return torch.where(m > 0, m / denominator, torch.zeros_like(m))
+
+
+def sequence_mean_weights(mask, n_responses=None):
+    """DeepSeekMath: w_it = 1 / (|o_i| * n), a mean per response, then over the n responses.
+    mask (B, T) bool -> (B, T) float32. n_responses defaults to the rows with a loss token; under
+    FSDP pass the global count / world size (it may be below 1 and is used as given)."""
     m = mask.float()  # (B, T)
-    lengths = m.sum(dim=1)  # (B,)
+    lengths = m.sum(dim=1, keepdim=True)  # (B, 1)
+    n = (lengths > 0).sum() if n_responses is None else torch.tensor(float(n_responses))
+    return _divide(m, lengths * n.to(m.device))  # (B, T)
+
+
+def token_mean_weights(mask, n_tokens=None):
+    """DAPO: w_it = 1 / sum_i |o_i|, every loss token in the batch counts once. mask (B, T) bool ->
+    (B, T) float32. n_tokens defaults to mask.sum(); under FSDP the global count / world size."""
+    m = mask.float()  # (B, T)
+    count = m.sum() if n_tokens is None else torch.tensor(float(n_tokens))
+    return _divide(m, count.to(m.device))  # (B, T)
+
+
+def constant_norm_weights(mask, const, n_responses=None):
+    """Dr. GRPO: w_it = 1 / (const * n), no per-response length division, so a long wrong answer is
+    pushed down per token as hard as a short one. mask (B, T) bool -> (B, T) float32; n as in
+    sequence_mean_weights."""
+    m = mask.float()  # (B, T)
+    n = (m.sum(dim=1) > 0).sum() if n_responses is None else torch.tensor(float(n_responses))
+    return _divide(m, const * n.to(m.device))  # (B, T)
+
+
+def token_weights(mask, cfg, normaliser=None):
+    """The weights of cfg's aggregation mode: (B, T) float32 with loss = sum(w * per_token_loss).
+    mask (B, T) bool. normaliser overrides the batch count the weights divide by: the number of loss
+    tokens when cfg.token_level, else the number of responses (rows with at least one loss token)."""
     if cfg.token_level:
-        count = lengths.sum() if normaliser is None else torch.tensor(float(normaliser))
-        return m / count.to(m.device).clamp(min=1)  # (B, T)
-    n = (lengths > 0).sum().float() if normaliser is None else torch.tensor(float(normaliser))
-    per_row = torch.full_like(lengths, cfg.const_norm) if cfg.const_norm else lengths.clamp(min=1)  # (B,)
-    return m / (per_row * n.to(m.device).clamp(min=1))[:, None]  # (B, T)
+        return token_mean_weights(mask, normaliser)
+    if cfg.const_norm:
+        return constant_norm_weights(mask, cfg.const_norm, normaliser)
+    return sequence_mean_weights(mask, normaliser)
 
 
-# ----------------------------------------------------------------------------- the loss
+def aggregate(per_token, weights):
+    """The scalar loss sum_it w_it * l_it. per_token (B, T), weights (B, T) (0 outside the loss)."""
+    return (weights * per_token).sum()
 
-def k3_kl(logp, ref_logp):
-    """Per-token k3 estimate of KL(pi || pi_ref): pi_ref/pi - log(pi_ref/pi) - 1 >= 0, same shape.
-    The log-ratio is capped at 40 (exp(40) ~ 2e17) so fp32 stays finite for far-off tokens."""
-    d = (ref_logp - logp).clamp(max=40.0)  # same shape as logp
-    return torch.exp(d) - d - 1
 
+# ----------------------------------------------------------------------------- the GRPO loss and its diagnostics
 
 def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg, weights=None, entropy=None):
-    """The GRPO loss for one (micro-)batch of per-token log-probs.
+    """The GRPO loss for one (micro-)batch: aggregate(per_token_loss(...), weights).
     logp (B, T) of the current policy (with grad); old_logp (B, T) of the sampling policy; ref_logp
     (B, T) of the reference or None (needed when cfg.beta > 0); advantages (B,); mask (B, T) bool;
     weights (B, T) from token_weights (computed from mask with cfg when None); entropy (B, T) or None.
-    Returns (loss, diagnostics): loss = sum(w * (-min(rho A, clip(rho) A) + beta * k3)); diagnostics
-    are detached 0-dim tensors, token means over the mask."""
+    Returns (loss, diagnostics): diagnostics are detached 0-dim tensors, token means over the mask
+    (NaN when the mask is empty; entropy NaN when not given; kl 0 without a reference), and "tokens"."""
     if cfg.beta > 0 and ref_logp is None:
         raise ValueError("cfg.beta > 0 needs ref_logp (log-probs of the reference policy)")
     mask = mask.bool()
     weights = token_weights(mask, cfg) if weights is None else weights  # (B, T)
-    adv = advantages.float()[:, None]  # (B, 1)
-    log_ratio = (logp - old_logp).masked_fill(~mask, 0.0)  # (B, T); masked first: no inf/nan leaks
-    ratio = torch.exp(log_ratio)  # (B, T)
-    clipped = ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high)  # (B, T)
-    per_token = -torch.minimum(ratio * adv, clipped * adv)  # (B, T)
-    kl = None
-    if ref_logp is not None:
-        kl = k3_kl(logp.masked_fill(~mask, 0.0), ref_logp.masked_fill(~mask, 0.0))  # (B, T)
-        if cfg.beta > 0:
-            per_token = per_token + cfg.beta * kl  # (B, T)
-    loss = (weights * per_token.masked_fill(~mask, 0.0)).sum()
+    logp = logp.masked_fill(~mask, 0.0)  # (B, T) masked first: no inf/nan from padding leaks into the loss
+    old_logp = old_logp.masked_fill(~mask, 0.0)  # (B, T)
+    ref_logp = ref_logp.masked_fill(~mask, 0.0) if ref_logp is not None else None  # (B, T)
+    per_token = per_token_loss(logp, old_logp, advantages, cfg.clip_low, cfg.clip_high, ref_logp, cfg.beta)
+    loss = aggregate(per_token, weights)
 
     with torch.no_grad():
-        n = mask.sum().clamp(min=1)
-        mean = lambda x: x.masked_fill(~mask, 0.0).sum() / n
+        ratio = torch.exp(logp - old_logp)  # (B, T)
+        adv = advantages.float()[:, None]  # (B, 1)
         diag = {
             "loss": loss.detach(),
-            "clip_low": mean(((ratio < 1 - cfg.clip_low) & (adv < 0)).float()),   # clip active below
-            "clip_high": mean(((ratio > 1 + cfg.clip_high) & (adv > 0)).float()),  # clip active above
-            "ratio": mean(ratio),
-            "kl_old": mean(k3_kl(logp, old_logp)),  # how far the inner updates moved from pi_old
-            "kl": mean(kl) if kl is not None else torch.zeros(()),  # k3 KL to the reference
-            "entropy": mean(entropy.float()) if entropy is not None else torch.zeros(()),
+            "clip_frac_low": masked_mean(((ratio < 1 - cfg.clip_low) & (adv < 0)).float(), mask),  # clip active
+            "clip_frac_high": masked_mean(((ratio > 1 + cfg.clip_high) & (adv > 0)).float(), mask),
+            "ratio": masked_mean(ratio, mask),
+            "kl_old": masked_mean(k3_kl(logp, old_logp), mask),  # how far the inner updates moved from pi_old
+            "kl": masked_mean(k3_kl(logp, ref_logp), mask) if ref_logp is not None else torch.zeros(()),
+            "entropy": masked_mean(entropy.float(), mask) if entropy is not None else torch.tensor(float("nan")),
             "tokens": mask.sum(),
         }
-        if advantages.numel() % cfg.group_size == 0:  # share of groups with no reward spread
-            diag["zero_spread"] = (advantages.view(-1, cfg.group_size) == 0).all(dim=1).float().mean()
     return loss, diag
 
 
-# ----------------------------------------------------------------------------- one RL step
+# ----------------------------------------------------------------------------- the SFT step
+
+def sft_microbatch_step(logp, mask, grad_accum_steps=1, normaliser=1.0):
+    """One micro-batch of supervised fine-tuning on per-token log-probs, with gradient accumulation:
+    calls backward and returns (loss, metadata); the caller steps the optimizer every grad_accum_steps.
+    logp (b, T) log-probs of the target tokens (with grad); mask (b, T) bool, True on tokens to learn.
+    loss = mean over the b rows of -(sum of the row's masked logp) / normaliser, divided by
+    grad_accum_steps, so that many equal-sized micro-batches add up to the mean over all rows.
+    normaliser=1 sums each row's NLL; a fixed token count makes it a per-token scale.
+    metadata: nll_per_token (masked mean of -logp), tokens (0-dim tensors, detached)."""
+    nll = -masked_normalize(logp, mask, normaliser, dim=1)  # (b,)
+    loss = nll.mean() / grad_accum_steps
+    loss.backward()
+    return loss.detach(), {"nll_per_token": masked_mean(-logp.detach(), mask), "tokens": mask.sum()}
+
+
+# ----------------------------------------------------------------------------- one RL step on a model
 
 def response_logprobs(model, inputs, targets, cfg, return_entropy=False):
     """Per-token log-probs (B, T) (and entropy) of targets under model(inputs) via kernels.py; 0 where
@@ -209,7 +333,8 @@ def response_logprobs(model, inputs, targets, cfg, return_entropy=False):
 def micro_batches(mask, micro_batch):
     """[(row ids (b,), width)]: rows sorted by where their last loss token ends, so rows of similar
     length share a micro-batch, and each micro-batch is cut to its longest row (right padding past it
-    is never computed). Exact: the weights are per token and causal logits ignore later positions."""
+    is never computed). Exact: the weights are per token and causal logits ignore later positions.
+    Rows leave prompt order here: anything per group (advantages, zero_spread) is computed before."""
     T = mask.shape[1]
     ends = (mask * torch.arange(1, T + 1, device=mask.device)).amax(dim=1)  # (B,) one past the last loss token
     order = ends.argsort(descending=True, stable=True)  # (B,)
@@ -221,9 +346,13 @@ def micro_batches(mask, micro_batch):
 def _frozen_logprobs(model, inputs, targets, cfg, batches):
     """Log-probs (B, T) of a frozen policy (the reference, or pi_old before the first update)."""
     out = torch.zeros(targets.shape, device=targets.device)  # (B, T)
-    for idx, w in batches:
-        out[idx, :w] = response_logprobs(model, inputs[idx, :w], targets[idx, :w], cfg).logp  # (b, w)
+    for rows, width in batches:
+        stats = response_logprobs(model, inputs[rows, :width], targets[rows, :width], cfg)
+        out[rows, :width] = stats.logp  # (b, width)
     return out
+
+
+DIAGNOSTICS = ("clip_frac_low", "clip_frac_high", "ratio", "kl", "kl_old")  # token means over updates
 
 
 def rl_step(model, optimizer, rollouts, cfg, ref_model=None, normaliser=None):
@@ -233,9 +362,10 @@ def rl_step(model, optimizer, rollouts, cfg, ref_model=None, normaliser=None):
     grouped prompt-major. ref_model is only used (and only needed) when cfg.beta > 0.
     normaliser: see token_weights. Under FSDP pass the global count divided by the world size (the
     gradient all-reduce averages over ranks), so the summed gradient is the global-batch gradient.
-    Returns a dict of floats: loss, clip_low, clip_high, ratio, kl, kl_old, entropy (token means over
-    all micro-batches and updates; entropy from the first update), grad_norm (mean over updates),
-    reward_mean, reward_std, zero_spread, response_len, truncated, tokens."""
+    Returns a dict of floats: loss, clip_frac_low, clip_frac_high, ratio, kl, kl_old, entropy (token
+    means over all micro-batches and updates; entropy from the first update; NaN when no loss token is
+    left, e.g. every response truncated and dropped), grad_norm (mean over updates), reward_mean,
+    reward_std, zero_spread, response_len, truncated, tokens."""
     if cfg.beta > 0 and ref_model is None:
         raise ValueError("cfg.beta > 0 needs a ref_model (or set beta=0)")
     device = next(model.parameters()).device
@@ -248,48 +378,52 @@ def rl_step(model, optimizer, rollouts, cfg, ref_model=None, normaliser=None):
         raise ValueError(f"need tokens (B, L), response_mask (B, L), rewards (B,); got {tuple(tokens.shape)}, "
                          f"{tuple(response_mask.shape)}, {tuple(rewards.shape)}")
 
-    advantages = group_advantages(rewards, cfg.group_size, cfg.std_norm)  # (B,)
+    advantages = group_advantages(rewards, cfg.group_size, cfg.std_norm, cfg.unbiased_std)  # (B,) prompt order
     mask = loss_mask(response_mask, rewards, truncated, cfg)[:, 1:]  # (B, T) position t predicts token t+1
     inputs = tokens[:, :-1]  # (B, T)
     targets = tokens[:, 1:].masked_fill(~mask, IGNORE)  # (B, T)
     weights = token_weights(mask, cfg, normaliser)  # (B, T) once for the whole batch
-    batches = micro_batches(mask, cfg.micro_batch)  # [(row ids (b,), width w)]
+    batches = micro_batches(mask, cfg.micro_batch)  # [(row ids (b,), width)], length-sorted
     ref_logp = _frozen_logprobs(ref_model, inputs, targets, cfg, batches) if cfg.beta > 0 else None  # (B, T)
     old_logp = _frozen_logprobs(model, inputs, targets, cfg, batches) if cfg.mu > 1 else None  # (B, T)
 
-    n = mask.sum().clamp(min=1).float()  # loss tokens, the same in every update
-    sums = dict.fromkeys(["loss", "clip_low", "clip_high", "ratio", "kl", "kl_old", "entropy"], 0.0)
+    sums = dict.fromkeys(("loss", "entropy") + DIAGNOSTICS, 0.0)  # token-weighted sums of the diagnostics
     grad_norms = []
     for update in range(cfg.mu):
         optimizer.zero_grad(set_to_none=True)
-        for idx, w in batches:
-            stats = response_logprobs(model, inputs[idx, :w], targets[idx, :w], cfg, return_entropy=update == 0)
-            old = old_logp[idx, :w] if old_logp is not None else stats.logp.detach()  # (b, w)
-            ref = ref_logp[idx, :w] if ref_logp is not None else None  # (b, w)
-            loss, diag = grpo_loss(stats.logp, old, ref, advantages[idx], mask[idx, :w], cfg, weights[idx, :w],
-                                   stats.entropy)
+        for rows, width in batches:
+            stats = response_logprobs(model, inputs[rows, :width], targets[rows, :width], cfg,
+                                      return_entropy=update == 0)
+            old = old_logp[rows, :width] if old_logp is not None else stats.logp.detach()  # (b, width)
+            ref = ref_logp[rows, :width] if ref_logp is not None else None  # (b, width)
+            loss, diag = grpo_loss(stats.logp, old, ref, advantages[rows], mask[rows, :width], cfg,
+                                   weights[rows, :width], stats.entropy)
             aux = getattr(model, "aux_loss", None)  # MoE balance loss of this forward (a batch mean)
             if isinstance(aux, torch.Tensor):
-                loss = loss + aux * (len(idx) / tokens.shape[0])  # micro-batch shares sum to the batch mean
+                loss = loss + aux * (len(rows) / tokens.shape[0])  # micro-batch shares sum to the batch mean
             loss.backward()
-            share = diag["tokens"] / n  # this micro-batch's share of the loss tokens
+            n = diag["tokens"]  # loss tokens in this micro-batch; a mean over none (NaN) adds nothing
+            add = lambda mean: torch.where(n > 0, mean * n, 0.0)  # noqa: E731
             sums["loss"] += diag["loss"] / cfg.mu
-            for name in ("clip_low", "clip_high", "ratio", "kl", "kl_old"):
-                sums[name] += diag[name] * share / cfg.mu
+            for name in DIAGNOSTICS:
+                sums[name] += add(diag[name]) / cfg.mu
             if update == 0:
-                sums["entropy"] += diag["entropy"] * share
+                sums["entropy"] += add(diag["entropy"])
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
         optimizer.step()
-        if hasattr(model, "update_router_bias"):
+        if hasattr(model, "update_router_bias"):  # DeepSeek-V3's aux-loss-free balancing, once per update
             model.update_router_bias()
 
-    out = {name: float(value) for name, value in sums.items()}
+    total = float(mask.sum())  # loss tokens, the same in every update
+    out = {"loss": float(sums["loss"])}
+    for name in ("entropy",) + DIAGNOSTICS:  # token means; absent (NaN) when no token was in the loss
+        out[name] = float(sums[name]) / total if total > 0 else float("nan")
     out["grad_norm"] = float(torch.stack(grad_norms).mean())
     out["reward_mean"] = float(rewards.mean())
     out["reward_std"] = float(rewards.std(correction=0))
-    out["zero_spread"] = float((~group_spread(rewards, cfg.group_size)).float().mean())
+    out["zero_spread"] = float(zero_spread(rewards, cfg.group_size))
     out["response_len"] = float(response_mask.sum(dim=1).float().mean())
     out["truncated"] = float(truncated.float().mean())
-    out["tokens"] = float(mask.sum())
+    out["tokens"] = total
     return out

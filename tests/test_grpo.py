@@ -14,8 +14,11 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from grpo import (GRPOConfig, _frozen_logprobs, group_advantages, grpo_loss, k3_kl, loss_mask,  # noqa: E402
-                  micro_batches, response_logprobs, rl_step, token_weights)
+import grpo  # noqa: E402
+from grpo import (GRPOConfig, _frozen_logprobs, aggregate, clipped_loss, constant_norm_weights,  # noqa: E402
+                  group_advantages, grpo_loss, k3_kl, loss_mask, masked_mean, masked_normalize, micro_batches,
+                  no_baseline_loss, per_token_loss, reinforce_loss, reinforce_with_baseline_loss, response_logprobs,
+                  rl_step, sequence_mean_weights, sft_microbatch_step, token_mean_weights, token_weights)
 
 
 class TinyLM(nn.Module):
@@ -84,7 +87,7 @@ def test_equal_reward_group_gives_exactly_zero_policy_gradient():
     loss, diag = grpo_loss(logp[:4], old[:4], None, adv[:4], mask[:4], cfg)  # the equal group alone
     loss.backward(retain_graph=True)
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())
-    assert diag["zero_spread"] == 1.0
+    assert grpo.zero_spread(ro["rewards"][:4], 4) == 1.0 and grpo.zero_spread(ro["rewards"], 4) == 0.5
     model.zero_grad()
     grpo_loss(logp[4:], old[4:], None, adv[4:], mask[4:], cfg)[0].backward()  # the other group is not zero
     assert model.head.weight.grad.abs().sum() > 0
@@ -95,7 +98,8 @@ def test_equal_reward_group_gives_exactly_zero_policy_gradient():
 def _grad_of_loss(ratios, adv, cfg):
     logp = torch.log(torch.tensor(ratios)).requires_grad_()  # (N,) with old_logp = 0
     n = logp.shape[0]
-    loss, _ = grpo_loss(logp[None], torch.zeros(1, n), None, torch.tensor([adv]), torch.ones(1, n, dtype=torch.bool), cfg)
+    mask = torch.ones(1, n, dtype=torch.bool)  # (1, N)
+    loss, _ = grpo_loss(logp[None], torch.zeros(1, n), None, torch.tensor([adv]), mask, cfg)
     loss.backward()
     return loss, logp.grad
 
@@ -126,8 +130,10 @@ def test_clipping_blocks_gradient_only_in_the_clipped_direction():
 def test_clip_fraction_diagnostics():
     cfg = GRPOConfig(group_size=2)
     logp = torch.log(torch.tensor([[1.5, 1.0, 0.5], [0.5, 1.5, 1.0]]))  # (B, T) with old = 0
-    _, d = grpo_loss(logp, torch.zeros(2, 3), None, torch.tensor([1.0, -1.0]), torch.ones(2, 3, dtype=torch.bool), cfg)
-    assert d["clip_high"] == pytest.approx(1 / 6) and d["clip_low"] == pytest.approx(1 / 6)
+    mask = torch.ones(2, 3, dtype=torch.bool)  # (B, T)
+    _, d = grpo_loss(logp, torch.zeros(2, 3), None, torch.tensor([1.0, -1.0]), mask, cfg)
+    assert d["clip_frac_high"] == pytest.approx(1 / 6) and d["clip_frac_low"] == pytest.approx(1 / 6)
+    assert "clip_low" not in d and "clip_high" not in d  # the names of the settings, not of the diagnostics
     assert d["ratio"] == pytest.approx(1.0)
 
 
@@ -147,7 +153,8 @@ def test_k3_kl_nonnegative_zero_when_equal_and_gradient_matches_definition():
     torch.testing.assert_close(g, 1 - (ref - logp.detach()).exp())  # closed form
     # in the loss: A = 0 leaves beta * mean k3 (paper aggregation, one response)
     cfg = GRPOConfig(group_size=1, beta=0.1)
-    loss, d = grpo_loss(logp[None], logp.detach()[None], ref[None], torch.zeros(1), torch.ones(1, 64, dtype=torch.bool), cfg)
+    mask = torch.ones(1, 64, dtype=torch.bool)  # (1, N)
+    loss, d = grpo_loss(logp[None], logp.detach()[None], ref[None], torch.zeros(1), mask, cfg)
     torch.testing.assert_close(loss, 0.1 * kl.mean())
     assert d["kl"] == pytest.approx(kl.mean().item())
 
@@ -170,8 +177,8 @@ def _hand_example():
     ({"const_norm": 4}, (-0.55 + 1.5) / (4 * 4)),                         # Dr. GRPO: constant 4, 4 responses
     ({"drop_equal_groups": True}, (-0.55 + 1.5 / 3) / 2),                 # group 1 leaves the loss and n
     ({"drop_equal_groups": True, "token_level": True}, (-0.55 + 1.5) / 4),
-    ({"mask_truncated": True}, -0.55 / 3),                                # row 1 leaves: 3 responses left
-    ({"mask_truncated": True, "token_level": True}, -0.55 / 5),
+    ({"drop_truncated": True}, -0.55 / 3),                                # row 1 leaves: 3 responses left
+    ({"drop_truncated": True, "token_level": True}, -0.55 / 5),
 ])
 def test_aggregation_modes_match_hand_computed_values(flags, expected):
     rewards, mask, logp, truncated = _hand_example()
@@ -186,10 +193,10 @@ def test_aggregation_modes_match_hand_computed_values(flags, expected):
 
 def test_normaliser_override():
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]], dtype=torch.bool)  # (B, T)
-    w = token_weights(mask, GRPOConfig(group_size=2, token_level=True), normaliser=10)  # (B, T)
-    torch.testing.assert_close(w, mask.float() / 10)
-    w = token_weights(mask, GRPOConfig(group_size=2), normaliser=4)  # (B, T) 4 responses globally
-    torch.testing.assert_close(w[1], torch.full((3,), 1 / 12))
+    weights = token_weights(mask, GRPOConfig(group_size=2, token_level=True), normaliser=10)  # (B, T)
+    torch.testing.assert_close(weights, mask.float() / 10)
+    weights = token_weights(mask, GRPOConfig(group_size=2), normaliser=4)  # (B, T) 4 responses globally
+    torch.testing.assert_close(weights[1], torch.full((3,), 1 / 12))
 
 
 MODES = [
@@ -197,8 +204,9 @@ MODES = [
     {"token_level": True},
     {"const_norm": 16, "std_norm": False},
     {"drop_equal_groups": True, "token_level": True, "clip_high": 0.28},
-    {"mask_truncated": True},
+    {"drop_truncated": True},
     {"beta": 0.05},
+    {"unbiased_std": True},
 ]
 
 
@@ -231,9 +239,9 @@ def test_micro_batches_sort_by_length_and_crop_padding():
     for row, (a, b) in enumerate([(2, 4), (3, 9), (1, 2), (0, 0), (5, 7)]):
         mask[row, a:b] = True
     batches = micro_batches(mask, 2)
-    assert [w for _, w in batches] == [9, 4, 1]  # longest first; the empty row still gets width 1
-    assert sorted(torch.cat([i for i, _ in batches]).tolist()) == list(range(5))
-    assert all(not mask[idx, w:].any() for idx, w in batches)  # nothing cut off is in the loss
+    assert [width for _, width in batches] == [9, 4, 1]  # longest first; the empty row still gets width 1
+    assert sorted(torch.cat([rows for rows, _ in batches]).tolist()) == list(range(5))
+    assert all(not mask[rows, width:].any() for rows, width in batches)  # nothing cut off is in the loss
 
 
 def test_rl_step_loss_equals_grpo_loss_on_the_whole_batch():
@@ -298,9 +306,9 @@ def test_mu_greater_than_one_first_update_is_on_policy():
     targets = ro["tokens"][:, 1:].masked_fill(~mask, -100)  # (B, T)
     batches = micro_batches(mask, 3)
     old = _frozen_logprobs(model, ro["tokens"][:, :-1], targets, cfg, batches)  # (B, T)
-    for idx, w in batches:
-        new = response_logprobs(model, ro["tokens"][idx, :w], targets[idx, :w], cfg).logp  # (b, w)
-        assert torch.equal(torch.exp(new - old[idx, :w]), torch.ones_like(new))  # ratio exactly 1 at first
+    for rows, width in batches:
+        new = response_logprobs(model, ro["tokens"][rows, :width], targets[rows, :width], cfg).logp  # (b, width)
+        assert torch.equal(torch.exp(new - old[rows, :width]), torch.ones_like(new))  # ratio exactly 1 at first
 
     on_policy_model, multi_model = copy.deepcopy(model), copy.deepcopy(model)
     opt1, opt3 = RecordingSGD(on_policy_model.parameters(), 0.5), RecordingSGD(multi_model.parameters(), 0.5)
@@ -330,7 +338,8 @@ def test_errors():
         GRPOConfig(clip_low=1.5)
     model = TinyLM()
     with pytest.raises(ValueError, match="ref_model"):
-        rl_step(model, torch.optim.SGD(model.parameters(), lr=0.1), make_rollouts(), GRPOConfig(group_size=4, beta=0.1))
+        rl_step(model, torch.optim.SGD(model.parameters(), lr=0.1), make_rollouts(),
+                GRPOConfig(group_size=4, beta=0.1))
     with pytest.raises(ValueError, match="divisible"):
         rl_step(model, torch.optim.SGD(model.parameters(), lr=0.1), make_rollouts(B=8), GRPOConfig(group_size=3))
 
