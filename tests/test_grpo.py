@@ -1,6 +1,7 @@
 """Tests for grpo.py: advantages, clipping, k3 KL, every aggregation mode (by hand and under
 micro-batching), the Dr. GRPO length bias, mu > 1, and the Triton kernel path (interpreter on CPU)."""
 import copy
+import math
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import grpo  # noqa: E402
+import kernels  # noqa: E402
 from grpo import (GRPOConfig, _frozen_logprobs, aggregate, clipped_loss, constant_norm_weights,  # noqa: E402
                   group_advantages, grpo_loss, k3_kl, loss_mask, masked_mean, masked_normalize, micro_batches,
                   no_baseline_loss, per_token_loss, reinforce_loss, reinforce_with_baseline_loss, response_logprobs,
@@ -58,6 +60,27 @@ def make_rollouts(B=8, G=4, L=12, vocab=13, seed=0):
     return {"tokens": tokens, "response_mask": response_mask, "rewards": rewards, "truncated": truncated}
 
 
+# ----------------------------------------------------------------------------- masked reductions
+
+def test_masked_mean_hand_values():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])  # (B, T)
+    mask = torch.tensor([[1, 1, 0], [0, 0, 1]], dtype=torch.bool)  # (B, T)
+    assert masked_mean(x, mask).item() == pytest.approx(3.0)  # (1 + 2 + 6) / 3
+    torch.testing.assert_close(masked_mean(x, mask, dim=1), torch.tensor([1.5, 6.0]))
+    torch.testing.assert_close(masked_mean(x, mask, dim=0), torch.tensor([1.0, 2.0, 6.0]))
+    empty = masked_mean(x, torch.zeros(2, 3, dtype=torch.bool))  # a mean over nothing is absent, not 0
+    assert torch.isnan(empty)
+
+
+def test_masked_normalize_hand_values():
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])  # (B, T)
+    mask = torch.tensor([[1, 1, 0], [0, 0, 1]], dtype=torch.bool)  # (B, T)
+    assert masked_normalize(x, mask, 2.0).item() == pytest.approx(4.5)  # (1 + 2 + 6) / 2
+    torch.testing.assert_close(masked_normalize(x, mask, 2.0, dim=1), torch.tensor([1.5, 3.0]))
+    torch.testing.assert_close(masked_normalize(x, mask, 4.0, dim=0), torch.tensor([0.25, 0.5, 1.5]))
+    assert masked_normalize(x, torch.zeros(2, 3, dtype=torch.bool), 2.0).item() == 0.0
+
+
 # ----------------------------------------------------------------------------- advantages
 
 def test_group_advantages_zero_mean_unit_std_and_exact_zero_for_equal_groups():
@@ -73,6 +96,17 @@ def test_group_advantages_zero_mean_unit_std_and_exact_zero_for_equal_groups():
                                torch.tensor([0.5, -0.5]) / (0.5 + 1e-4))
     with pytest.raises(ValueError):
         group_advantages(torch.ones(5), 4)
+
+
+def test_group_advantages_population_vs_unbiased_std_hand_values():
+    """Group [1, 0, 0, 0]: mean .25, deviations [.75, -.25, -.25, -.25]. Population std sqrt(.75 / 4) = .433013;
+    unbiased (Bessel, torch.std's default, what TRL / verl / OpenRLHF use) sqrt(.75 / 3) = .5; eps 1e-4."""
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0])  # (B,) one group
+    torch.testing.assert_close(group_advantages(r, 4), torch.tensor([1.731651, -0.577217, -0.577217, -0.577217]))
+    torch.testing.assert_close(group_advantages(r, 4, unbiased=True),
+                               torch.tensor([1.499700, -0.499900, -0.499900, -0.499900]))
+    torch.testing.assert_close(group_advantages(r, 4, std_norm=False, unbiased=True),
+                               torch.tensor([0.75, -0.25, -0.25, -0.25]))  # no std: the flag changes nothing
 
 
 def test_equal_reward_group_gives_exactly_zero_policy_gradient():
@@ -159,6 +193,51 @@ def test_k3_kl_nonnegative_zero_when_equal_and_gradient_matches_definition():
     assert d["kl"] == pytest.approx(kl.mean().item())
 
 
+def test_clipped_loss_hand_values():
+    """rho = [1.5, 0.5, 1.1], clip to [0.8, 1.2]. A = +1: -min(rho, clip(rho)) = [-1.2, -0.5, -1.1];
+    A = -1: -min(-rho, -clip(rho)) = [1.5, 0.8, 1.1]."""
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1], [1.5, 0.5, 1.1]]))  # (B, T) with old_logp = 0
+    out = clipped_loss(logp, torch.zeros(2, 3), torch.tensor([1.0, -1.0]), 0.2, 0.2)  # (B, T)
+    torch.testing.assert_close(out, torch.tensor([[-1.2, -0.5, -1.1], [1.5, 0.8, 1.1]]))
+
+
+def test_per_token_loss_adds_beta_k3_hand_values():
+    """On-policy rho = 1, A = [2, -1]: clipped part [-2, 1]. The reference has half the policy's probability
+    on token 0 (k3 = .5 - log .5 - 1 = .193147) and the same on token 1 (k3 = 0); beta = 0.1."""
+    logp = torch.log(torch.tensor([[0.4, 0.3], [0.4, 0.3]]))  # (B, T)
+    ref = torch.log(torch.tensor([[0.2, 0.3], [0.2, 0.3]]))  # (B, T)
+    out = per_token_loss(logp, logp, torch.tensor([2.0, -1.0]), ref_logp=ref, beta=0.1)  # (B, T)
+    torch.testing.assert_close(out, torch.tensor([[-2.0 + 0.0193147, -2.0], [1.0 + 0.0193147, 1.0]]))
+    torch.testing.assert_close(per_token_loss(logp, logp, torch.tensor([2.0, -1.0]), ref_logp=ref),
+                               torch.tensor([[-2.0, -2.0], [1.0, 1.0]]))  # beta = 0: the reference is unused
+    with pytest.raises(ValueError, match="ref_logp"):
+        per_token_loss(logp, logp, torch.tensor([2.0, -1.0]), beta=0.1)
+    assert grpo.k3_kl is kernels.k3_kl  # one k3 definition (and one clamp) for grpo.py and kernels.py
+
+
+def test_reinforce_losses_hand_values():
+    """logp = log [.5, .25] per row; rewards [1, 0] (one group of 2). No baseline: A = r, so row 1 gets 0;
+    group-mean baseline: A = [.5, -.5]. -A log p: log .5 = -.693147, log .25 = -1.386294."""
+    logp = torch.log(torch.tensor([[0.5, 0.25], [0.5, 0.25]]))  # (B, T)
+    rewards = torch.tensor([1.0, 0.0])  # (B,)
+    torch.testing.assert_close(no_baseline_loss(logp, rewards), torch.tensor([[0.693147, 1.386294], [0.0, 0.0]]))
+    torch.testing.assert_close(reinforce_with_baseline_loss(logp, rewards, 2),
+                               torch.tensor([[0.346574, 0.693147], [-0.346574, -0.693147]]))
+    torch.testing.assert_close(reinforce_loss(logp, torch.tensor([2.0, 0.0]))[0], torch.tensor([1.386294, 2.772589]))
+
+
+def test_on_policy_clipped_gradient_equals_reinforce_gradient():
+    """At rho = 1 the clip is inactive and d(-rho A)/d logp = -A: GRPO's first update is REINFORCE with the
+    group-normalised advantage as its baseline-corrected return."""
+    torch.manual_seed(0)
+    logp = torch.log_softmax(torch.randn(4, 6), -1).requires_grad_()  # (B, T)
+    adv = group_advantages(torch.tensor([1.0, 0.0, 0.5, 0.5]), 2)  # (B,)
+    weights = token_mean_weights(torch.ones(4, 6, dtype=torch.bool))  # (B, T)
+    (g_clip,) = torch.autograd.grad(aggregate(clipped_loss(logp, logp.detach(), adv), weights), logp)
+    (g_pg,) = torch.autograd.grad(aggregate(reinforce_loss(logp, adv), weights), logp)
+    torch.testing.assert_close(g_clip, g_pg)
+
+
 # ----------------------------------------------------------------------------- aggregation modes
 
 def _hand_example():
@@ -199,6 +278,58 @@ def test_normaliser_override():
     torch.testing.assert_close(weights[1], torch.full((3,), 1 / 12))
 
 
+def test_aggregation_weights_hand_values_and_their_masked_reduction_twins():
+    """mask rows of 1 and 3 tokens. DeepSeekMath: 1/(1*2), 1/(3*2); DAPO: 1/4 each; Dr. GRPO with L = 4:
+    1/(4*2) each. Each is a masked_mean / masked_normalize written as weights."""
+    mask = torch.tensor([[1, 0, 0], [1, 1, 1]], dtype=torch.bool)  # (B, T)
+    torch.testing.assert_close(sequence_mean_weights(mask), torch.tensor([[1 / 2, 0, 0], [1 / 6, 1 / 6, 1 / 6]]))
+    torch.testing.assert_close(token_mean_weights(mask), torch.tensor([[1 / 4, 0, 0], [1 / 4, 1 / 4, 1 / 4]]))
+    torch.testing.assert_close(constant_norm_weights(mask, 4), torch.tensor([[1 / 8, 0, 0], [1 / 8, 1 / 8, 1 / 8]]))
+    x = torch.tensor([[3.0, 7.0, 7.0], [1.0, 2.0, 6.0]])  # (B, T) a per-token loss
+    assert aggregate(x, sequence_mean_weights(mask)).item() == pytest.approx(masked_mean(x, mask, 1).mean().item())
+    assert aggregate(x, token_mean_weights(mask)).item() == pytest.approx(masked_mean(x, mask).item())
+    assert aggregate(x, constant_norm_weights(mask, 4)).item() == pytest.approx(
+        masked_normalize(x, mask, 4, dim=1).mean().item())
+    assert aggregate(x, sequence_mean_weights(mask)).item() == pytest.approx(3 / 2 + 9 / 6)  # hand: 3.0
+    empty = torch.zeros(2, 3, dtype=torch.bool)  # (B, T) nothing left: weights 0, never 0/0
+    for weights in (sequence_mean_weights(empty), token_mean_weights(empty), constant_norm_weights(empty, 4)):
+        assert torch.equal(weights, torch.zeros(2, 3))
+
+
+def test_fsdp_normaliser_below_one_is_used_as_given():
+    """3 ranks, 2 surviving responses in all: each rank divides by 2 / 3 and the all-reduce averages the 3
+    ranks, so a 2-token response on rank 0 gets 1 / (2 * 2/3) = 0.75 per token (0.5 if clamped at 1)."""
+    mask = torch.tensor([[1, 1, 0], [0, 0, 0]], dtype=torch.bool)  # (B, T) this rank: one response left
+    torch.testing.assert_close(token_weights(mask, GRPOConfig(group_size=2), normaliser=2 / 3),
+                               torch.tensor([[0.75, 0.75, 0.0], [0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(token_weights(mask, GRPOConfig(group_size=2, token_level=True), normaliser=3 / 3),
+                               torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(token_weights(mask, GRPOConfig(group_size=2, token_level=True), normaliser=2 / 3),
+                               torch.tensor([[1.5, 1.5, 0.0], [0.0, 0.0, 0.0]]))
+
+
+@pytest.mark.parametrize("flags", [{}, {"token_level": True}], ids=["paper", "token_level"])
+def test_simulated_ranks_average_to_the_full_batch_gradient(flags):
+    """Three simulated ranks, one group of 2 each, drop_truncated leaves 2 responses (ranks 0 and 1, none on
+    rank 2). Each rank runs rl_step with normaliser = global count / 3; the mean of their gradients (what the
+    FSDP all-reduce computes) must equal one process's gradient on the whole batch."""
+    ro = make_rollouts(B=6, G=2, seed=3)
+    ro["rewards"] = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])  # (B,) every group has spread
+    ro["truncated"] = torch.tensor([False, True, True, False, True, True])  # (B,)
+    cfg = GRPOConfig(group_size=2, drop_truncated=True, max_grad_norm=0, **flags)
+    full, _ = _grads_after_step(cfg, ro)
+    mask = loss_mask(ro["response_mask"], ro["rewards"], ro["truncated"], cfg)[:, 1:]  # (B, T)
+    count = float(mask.sum() if cfg.token_level else (mask.sum(1) > 0).sum())
+    per_rank = []
+    for rank in range(3):
+        part = {k: v[2 * rank:2 * rank + 2] for k, v in ro.items()}
+        grads, _ = _grads_after_step(cfg, part, normaliser=count / 3)
+        per_rank.append(grads)
+    for i, g in enumerate(full):
+        torch.testing.assert_close(sum(r[i] for r in per_rank) / 3, g, atol=1e-6, rtol=1e-5)
+    assert max(g.abs().max() for g in full) > 0
+
+
 MODES = [
     {},
     {"token_level": True},
@@ -210,7 +341,7 @@ MODES = [
 ]
 
 
-def _grads_after_step(cfg, ro, aux=False):
+def _grads_after_step(cfg, ro, aux=False, normaliser=None):
     torch.manual_seed(0)
     model = TinyLM(aux=aux)
     ref = copy.deepcopy(model)
@@ -218,7 +349,7 @@ def _grads_after_step(cfg, ro, aux=False):
         for p in ref.parameters():
             p.add_(0.1 * torch.randn_like(p))
     opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: grads stay those of this batch
-    stats = rl_step(model, opt, ro, cfg, ref_model=ref if cfg.beta else None)
+    stats = rl_step(model, opt, ro, cfg, ref_model=ref if cfg.beta else None, normaliser=normaliser)
     return [p.grad.clone() for p in model.parameters()], stats
 
 
@@ -283,6 +414,81 @@ def test_length_bias_of_per_response_averaging():
     g = per_token_grad(GRPOConfig(group_size=4, const_norm=8, std_norm=False))
     assert g[2, 0] == g[3, 0] > 0
     assert g[3, :8].sum() == pytest.approx(4 * g[2, :2].sum().item())  # longer wrong answer, more penalty
+
+
+def test_zero_spread_comes_from_prompt_order_not_micro_batch_order():
+    """rl_step hands grpo_loss length-sorted rows; a per-group statistic read from them regroups the wrong rows.
+    Group 0 (rows 0-1) has equal rewards and short responses, group 1 long ones: the length sort interleaves them."""
+    tokens = torch.randint(1, 13, (4, 8), generator=torch.Generator().manual_seed(0))  # (B, L)
+    response_mask = torch.zeros(4, 8, dtype=torch.bool)  # (B, L)
+    for row, end in enumerate([3, 7, 8, 4]):  # rows 1 and 2 longest: sorted order is 2, 1, 3, 0
+        response_mask[row, 2:end] = True
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0])  # (B,) group 0 equal, group 1 spread: zero_spread = 1/2
+    ro = {"tokens": tokens, "response_mask": response_mask, "rewards": rewards}
+    cfg = GRPOConfig(group_size=2, micro_batch=4)
+    model = TinyLM()
+    stats = rl_step(model, torch.optim.SGD(model.parameters(), lr=0.0), ro, cfg)
+    assert stats["zero_spread"] == 0.5
+    rows, width = micro_batches(response_mask[:, 1:], 4)[0]
+    assert rows.tolist() == [2, 1, 3, 0]  # what the loss sees
+    adv = group_advantages(ro["rewards"], 2)  # (B,)
+    logp = torch.zeros(4, width)  # (b, width)
+    _, diag = grpo_loss(logp, logp, None, adv[rows], response_mask[rows, 1:width + 1], cfg)
+    # a zero_spread from these rows would regroup (2, 1) and (3, 0) and read 0.0
+    assert diag.get("zero_spread", 0.5) == 0.5
+
+
+def test_entropy_is_absent_not_zero_when_every_response_is_dropped():
+    """All rollouts truncated and dropped: no token is measured, so entropy (and the other token means)
+    must read NaN, not a fake collapse to 0.0. The loss and the gradient are exactly 0."""
+    ro = make_rollouts(B=8, G=4)
+    ro["truncated"] = torch.ones(8, dtype=torch.bool)  # (B,)
+    model = TinyLM()
+    stats = rl_step(model, torch.optim.SGD(model.parameters(), lr=0.1), ro, GRPOConfig(group_size=4, micro_batch=3,
+                                                                                      drop_truncated=True))
+    assert stats["tokens"] == 0 and stats["loss"] == 0 and stats["grad_norm"] == 0
+    for name in ("entropy", "ratio", "clip_frac_low", "clip_frac_high", "kl_old"):
+        assert math.isnan(stats[name]), (name, stats[name])
+    kept = rl_step(model, torch.optim.SGD(model.parameters(), lr=0.1), ro, GRPOConfig(group_size=4, micro_batch=3))
+    assert kept["entropy"] > 0 and kept["ratio"] == pytest.approx(1.0)  # the same rows, kept: measured
+
+
+def test_drop_truncated_old_name_still_accepted():
+    assert GRPOConfig(mask_truncated=True).drop_truncated is True
+    assert GRPOConfig(mask_truncated=False).drop_truncated is False
+    assert GRPOConfig(drop_truncated=True).drop_truncated is True
+    with pytest.raises(ValueError, match="mask_truncated"):
+        GRPOConfig(drop_truncated=True, mask_truncated=False)
+
+
+# ----------------------------------------------------------------------------- the SFT step
+
+def test_sft_microbatch_step_hand_values():
+    """Rows: logp [-1, -2, (-3 masked)] and [-0.5, (-1, -9 masked)]; 2 accumulation steps, normaliser 1:
+    per-row NLL sums [3, 0.5], mean 1.75, / 2 = 0.875. d loss / d logp = -1 / (b * steps) = -0.25 on the mask."""
+    logp = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -1.0, -9.0]], requires_grad=True)  # (b, T)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]], dtype=torch.bool)  # (b, T)
+    loss, meta = sft_microbatch_step(logp, mask, grad_accum_steps=2)
+    assert loss.item() == pytest.approx(0.875)
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.25, -0.25, 0.0], [-0.25, 0.0, 0.0]]))
+    assert meta["nll_per_token"].item() == pytest.approx(3.5 / 3) and meta["tokens"].item() == 3
+    logp.grad = None
+    loss, _ = sft_microbatch_step(logp, mask, grad_accum_steps=1, normaliser=4.0)  # per-token scale 1/4
+    assert loss.item() == pytest.approx(3.5 / 4 / 2)
+    torch.testing.assert_close(logp.grad, torch.tensor([[-0.125, -0.125, 0.0], [-0.125, 0.0, 0.0]]))
+
+
+def test_sft_gradient_accumulation_equals_one_big_batch():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 5, 7, requires_grad=True)  # (B, T, V)
+    targets = torch.randint(0, 7, (4, 5))  # (B, T)
+    mask = torch.rand(4, 5) > 0.3  # (B, T)
+    logp = lambda rows: torch.log_softmax(logits[rows], -1).gather(-1, targets[rows, :, None])[..., 0]  # noqa
+    sft_microbatch_step(logp(slice(0, 4)), mask, grad_accum_steps=1, normaliser=5)
+    full, logits.grad = logits.grad.clone(), None
+    for rows in (slice(0, 2), slice(2, 4)):
+        sft_microbatch_step(logp(rows), mask[rows], grad_accum_steps=2, normaliser=5)
+    torch.testing.assert_close(logits.grad, full)
 
 
 # ----------------------------------------------------------------------------- inner updates, hooks, errors
