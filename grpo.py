@@ -107,19 +107,21 @@ class GRPOConfig:
 def masked_mean(x, mask, dim=None):
     """Mean of x over the entries where mask is True. x and mask (B, T) (any equal shapes).
     dim=None: a 0-dim tensor; dim=d: that dimension reduced. NaN where the mask selects nothing
-    (a mean of no tokens is absent, not 0)."""
-    m = mask.to(x.dtype) if x.is_floating_point() else mask.float()  # same shape as x
+    (a mean of no tokens is absent, not 0). Entries outside the mask never reach the result, even inf or NaN."""
+    mask = mask.bool()
+    kept = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))  # same shape as x
     if dim is None:
-        return (x * m).sum() / m.sum()
-    return (x * m).sum(dim) / m.sum(dim)
+        return kept.sum() / mask.sum()
+    return kept.sum(dim) / mask.sum(dim)
 
 
 def masked_normalize(x, mask, normaliser, dim=None):
     """Sum of x over the entries where mask is True, divided by a constant normaliser.
     x and mask (B, T); dim=None: a 0-dim tensor; dim=d: that dimension reduced. Dr. GRPO's aggregation
-    is masked_normalize(l, mask, L, dim=1).mean(): every response divided by the same L."""
-    m = mask.to(x.dtype) if x.is_floating_point() else mask.float()  # same shape as x
-    return ((x * m).sum() if dim is None else (x * m).sum(dim)) / normaliser
+    is masked_normalize(l, mask, L, dim=1).mean() when every row has a loss token: each response divided
+    by the same L. Entries outside the mask never reach the result."""
+    kept = torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))  # same shape as x
+    return (kept.sum() if dim is None else kept.sum(dim)) / normaliser
 
 
 # ----------------------------------------------------------------------------- advantages

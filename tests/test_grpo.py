@@ -70,6 +70,8 @@ def test_masked_mean_hand_values():
     torch.testing.assert_close(masked_mean(x, mask, dim=0), torch.tensor([1.0, 2.0, 6.0]))
     empty = masked_mean(x, torch.zeros(2, 3, dtype=torch.bool))  # a mean over nothing is absent, not 0
     assert torch.isnan(empty)
+    padded = x.masked_fill(~mask, float("inf"))  # (B, T) garbage outside the mask never leaks in
+    assert masked_mean(padded, mask).item() == 3.0 and masked_normalize(padded, mask, 2.0).item() == 4.5
 
 
 def test_masked_normalize_hand_values():
