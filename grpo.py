@@ -292,8 +292,8 @@ def grpo_loss(logp, old_logp, ref_logp, advantages, mask, cfg, weights=None, ent
             "clip_frac_high": masked_mean(((ratio > 1 + cfg.clip_high) & (adv > 0)).float(), mask),
             "ratio": masked_mean(ratio, mask),
             "kl_old": masked_mean(k3_kl(logp, old_logp), mask),  # how far the inner updates moved from pi_old
-            "kl": masked_mean(k3_kl(logp, ref_logp), mask) if ref_logp is not None else torch.zeros(()),
-            "entropy": masked_mean(entropy.float(), mask) if entropy is not None else torch.tensor(float("nan")),
+            "kl": masked_mean(k3_kl(logp, ref_logp), mask) if ref_logp is not None else ratio.new_zeros(()),
+            "entropy": masked_mean(entropy.float(), mask) if entropy is not None else ratio.new_tensor(float("nan")),
             "tokens": mask.sum(),
         }
     return loss, diag
