@@ -63,6 +63,8 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
+from mpmath import iv  # interval arithmetic (ships with sympy): rigorous enclosures, used only to tell values apart
+
 # ----------------------------------------------------------------------------- format
 
 _EOS_MARKERS = ("<|eos|>", "<|endoftext|>", "<|im_end|>", "<|pad|>", "<｜end▁of▁sentence｜>")
@@ -106,35 +108,43 @@ def format_reward(completion, think_prefilled=False):
 # ----------------------------------------------------------------------------- answer extraction
 
 _BOX_ARG = re.compile(r"[^\s$]+")
+_BRACES = re.compile(r"[{}]")
 
 
-def _boxes(text):
-    """Contents of the outermost \\boxed{...} / \\fbox{...} / `\\boxed 5` in order, as (start, end, content);
-    a final None when the last box is unbalanced. One left-to-right pass (nested boxes stay inside)."""
-    out, i = [], 0
-    while True:
-        hits = [k for k in (text.find("\\boxed", i), text.find("\\fbox", i)) if k >= 0]
-        if not hits:
-            return out
-        i = min(hits)
-        j = i + (6 if text.startswith("\\boxed", i) else 5)
-        while j < len(text) and text[j] == " ":
-            j += 1
-        if j < len(text) and text[j] != "{":                   # \boxed 5
-            m = _BOX_ARG.match(text, j)
-            if m:
-                out.append((i, m.end(), m.group(0)))
-            i = m.end() if m else j
-            continue
-        depth, k = 0, j
-        for k in range(j, len(text)):
-            depth += {"{": 1, "}": -1}.get(text[k], 0)
-            if depth == 0:
-                break
-        if depth != 0 or j >= len(text):
-            return out + [None]                                # unbalanced
-        out.append((i, k + 1, text[j + 1: k].strip()))
-        i = k + 1
+def _box_at(text, i):
+    """(end, content) of the box whose macro starts at text[i], or None if it is unbalanced."""
+    j = i + (6 if text.startswith("\\boxed", i) else 5)
+    while j < len(text) and text[j] == " ":
+        j += 1
+    if j < len(text) and text[j] != "{":                       # \boxed 5
+        m = _BOX_ARG.match(text, j)
+        return (m.end(), m.group(0)) if m else None
+    depth = 0
+    for m in _BRACES.finditer(text, j):                        # jumps from brace to brace
+        depth += 1 if m.group(0) == "{" else -1
+        if depth == 0:
+            return m.end(), text[j + 1: m.start()].strip()
+    return None
+
+
+def _boxes(text, limit=None):
+    """The last `limit` outermost \\boxed{...} / \\fbox{...} / `\\boxed 5` of `text`, in order, as
+    (start, end, content); [None] when the last box is unbalanced. Scans from the end, so a megabyte of
+    boxes costs no more than the few that are kept."""
+    out, end, limit = [], len(text), limit or MAX_ITEMS + 1
+    while len(out) < limit:
+        i = max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))
+        if i < 0:
+            break
+        got = _box_at(text, i)
+        if got is None:
+            return out or [None]                               # an unbalanced box ends the list
+        if out and got[0] > out[0][0]:
+            out[0] = (i,) + got                                # it encloses the box after it: keep the outer
+        else:
+            out.insert(0, (i,) + got)
+        end = i
+    return out
 
 
 def last_boxed(text):
@@ -186,7 +196,7 @@ MAX_POW_BITS = 65_536         # an exact power whose result would exceed this ma
 MAX_EXACT_BITS = 100_000      # total bits of all exact intermediate results of one answer (towers of products)
 MAX_FACTORIAL = 5000
 MAX_SYMBOLIC_EXPONENT = 1000  # x^n with |n| above this is not handed to sympy
-MAX_ITEMS = 64                # list/set/tuple items per answer
+MAX_ITEMS = 32                # list/set/tuple items per answer
 
 
 class _Reject(Exception):
@@ -210,7 +220,7 @@ _VULGAR_RE = re.compile("[" + "".join(_VULGAR) + "]")
 _RELATION_CMDS = {"leqslant": "<=", "leq": "<=", "le": "<=", "geqslant": ">=", "geq": ">=", "ge": ">=",
                   "neq": "!=", "ne": "!=", "lt": "<", "gt": ">", "approx": "@"}
 _RELATION_RE = re.compile(r"\\(" + "|".join(_RELATION_CMDS) + r")(?![a-zA-Z])")
-_OVERLINE_RE = re.compile(r"(\d*)\.(\d*)\\overline\s*\{?(\d{1,30})\}?")       # 0.\overline{3}, 0.1\overline{6}
+_OVERLINE_RE = re.compile(r"(?<!\d)(\d*)\.(\d*)\\overline\s*\{?(\d{1,30})\}?")       # 0.\overline{3}, 0.1\overline{6}
 _TEXT_RE = re.compile(r"\\(?:text|textnormal|mbox|mathrm|textbf|mathbf|textit|mathit|operatorname)\s*\{([^{}]*)\}")
 _UNIT_TAIL = re.compile(r"(.*\S)\s*\\(?:text|textnormal|mbox|mathrm|textbf)\s*\{\s*[A-Za-z][A-Za-z\s.]*(?:\^\d)?\}"
                         r"(?:\^\{?\d\}?)?")
@@ -218,6 +228,10 @@ _UNIT_WORDS = re.compile(r"(-?[\d.,/]+)\s+[A-Za-z]{2}[A-Za-z.\s]*")             
 _MATH_WORDS = re.compile(r"(?i)\b(pi|sqrt|infty|inf|sin|cos|tan|log|ln|exp|and|or)\b")
 _LATEX_DROP = [r"\displaystyle", r"\left", r"\right", r"\bigl", r"\bigr", r"\Bigl", r"\Bigr", r"\big", r"\Big",
                r"\!", r"\,", r"\;", r"\:", r"\ ", "\\$", "$", r"\%", "%", "^\\circ", "^{\\circ}", "°", r"\circ", "~"]
+_THOUSANDS_BANG = re.compile(r"(?<=\d),\\!\s*(?=\d{3}(?!\d))")
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d{1,3}(?: \d{3})+(?:\.\d+)?")
+_MIXED = re.compile(r"(-?)(\d+)\s+(\d+)\s*/\s*(\d+)")
+_SPACES = re.compile(r"\s+")
 _AND_OR = re.compile(r"(?<![A-Za-z\\])(?:and|or)(?![A-Za-z])")
 
 
@@ -260,7 +274,7 @@ def _normalize(s):
     for a in ("\\dfrac", "\\tfrac", "\\cfrac"):
         s = s.replace(a, "\\frac")
     s = s.replace("{,}", ",").replace("\\qquad", ",").replace("\\quad", ",")
-    s = re.sub(r"(?<=\d),\\!\s*(?=\d{3}(?!\d))", "", s)                  # 32,\! 349 -> 32349
+    s = _THOUSANDS_BANG.sub("", s)                                       # 32,\! 349 -> 32349
     s = _RELATION_RE.sub(lambda m: _RELATION_CMDS[m.group(1)], s)
     s = _OVERLINE_RE.sub(_repeating, s)
     for tok in _LATEX_DROP:
@@ -272,15 +286,15 @@ def _normalize(s):
     s = _TEXT_RE.sub(_text, s)
     s = _AND_OR.sub(",", s)
     s = s.strip().rstrip(".").strip()
-    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s) or re.fullmatch(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?", s):
+    if _THOUSANDS.fullmatch(s):
         s = s.replace(",", "").replace(" ", "")                           # 1,000,000 and 1 000 000
-    m = re.fullmatch(r"(-?)(\d+)\s+(\d+)\s*/\s*(\d+)", s)                   # mixed number 2 1/2
+    m = _MIXED.fullmatch(s)                                                # mixed number 2 1/2
     if m:
         s = f"{m.group(1)}({m.group(2)}+{m.group(3)}/{m.group(4)})"
     m = _UNIT_WORDS.fullmatch(s)
     if m and not _MATH_WORDS.search(s):
         s = m.group(1)
-    return re.sub(r"\s+", " ", s).strip()
+    return _SPACES.sub(" ", s).strip()
 
 
 # ----------------------------------------------------------------------------- math: parser
@@ -604,8 +618,6 @@ def _interval(node):
     """A rigorous enclosure (mpmath interval, 30 digits) of a real tree's value, symbols set to fixed generic
     values; None where it cannot be had (complex, unsupported function). Disjoint enclosures prove two
     values differ; overlapping ones prove nothing (only used to reject, or to pair up set items)."""
-    from mpmath import iv
-    iv.dps = 30
     op = node[0]
     if op == "num":
         return iv.mpf(node[1].numerator) / node[1].denominator
@@ -642,6 +654,8 @@ def _interval(node):
 
 def _split_top(s, seps=(",",)):
     """Split at top-level separators (outside (), [], {})."""
+    if not any(x in s for x in seps):
+        return [s.strip()]
     parts, depth, cur, i = [], 0, [], 0
     while i < len(s):
         c = s[i]
@@ -678,6 +692,7 @@ def _outer_brackets(s):
 
 _LABEL_RE = re.compile(r"[A-Za-z_{}()\[\],|:/\\' ]+")
 _REL_OPS = ("<=", ">=", "!=", "@", "\\in", "=", "<", ">")
+_REL_CHARS = re.compile(r"[<>=@]|!=|\\in(?![a-zA-Z])")
 _MATRIX_RE = re.compile(r"\\begin\{([pbB]?matrix|array)\}(?:\{[lcr|]*\})?(.*)\\end\{\1\}", re.DOTALL)
 
 
@@ -719,7 +734,7 @@ def _value(s):
         tree = None
     if tree is None:
         return ("text", re.sub(r"\s+", " ", s.replace('"', "")).strip().casefold())
-    trees = _expand_pm(tree)
+    trees = _expand_pm(tree) if "\\pm" in toks or "\\mp" in toks else [tree]
     vals = []
     for t in trees:
         _check_bounds(t)
@@ -841,6 +856,8 @@ def _value_of(tree):
 
 def _item(s):
     """Structure of one answer item (a piece between top-level commas)."""
+    if not _REL_CHARS.search(s):
+        return _value(s)
     parts, ops, depth, i, cur = [], [], 0, 0, 0
     while i < len(s):                                           # split at top-level relation operators
         c = s[i]
@@ -960,6 +977,7 @@ def _math_worker():
         sys.stdout.flush()
 
 
+iv.dps = 30
 _worker = {"proc": None}
 _worker_lock = threading.Lock()
 
@@ -1028,15 +1046,13 @@ class _Pending:
         return self.verdicts.get((mode, ta, tb), self.verdicts.get((mode, tb, ta), False))
 
     def enclosure(self, v):
-        if v[1] not in self.enclosures:
+        if id(v) not in self.enclosures:                        # value nodes live as long as the call
             try:
-                from mpmath import iv
-                iv.dps = 30
                 e = iv.mpf(v[2].numerator) / v[2].denominator if v[2] is not None else _interval(v[1])
             except Exception:                                   # overflow, log of 0, ...: no enclosure
                 e = None
-            self.enclosures[v[1]] = e
-        return self.enclosures[v[1]]
+            self.enclosures[id(v)] = (float(e.a), float(e.b), e) if e is not None else None
+        return self.enclosures[id(v)]
 
 
 _PLAIN_OPS = {"num", "sym", "add", "neg", "mul", "abs", "sqrt"}
@@ -1058,7 +1074,7 @@ def _same_val(a, b, ask):
     if ta == tb and (_plain(ta) or ta in (_OO[1], _NEG_OO[1])):
         return True
     ia, ib = ask.enclosure(a), ask.enclosure(b)
-    if ia is not None and ib is not None and (ia.b < ib.a or ib.b < ia.a):
+    if ia is not None and ib is not None and (ia[2].b < ib[2].a or ib[2].b < ia[2].a):
         return False                                            # rigorously different
     return ask(ta, tb, "eq")
 
@@ -1067,9 +1083,27 @@ def _same_seq(xs, ys, ask):
     return len(xs) == len(ys) and all(_same(x, y, ask) for x, y in zip(xs, ys))
 
 
+def _distinct(items):
+    """Items without literal repeats (same rational, same text, same everywhere-defined tree)."""
+    seen, out = set(), []
+    for v in items:
+        key = (("q", v[2]) if v[0] == "val" and v[2] is not None else ("t", v[1]) if v[0] == "val" and _plain(v[1])
+               else ("s", v[1]) if v[0] == "text" else ("id", id(v)))
+        if key not in seen:
+            seen.add(key)
+            out.append(v)
+    return out
+
+
 def _same_set(xs, ys, ask):
     """Set equality: every item has an equal partner on the other side (duplicates and order ignored)."""
-    hits = [[_same(x, y, ask) for y in ys] for x in xs]       # all pairs: no greedy choice, no order effect
+    xs, ys = _distinct(xs), _distinct(ys)
+    boxes = {id(v): ask.enclosure(v) for v in xs + ys if v[0] == "val"}
+
+    def apart(x, y):                                           # float bounds first: the cheap common case
+        ex, ey = boxes.get(id(x)), boxes.get(id(y))
+        return ex is not None and ey is not None and (ex[1] < ey[0] or ey[1] < ex[0])
+    hits = [[not apart(x, y) and _same(x, y, ask) for y in ys] for x in xs]   # all pairs: no order effect
     return all(any(row) for row in hits) and all(any(col) for col in zip(*hits)) and bool(xs) == bool(ys)
 
 
