@@ -698,7 +698,7 @@ _MATRIX_RE = re.compile(r"\\begin\{([pbB]?matrix|array)\}(?:\{[lcr|]*\})?(.*)\\e
 
 def _is_label(s):
     """'x', 'a_{37}', 'f(x)', '(p,q)', '|AB|', 'A:B', 'V_1:V_2', '\\frac{NO}{BO}': a name, not a value."""
-    core = re.sub(r"_\{[^{}]*\}|_\w", "", s)
+    core = re.sub(r"_\{[^{}]*\}|_\w|(?<=[A-Za-z])\([^()]*\)(?=\s*$)", "", s)      # subscripts, f(2)
     return bool(core) and _LABEL_RE.fullmatch(core) is not None and re.search("[A-Za-z]", core) is not None \
         and not re.search(r"\\(?!frac\b)[a-zA-Z]+", core)
 
@@ -761,6 +761,8 @@ def _linear(node, var):
         return parts[0][0] + parts[1][0], ("add", parts[0][1], parts[1][1])
     if op in ("mul", "div"):
         x, y = _linear(node[1], var), _linear(node[2], var)
+        if op == "mul" and x is not None and y is not None and x[0] == 0 and y[0] != 0:
+            return _linear(("mul", node[2], node[1]), var)    # 2x: the coefficient on the right
         if x is None or y is None or y[0] != 0:
             return None
         k = _exact(node[2])
@@ -978,16 +980,28 @@ def _math_worker():
 
 
 iv.dps = 30
-_worker = {"proc": None}
+_worker = {"proc": None, "ready": False}
 _worker_lock = threading.Lock()
 
 
-def _kill_worker():
+def _start_worker():
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = f"import sys; sys.path.insert(0, {here!r}); import rewards; rewards._math_worker()"
+    _worker["proc"] = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       stderr=subprocess.DEVNULL, bufsize=0)
+    _worker["ready"] = False
+
+
+def _kill_worker(restart=False):
+    """Kill the worker; with `restart`, start its replacement now, so it imports sympy while the caller
+    goes on (the next symbolic check then rarely waits for a cold start)."""
     p = _worker["proc"]
     _worker["proc"] = None
     if p is not None:
         p.kill()
         p.wait()
+    if restart:
+        _start_worker()
 
 
 def _worker_readline(p, timeout):
@@ -1008,15 +1022,13 @@ def _sympy_verdicts(pairs, timeout):
     forgotten (a fresh one starts on the next call)."""
     with _worker_lock:
         if _worker["proc"] is None or _worker["proc"].poll() is not None:
-            here = os.path.dirname(os.path.abspath(__file__))
-            code = f"import sys; sys.path.insert(0, {here!r}); import rewards; rewards._math_worker()"
-            p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, bufsize=0)
-            _worker["proc"] = p
+            _start_worker()
+        p = _worker["proc"]
+        if not _worker["ready"]:                                # a cold start (sympy import) is waited for once
             if _worker_readline(p, 120.0) != "ready":
                 _kill_worker()
                 return {}
-        p = _worker["proc"]
+            _worker["ready"] = True
         try:
             p.stdin.write((json.dumps([[_to_json(a), _to_json(b), mode] for mode, a, b in pairs]) + "\n").encode())
         except (BrokenPipeError, OSError):
@@ -1024,7 +1036,7 @@ def _sympy_verdicts(pairs, timeout):
             return {}
         reply = _worker_readline(p, timeout)
         if reply is None or len(reply) != len(pairs):
-            _kill_worker()
+            _kill_worker(restart=True)
             return {}
         return {key: r == "1" for key, r in zip(pairs, reply)}
 

@@ -175,10 +175,11 @@ def test_math_worker_timeout_recovers():
     slow = "(2x+" + "+".join(f"2\\sqrt{{{p}}}" for p in roots) + ")^{40}"
     same = "2^{40}(x+" + "+".join(f"\\sqrt{{{p}}}" for p in roots) + ")^{40}"       # equal, but only expand shows it
     assert math_equal("\\sqrt{8}", "2\\sqrt{2}") and rewards._worker["proc"] is not None   # worker running
+    old = rewards._worker["proc"]
     t0 = time.time()
     assert math_equal(slow, same, timeout=0.3) is False
     assert time.time() - t0 < 1.5
-    assert rewards._worker["proc"] is None                         # it was killed, not waited for
+    assert old.poll() is not None and rewards._worker["proc"] is not old    # killed (not waited for), replaced
     assert math_equal("\\sqrt{8}", "2\\sqrt{2}")                  # the next call starts a fresh one
 
 
