@@ -1,4 +1,4 @@
-"""Tests for rewards.math_equal, the accuracy reward of math answers: no false "equal" (the pairs that used
+"""Tests for mathcheck.py (math_equal), the accuracy reward of math answers: no false "equal" (the pairs that used
 to pay for wrong answers), every equal-answer category (relations, labels, separators, boxes, unicode,
 repeating decimals, sets, matrices, argument order), symmetry, undefined values, and hard time bounds on
 hostile inputs. Pairs are team-written, one small group per category."""
@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import rewards  # noqa: E402
-from rewards import boxed_answer, math_equal, score  # noqa: E402
+import mathcheck  # noqa: E402
+from mathcheck import boxed_answer, math_equal  # noqa: E402
+from rewards import score  # noqa: E402
 
 # ----------------------------------------------------------------------------- must never be "equal"
 
@@ -116,7 +117,7 @@ def test_symmetric_over_every_pair(monkeypatch):
     intervals must be order-free whatever the symbolic verdicts are (the tables above use the real worker)."""
     def oracle(pairs, timeout):
         return {key: hash(frozenset(map(repr, key[1:]))) % 3 != 0 for key in pairs}
-    monkeypatch.setattr(rewards, "_sympy_verdicts", oracle)
+    monkeypatch.setattr(mathcheck, "_sympy_verdicts", oracle)
     false_strings = [s for pair in FALSE_PAIRS for s in pair]
     groups = [false_strings[k: k + 16] for k in range(0, len(false_strings), 16)]
     groups += [[s for a, b in ps for s in (a, b)][:16] for ps in EQUAL.values()]
@@ -159,7 +160,7 @@ HOSTILE = [
 @pytest.mark.parametrize("s", HOSTILE, ids=range(len(HOSTILE)))
 def test_hostile_bounded_in_process(s, monkeypatch):
     """Decided in process (the sympy worker is never asked) and fast; the real time is ~10 ms on 2 cores."""
-    monkeypatch.setattr(rewards, "_sympy_verdicts", lambda *a: pytest.fail("worker asked"))
+    monkeypatch.setattr(mathcheck, "_sympy_verdicts", lambda *a: pytest.fail("worker asked"))
     for a, b in [(s, "1"), ("1", s), (s, s)]:
         t0 = time.perf_counter()
         math_equal(a, b)
@@ -178,9 +179,9 @@ def test_symbolic_call_bounded():
     math_equal("\\sqrt{8}", "2\\sqrt2")                                           # worker started (not timed)
     for a, b in [("\\tan(\\pi/2)", "\\tan(\\pi/2)+1"), ("e^{200}", "e^{200}+1"),
                  ("(2x+2\\sqrt2+2\\sqrt3)^{300}", "2^{300}(x+\\sqrt2+\\sqrt3)^{300}")]:
-        old = rewards._worker["proc"]
+        old = mathcheck._worker["proc"]
         t0 = time.perf_counter()
         assert math_equal(a, b, timeout=0.5) is False
         assert time.perf_counter() - t0 < 1.5
-    assert rewards._worker["proc"] is not old and rewards._worker["proc"] is not None   # killed and replaced
+    assert mathcheck._worker["proc"] is not old and mathcheck._worker["proc"] is not None   # killed and replaced
     assert math_equal("\\sqrt{12}", "2\\sqrt3")
