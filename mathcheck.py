@@ -1094,6 +1094,9 @@ def _same(a, b, ask):
     return False
 
 
+_PLAIN_NUMBER = re.compile(r"\s*(-?\d{1,400}(?:\.\d{1,400})?)\s*")
+
+
 def _parse_answer(s):
     """Structured answer of a string (boxes taken out first), or None."""
     if len(s) > MAX_INPUT_CHARS:
@@ -1102,6 +1105,10 @@ def _parse_answer(s):
         if "\\boxed" not in s and "\\fbox" not in s:
             break
         s = boxed_answer(s) or ""
+    m = _PLAIN_NUMBER.fullmatch(s)
+    if m:                                                       # fast path: "391", "-2.25"
+        q = Fraction(m.group(1))
+        return ("val", ("num", q), q, None)
     s = _normalize(s)
     return _answer(s) if s else None
 
