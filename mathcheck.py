@@ -103,7 +103,8 @@ def last_boxed(text):
     return boxes[-1][2] if boxes and boxes[-1] is not None else None
 
 
-_GAP_WORDS = re.compile(r"\\text\{\s*(?:and|or)\s*\}|(?<![A-Za-z])(?:and|or)(?![A-Za-z])|\\q?quad|\\[,;! ()\[\]]")
+_GAP_WORDS = re.compile(r"\\text\{\s*(?:and|or)\s*\}|(?<![A-Za-z])(?:and|or)(?![A-Za-z])|\\q?quad|\\[,;! ()\[\]]"
+                        r"|(?<![A-Za-z\\])[A-Za-z](?:_\{?\w+\}?)?\s*=")       # "\\boxed{1} and y_2 = \\boxed{2}"
 
 
 def boxed_answer(text):
@@ -140,12 +141,13 @@ class _Undefined(Exception):
     """Division by zero (or 0 to a negative power): the value is undefined and equals nothing."""
 
 
-_UNICODE = str.maketrans({"\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u22c5": "\\cdot ", "\u00b7": "\\cdot ",
-                          "\u00f7": "\\div ", "\u2264": "\\le ", "\u2265": "\\ge ", "\u2260": "\\ne ", "\u03c0": "\\pi ",
+_UNICODE = str.maketrans({"\u2212": "-", "\u2013": "-", "\u00d7": "\\times ", "\u22c5": "\\cdot ",
+                          "\u00b7": "\\cdot ", "\u00f7": "\\div ", "\u2264": "\\le ", "\u2265": "\\ge ",
+                          "\u2260": "\\ne ", "\u03c0": "\\pi ",
                           "\u221a": "\\sqrt ", "\u221e": "\\infty ", "\u222a": "\\cup ", "\u2208": "\\in ",
                           "\u00b1": "\\pm ", "\u2213": "\\mp ", "\u2248": "\\approx ", "\u00a0": " ", "\u2009": " ",
                           "\u202f": " ", "\u200b": "", "\u200c": "", "\u200d": "", "\u2060": "", "\ufeff": ""})
-_SUPERSCRIPT = {c: d for c, d in zip("\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079\u207b", "0123456789-")}
+_SUPERSCRIPT = dict(zip("\u2070\u00b9\u00b2\u00b3\u2074\u2075\u2076\u2077\u2078\u2079\u207b", "0123456789-"))
 _SUPER_RE = re.compile("[" + "".join(_SUPERSCRIPT) + "]+")
 _VULGAR = {"\u00bd": (1, 2), "\u2153": (1, 3), "\u2154": (2, 3), "\u00bc": (1, 4), "\u00be": (3, 4), "\u2155": (1, 5),
            "\u2159": (1, 6), "\u215b": (1, 8)}
@@ -161,6 +163,8 @@ _UNIT_WORDS = re.compile(r"(-?[\d.,/]+)\s+[A-Za-z]{2}[A-Za-z.\s]*")             
 _MATH_WORDS = re.compile(r"(?i)\b(pi|sqrt|infty|inf|sin|cos|tan|log|ln|exp|and|or)\b")
 _LATEX_DROP = [r"\displaystyle", r"\left", r"\right", r"\bigl", r"\bigr", r"\Bigl", r"\Bigr", r"\big", r"\Big",
                r"\!", r"\,", r"\;", r"\:", r"\ ", "\\$", "$", r"\%", "%", "^\\circ", "^{\\circ}", "°", r"\circ", "~"]
+_DOUBLED = re.compile(r"\\\\(?=(?:frac|dfrac|sqrt|le|leq|ge|geq|lt|gt|ne|neq|in|pm|pi|infty|text|left|right|cdot)"
+                      r"(?![a-zA-Z]))")
 _THOUSANDS_BANG = re.compile(r"(?<=\d),\\!\s*(?=\d{3}(?!\d))")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d{1,3}(?: \d{3})+(?:\.\d+)?")
 _MIXED = re.compile(r"(-?)(\d+)\s+(\d+)\s*/\s*(\d+)")
@@ -201,6 +205,7 @@ def _normalize(s):
     s = s.translate(_UNICODE)
     s = _SUPER_RE.sub(lambda m: "^{" + "".join(_SUPERSCRIPT[c] for c in m.group(0)) + "}", s)
     s = _VULGAR_RE.sub(lambda m: "\\frac{%d}{%d}" % _VULGAR[m.group(0)], s)
+    s = _DOUBLED.sub(r"\\", s)                                         # "\\\\frac" (escaped twice) -> "\\frac"
     s = s.replace("\\\\", "\\cr ")                                     # matrix rows: keep "\\\\ " whole
     for a in (r"\(", r"\)", r"\[", r"\]"):
         s = s.replace(a, " ")
@@ -728,6 +733,9 @@ _OO = ("val", ("const", "oo"), None, None)
 _NEG_OO = ("val", ("neg", ("const", "oo")), None, None)
 
 
+_COMMANDS = re.compile(r"\\[a-zA-Z]+")
+
+
 def _relation(parts, ops):
     """Structure of a relation chain: ("label", name, value) for "x = 2" / "(p,q) = (3,2)" (the last part
     is the value), ("ivl", var, lo_closed, hi_closed, lo, hi) for inequalities in one variable,
@@ -742,7 +750,7 @@ def _relation(parts, ops):
         return _value(parts[0])
     if all(o == "=" for o in ops) and _is_label(parts[0]):
         return ("label", re.sub(r"\s+", "", parts[0]), _value(parts[-1]))
-    if all(o == "=" for o in ops) and (len(ops) > 1 or not re.search("[A-Za-z]", "".join(parts))):
+    if all(o == "=" for o in ops) and (len(ops) > 1 or not re.search("[A-Za-z]", _COMMANDS.sub("", "".join(parts)))):
         return _value(parts[-1])                               # 85 + 15 = 100: the last part
     if ops == ["\\in"]:
         v = _value(parts[1])
@@ -780,7 +788,9 @@ def _relation(parts, ops):
         if lin is not None and lin[0] != 0:
             bound = _value_of(("div", ("neg", lin[1]), ("num", lin[0])))
             closed = op == "<="
-            return ("ivl", var, closed, False, bound, _OO) if lin[0] < 0 else ("ivl", var, False, closed, _NEG_OO, bound)
+            if lin[0] < 0:
+                return ("ivl", var, closed, False, bound, _OO)
+            return ("ivl", var, False, closed, _NEG_OO, bound)
     return ("rel", op, diff)
 
 
@@ -817,6 +827,11 @@ def _item(s):
 
 def _answer(s):
     """Structured form of a normalised answer: a list of items is a set ("1, 2" == "2, 1" == "\\{1, 2\\}")."""
+    groups = _split_top(s, (";",))
+    if len(groups) > 1 and all(len(_split_top(g)) > 1 and all(_is_label(p.split("=")[0]) and "=" in p
+                                                             for p in _split_top(g)) for g in groups):
+        s = ", ".join("(" + ", ".join(p.split("=")[-1] for p in _split_top(g)) + ")" for g in groups)
+        # p=5, q=2; p=7, q=2 -> (5, 2), (7, 2)
     items = [p for p in _split_top(s, (",", ";")) if p]
     if not items:
         raise ValueError("empty answer")
