@@ -196,8 +196,8 @@ def _normalize(s):
     if len(s) > MAX_ANSWER_CHARS:
         raise _Reject("answer too long")
     depth = 0
-    for c in s:
-        depth += {"{": 1, "}": -1}.get(c, 0)
+    for m in _BRACES.finditer(s):
+        depth += 1 if m.group(0) == "{" else -1
         if depth < 0 or depth > MAX_BRACE_DEPTH:
             raise _Reject("unbalanced or too deeply nested braces")
     if depth:
@@ -1060,7 +1060,7 @@ def _distinct(items):
 def _same_set(xs, ys, ask):
     """Set equality: every item has an equal partner on the other side (duplicates and order ignored)."""
     xs, ys = _distinct(xs), _distinct(ys)
-    boxes = {id(v): ask.enclosure(v) for v in xs + ys if v[0] == "val"}
+    boxes = {id(v): ask.enclosure(v) for v in xs + ys if v[0] == "val" and v[2] is None}   # rationals: exact
 
     def apart(x, y):                                           # float bounds first: the cheap common case
         ex, ey = boxes.get(id(x)), boxes.get(id(y))
