@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import mathcheck  # noqa: E402
 import rewards  # noqa: E402
 from rewards import (check_answer, countdown_check, extract_answer, format_reward, language_consistency,  # noqa: E402
                      last_boxed, math_equal, parse_response, score)
@@ -170,12 +171,16 @@ def test_math_hostile_bounded():
 
 def test_math_worker_timeout_recovers():
     # something our pre-checks allow but sympy takes long on: bounded by the worker timeout, then a fresh worker
-    slow = "(" + "+".join(f"\\sqrt{{{p}}}" for p in [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]) + ")^{40}"
-    assert math_equal("\\sqrt{8}", "2\\sqrt{2}") and rewards._worker["proc"] is not None   # worker running
+    # (values within the 30-digit enclosure of each other, so the in-process interval check cannot settle it)
+    roots = [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]
+    slow = "(2x+" + "+".join(f"2\\sqrt{{{p}}}" for p in roots) + ")^{40}"
+    same = "2^{40}(x+" + "+".join(f"\\sqrt{{{p}}}" for p in roots) + ")^{40}"       # equal, but only expand shows it
+    assert math_equal("\\sqrt{8}", "2\\sqrt{2}") and mathcheck._worker["proc"] is not None   # worker running
+    old = mathcheck._worker["proc"]
     t0 = time.time()
-    assert math_equal(slow, "1", timeout=0.3) is False
+    assert math_equal(slow, same, timeout=0.3) is False
     assert time.time() - t0 < 1.5
-    assert rewards._worker["proc"] is None                         # it was killed, not waited for
+    assert old.poll() is not None and mathcheck._worker["proc"] is not old    # killed (not waited for), replaced
     assert math_equal("\\sqrt{8}", "2\\sqrt{2}")                  # the next call starts a fresh one
 
 
