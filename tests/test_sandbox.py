@@ -11,7 +11,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import rewards  # noqa: E402
-from rewards import code_reward, code_rewards, run_sandboxed  # noqa: E402
+import sandbox  # noqa: E402
+from sandbox import code_reward, code_rewards, run_sandboxed  # noqa: E402
 
 TIMEOUT = 1.5
 SLACK = 2.5          # setup + kill sweep on 2 busy cores
@@ -81,7 +82,7 @@ def hostile_programs(canary):
 
 
 def _leftover_pids():
-    uids = set(rewards.SANDBOX_UIDS)
+    uids = set(sandbox.SANDBOX_UIDS)
     left = []
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -118,7 +119,7 @@ def test_hostile_suite_contained(hostile_results, canary):
     for p in ["/tmp/pwned_w", "/var/tmp/pwned_w", "/dev/shm/pwned_w"]:
         assert not os.path.exists(p), p
     out = {k: r["stdout"] for k, r in hostile_results.items()}
-    if rewards.IS_ROOT:         # without root the program runs as our own uid: same-uid files stay readable
+    if sandbox.IS_ROOT:         # without root the program runs as our own uid: same-uid files stay readable
         assert _leftover_pids() == []                          # nothing of any sandbox uid survives
         assert b"TOPSECRET" not in out["read_secret"]
     assert b"root:" not in out["read_root_files"]
@@ -185,10 +186,10 @@ def test_sandbox_throughput_sanity():
 
 
 def test_capabilities_report():
-    caps = rewards.sandbox_capabilities()
+    caps = sandbox.sandbox_capabilities()
     assert caps["ok"] and caps["net"] == "blocked"
-    if rewards.IS_ROOT:
-        assert caps["uid"] in rewards.SANDBOX_UIDS and caps["tmp"] == "read-only"
+    if sandbox.IS_ROOT:
+        assert caps["uid"] in sandbox.SANDBOX_UIDS and caps["tmp"] == "read-only"
 
 
 def test_bad_arguments():
@@ -206,19 +207,19 @@ def test_score_code_partial_credit():
 
 
 def test_uid_claims_are_exclusive_across_processes():
-    a, fa = rewards._claim_uid()
-    b, fb = rewards._claim_uid()
+    a, fa = sandbox._claim_uid()
+    b, fb = sandbox._claim_uid()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:                                  # another process must get a third uid
-        c, _ = rewards._claim_uid()
+        c, _ = sandbox._claim_uid()
         os.write(w, str(c).encode())
         os._exit(0)
     os.waitpid(pid, 0)
     c = int(os.read(r, 32))
-    assert len({a, b, c}) == 3 and {a, b, c} <= set(rewards.SANDBOX_UIDS)
-    rewards._release_uid(fb)
-    b2, fb2 = rewards._claim_uid()
+    assert len({a, b, c}) == 3 and {a, b, c} <= set(sandbox.SANDBOX_UIDS)
+    sandbox._release_uid(fb)
+    b2, fb2 = sandbox._claim_uid()
     assert b2 == b                                # released uids are reused
-    rewards._release_uid(fb2)
-    rewards._release_uid(fa)
+    sandbox._release_uid(fb2)
+    sandbox._release_uid(fa)
