@@ -6,6 +6,7 @@ host side (files, sockets, IPC, processes). The programs run concurrently throug
 second looks for what the first tried to leave behind). Issue 15's holes are marked h1..h11."""
 import ctypes
 import os
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,8 @@ STAY = f"{LIBC}libc.prctl(15, b'{TOKEN}', 0, 0, 0)\n"          # PR_SET_NAME: ho
 def _attempts(paths, action):
     """Program text: for each path try `action` (uses p); ESCAPE if it works."""
     return (f"for p in {paths!r}:\n    try:\n        {action}\n        print('ESCAPE', p)\n"
-            "    except (OSError, ValueError) as e:\n        print('blocked', p, e.errno if hasattr(e, 'errno') else e)")
+            "    except (OSError, ValueError) as e:\n"
+            "        print('blocked', p, e.errno if hasattr(e, 'errno') else e)")
 
 
 def programs(host):
@@ -81,9 +83,11 @@ def programs(host):
                              "            if d.startswith(('/proc/sys', '/usr', '/proc/self', '/proc/thread-self')):"
                              " continue\n"
                              "            for f in fs:\n"
-                             "                try:\n                    b = open(os.path.join(d, f), 'rb').read(1 << 16)\n"
+                             "                try:\n"
+                             "                    b = open(os.path.join(d, f), 'rb').read(1 << 16)\n"
                              "                except OSError: continue\n"
-                             "                if b'SIBLING' + b'-SECRET' in b: print('ESCAPE found', d, f); raise SystemExit"
+                             "                if b'SIBLING' + b'-SECRET' in b:\n"
+                             "                    print('ESCAPE found', d, f); raise SystemExit"
                              "\n    time.sleep(0.05)"),
         "h1_tmp_listing": "import os\nfor d in ['/tmp', '/tmp/..', '/']:\n    print(d, os.listdir(d))\n"
                           "print('ESCAPE' if any(n.startswith(('nano_r1', 'pytest')) for n in os.listdir('/tmp')) "
@@ -132,7 +136,8 @@ def programs(host):
                               "    if r > 0: print('ESCAPE key added', ring)"),
         # h8: setuid: no_new_privs, nosuid everywhere, no setuid file reachable; a setuid copy of python
         "h8_setuid": ("import os, stat, shutil, sys\n"
-                      "if open('/proc/self/status').read().split('NoNewPrivs:')[1].split()[0] != '1': print('ESCAPE nnp')"
+                      "if open('/proc/self/status').read().split('NoNewPrivs:')[1].split()[0] != '1':\n"
+                      "    print('ESCAPE nnp')"
                       "\nmounts = {l.split()[4]: l.split()[5] for l in open('/proc/self/mountinfo')}\n"
                       "for d, _, fs in os.walk('/'):\n    if d.startswith('/proc'): continue\n    for f in fs:\n"
                       "        p = os.path.join(d, f)\n"
@@ -142,11 +147,13 @@ def programs(host):
                       "            print('setuid file', p, 'on', mnt, mounts[mnt])\n"
                       "            if 'nosuid' not in mounts[mnt]: print('ESCAPE setuid honoured', p)\n"
                       "shutil.copy(sys.executable, '/w/py')\nos.chmod('/w/py', 0o6755)\n"
-                      "os.execv('/w/py', ['/w/py', '-c', 'import os; r = os.getresuid() + os.getresgid(); print(\"ids\", r)"
+                      "os.execv('/w/py', ['/w/py', '-c', "
+                      "'import os; r = os.getresuid() + os.getresgid(); print(\"ids\", r)"
                       "; print(\"ESCAPE\" if len(set(r)) > 2 else \"same\")'])"),
         # h9: memory beyond the limit: private tmpfs, forks, shared memory, memfd
         "h9_tmpfs_in_userns": (f"{LIBC}print('unshare', libc.unshare(0x10000000 | 0x20000), ctypes.get_errno())\n"
-                               "print('mount', libc.mount(b'tmpfs', b'/w', b'tmpfs', 0, b'size=2g'), ctypes.get_errno())\n"
+                               "print('mount', libc.mount(b'tmpfs', b'/w', b'tmpfs', 0, b'size=2g'),"
+                               " ctypes.get_errno())\n"
                                "f = open('/w/big', 'wb')\nn = 0\ntry:\n    while n < 1100:\n"
                                "        f.write(b'x' * (1 << 20)); n += 1\nexcept OSError: pass\n"
                                "print('MB', n)\nif n > 20: print('ESCAPE wrote', n, 'MB')"),
@@ -164,9 +171,11 @@ def programs(host):
                            "except (OSError, MemoryError): pass\nprint('held', len(ms))\n"
                            "if len(ms) > 3: print('ESCAPE shared', len(ms))"),
         # h10: forge the harness report / find expected values (run through code_reward below, too)
-        "h10_find_answers": ("import os\nfor d, _, fs in os.walk('/'):\n    if d.startswith(('/proc', '/usr')): continue\n"
+        "h10_find_answers": ("import os\nfor d, _, fs in os.walk('/'):\n"
+                             "    if d.startswith(('/proc', '/usr')): continue\n"
                              "    for f in fs:\n        try: b = open(os.path.join(d, f), 'rb').read()\n"
-                             "        except OSError: continue\n        if b'98765' + b'4321' in b: print('ESCAPE', d, f)\n"
+                             "        except OSError: continue\n"
+                             "        if b'98765' + b'4321' in b: print('ESCAPE', d, f)\n"
                              "for p in os.listdir('/proc'):\n    for k in ('cmdline', 'environ'):\n"
                              "        try: b = open(f'/proc/{p}/{k}', 'rb').read()\n        except OSError: continue\n"
                              "        if b'98765' + b'4321' in b: print('ESCAPE', p, k)"),
@@ -196,7 +205,8 @@ def programs(host):
                        "    except OSError as e: print('blocked', fam, e)\nprint(socket.if_nameindex())\n"
                        "if len(socket.if_nameindex()) > 1: print('ESCAPE interfaces')"),
         "udp_out": ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-                    "try: s.sendto(b'x', ('8.8.8.8', 53)); print('ESCAPE sent')\nexcept OSError as e: print('blocked', e)"),
+                    "try: s.sendto(b'x', ('8.8.8.8', 53)); print('ESCAPE sent')\n"
+                    "except OSError as e: print('blocked', e)"),
         "leaked_fds": ("import os\nfds = [int(f) for f in os.listdir('/proc/self/fd')]\nprint(fds)\n"
                        "for f in fds:\n    if f > 3: print('ESCAPE fd', f, os.readlink(f'/proc/self/fd/{f}'))"),
         "proc1_root": _attempts(["/proc/1/root/etc/shadow", "/proc/1/cwd/tasks.py", "/proc/self/root/../../etc/shadow"],
@@ -207,8 +217,11 @@ def programs(host):
                            "    if r >= 0: print('ESCAPE', name)"),
         "setsid_orphan": (f"{STAY}import time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(1000)\n"
                           "print('bye')"),
-        "reparent_to_pid1": (f"{STAY}import time\nfor i in range(5):\n    if os.fork() == 0:\n        time.sleep(1000)\n"
+        "reparent_to_pid1": (f"{STAY}import time\nfor i in range(5):\n"
+                             "    if os.fork() == 0:\n        time.sleep(1000)\n"
                              "os._exit(0)"),
+        "stay_after_timeout": (f"{STAY}import time\nfor i in range(3):\n    if os.fork() == 0:\n        os.setsid()\n"
+                               "        time.sleep(1000)\ntime.sleep(1000)"),
         "sigstop_self": "import os, signal\nos.kill(os.getpid(), signal.SIGSTOP)",
         "close_stdout": "import os\nos.close(1)\nos.close(2)\nwhile True: pass",
         "huge_argv_exec": "import os\nos.execv('/usr/bin/python3', ['x' * (1 << 20)])",
@@ -356,7 +369,8 @@ def test_specific_containment(results):
     assert b"blocked" in s["h4_every_mount_readonly"] and b"ok []" in s["h4_mount_flags"]
     assert b"add_key -3 -1 1" in s["h7_keyring_writer"]                # EPERM from the seccomp filter
     assert s["h8_setuid"].endswith(b"same\n")                           # the setuid copy ran as ourselves
-    assert b"held 0" in s["h9_shared_anon"] or b"held 1" in s["h9_shared_anon"] or b"held 2" in s["h9_shared_anon"]
+    held = re.search(rb"held (\d+)", s["h9_shared_anon"])               # MemoryError, or killed by the OOM killer
+    assert (int(held.group(1)) <= 2) if held else out["h9_shared_anon"]["returncode"] != 0
     assert s["h9_fork_memory"].count(b"held") <= 1                   # 6 x 200 MB against a 256 MB tree limit
     assert b"unshare -1" in s["nested_userns"] and b"sethostname -1" in s["sethostname"]
     assert b"'lo'" in s["raw_socket"] and s["udp_out"].startswith(b"blocked")
@@ -392,13 +406,15 @@ def test_reward_hacks_score_zero(host):
         "forge_from_main": ("import sys, json, os\nm = sys.modules['__main__']\nprint(sorted(vars(m)))\n"
                             "os.write(1, ('\\n' + json.dumps([['ok', repr(v)] for v in vars(m).values()"
                             " if isinstance(v, int)][:2]) + '\\n').encode())\nos._exit(0)"),
-        "read_tests": ("import json, os, re\nsrc = open('calls.json').read() + open('main.py').read()\n"
+        "read_tests": ("import json, os, re\nsrc = ''.join(open(f, errors='replace').read() for f in os.listdir('.'))\n"
                        "nums = re.findall(r'\\d{6,}', src)\n"
-                       "os.write(1, ('\\n' + json.dumps([['ok', n] for n in nums[:2]]) + '\\n').encode())\nos._exit(0)"),
+                       "rep = json.dumps([['ok', (nums or ['0'])[0]], ['ok', '[0]']])\n"
+                       "os.write(1, ('\\n' + rep + '\\n').encode())\n"
+                       "os._exit(0)"),
         "walk_frames": ("import sys, os, json, gc\nfound = [o for o in gc.get_objects() if isinstance(o, int) and o > "
                         "10**8][:1]\nf = sys._getframe()\nwhile f: found += [v for v in f.f_locals.values() if "
                         "isinstance(v, int) and v > 10**8]; f = f.f_back\n"
-                        "os.write(1, ('\\n' + json.dumps([['ok', repr(found[0] if found else 0)], ['ok', '[1, 2, 3]']])"
+                        "os.write(1, ('\\n' + json.dumps([['ok', repr(found[0] if found else 0)], ['ok', '[0]']])"
                         " + '\\n').encode())\nos._exit(0)"),
         # h11: reports that crashed the parser of the reward call
         "deep_report": "print('[' * 200000)",
