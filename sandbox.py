@@ -296,6 +296,15 @@ def _cgroup_parents():
 _run_ids = itertools.count()
 
 
+def _remove_stale(parents):
+    """Remove run cgroups left by a process of ours that died mid-run (named nano_r1_<its pid>_<k>)."""
+    for p in parents:
+        for name in os.listdir(p) if p else []:
+            m = re.fullmatch(r"nano_r1_(\d+)_\d+", name)
+            if m and not os.path.exists(f"/proc/{m.group(1)}"):
+                _cgroup_kill([os.path.join(p, name)])
+
+
 def _cgroup_create(setup, memory_bytes, max_procs):
     """A fresh cgroup for one run: its directories (created, limits written)."""
     kind, parents = setup["cgroup"]
@@ -391,6 +400,7 @@ def _build_setup():
     setup = {**tools, "python": python, "root": _root_args(python), "seccomp": _seccomp_filter(), "cgroup": None}
     try:
         setup["cgroup"] = _cgroup_parents()
+        _remove_stale(setup["cgroup"][1])
     except OSError as e:
         if os.environ.get("NANO_R1_SANDBOX_NO_CGROUP") != "1":
             raise SandboxUnavailable(f"no whole-tree memory limit ({e}): run as root, or under `systemd-run --user "
