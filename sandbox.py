@@ -10,8 +10,9 @@ talk to a sibling run or crash the grader will be found and paid. Every program 
     the shared libraries it maps, the symlinks on their paths), bound read-only, recursively, nosuid and nodev; a
     size-capped tmpfs /w as the only writable place (/tmp links to it); /dev and / remounted read-only;
     no_new_privs; no capabilities; no nested user namespaces; --die-with-parent; a new session (no TIOCSTI).
-  - a seccomp filter (ours, 11 instructions) refuses the kernel keyring (add_key, request_key, keyctl: keys in the
-    inherited session keyring outlive a run), bpf, perf_event_open, userfaultfd, io_uring and foreign-arch calls.
+  - a seccomp filter (ours, 19 instructions, on every process inside) refuses the kernel keyring (add_key,
+    request_key, keyctl: keys in the inherited session keyring outlive a run), ptrace and process_vm_readv/writev
+    (bwrap's own pid 1 is in the sandbox too), bpf, perf_event_open, userfaultfd, io_uring and foreign-arch calls.
   - a per-run cgroup limits memory (memory.max, no swap) and processes (pids.max) of the whole process tree: tmpfs
     and shared memory pages are charged to it too. cgroup v2 is used where it has the memory controller, else v1.
     It is also how the run ends: every process in it is SIGKILLed, and it must be empty before it is removed.
@@ -65,7 +66,6 @@ Usage:
 import ast
 import builtins
 import fcntl
-import functools
 import itertools
 import json
 import math
@@ -77,6 +77,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -130,7 +131,6 @@ def _world_executable(path):
 
 def _sandbox_python():
     """An interpreter the sandbox can execute: ours, or (as root, when ours sits under /root) a system one."""
-    import sys
     if not IS_ROOT or _world_executable(sys.executable):
         return os.path.realpath(sys.executable)
     for cand in ("/usr/bin/python3", "/usr/local/bin/python3"):
@@ -206,8 +206,9 @@ def _root_args(python):
 
 # ----------------------------------------------------------------------------- seccomp: a short deny list
 
-_DENY = {"x86_64": (0xC000003E, [248, 249, 250, 321, 298, 323, 425, 426, 427]),     # add_key request_key keyctl
-         "aarch64": (0xC00000B7, [217, 218, 219, 280, 241, 282, 425, 426, 427])}   # bpf perf uffd io_uring*3
+# add_key request_key keyctl | bpf perf_event_open userfaultfd | io_uring x3 | ptrace process_vm_readv/writev pidfd_getfd
+_DENY = {"x86_64": (0xC000003E, [248, 249, 250, 321, 298, 323, 425, 426, 427, 101, 310, 311, 438]),
+         "aarch64": (0xC00000B7, [217, 218, 219, 280, 241, 282, 425, 426, 427, 117, 270, 271, 438])}
 
 
 def _seccomp_filter():
@@ -794,11 +795,17 @@ def _executor():
         return _pool["ex"]
 
 
+_warned = []
+
+
 def _guarded(job, n):
     """Run one job; any failure (sandbox unavailable, a bug, an OS error) -> n zero scores with the reason."""
     try:
         return job()
     except Exception as e:                 # the reward call never raises
+        if isinstance(e, SandboxUnavailable) and not _warned:
+            _warned.append(1)
+            print(f"[sandbox] every code reward is 0: {e}", file=sys.stderr)
         return [0.0] * n, [f"{type(e).__name__}: {e}"[:300]] * n
 
 

@@ -197,3 +197,21 @@ def test_uid_claims_are_exclusive_across_processes():
     assert b2 == b                                # released uids are reused
     sandbox._release_uid(fb2)
     sandbox._release_uid(fa)
+
+
+def test_cgroup_v2_logic_on_a_fake_tree(tmp_path, monkeypatch):
+    """This machine's memory controller may be on cgroup v1; the v2 path is checked on a directory tree shaped like
+    one: the controllers are enabled for children, limits are written, and a v2 without memory is refused."""
+    (tmp_path / "cgroup.controllers").write_text("cpu io memory pids\n")
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    monkeypatch.setattr(sandbox, "_cgroup_mounts", lambda: {"cgroup2": [str(tmp_path)]})
+    monkeypatch.setattr(sandbox, "_own_cgroup", lambda controller: "/")
+    kind, parents = sandbox._cgroup_parents()
+    assert (kind, parents) == ("v2", [str(tmp_path)])
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+memory +pids"
+    (d,) = sandbox._cgroup_create({"cgroup": (kind, parents)}, 256 << 20, 16)
+    assert open(os.path.join(d, "memory.max")).read() == str(256 << 20)
+    assert open(os.path.join(d, "pids.max")).read() == "16"
+    (tmp_path / "cgroup.controllers").write_text("cpu io\n")
+    with pytest.raises(OSError, match="no memory\\+pids controllers"):
+        sandbox._cgroup_parents()

@@ -181,8 +181,13 @@ def programs(host):
                              "        if b'98765' + b'4321' in b: print('ESCAPE', p, k)"),
     }
     own = {
-        "ptrace_pid1": (f"{LIBC}print('ptrace', libc.ptrace(16, 1, 0, 0), ctypes.get_errno())\n"
-                        "if libc.ptrace(16, 1, 0, 0) == 0: print('ESCAPE attached')"),
+        "ptrace_pid1": (f"{LIBC}if os.fork() == 0:\n    r = libc.ptrace(16, 1, 0, 0)\n"
+                        "    print('ptrace', r, ctypes.get_errno(), flush=True)\n"
+                        "    if r == 0: print('ESCAPE attached', flush=True)\n    os._exit(0)\nos.wait()"),
+        "unfiltered_process": ("import os\nfor p in os.listdir('/proc'):\n    if not p.isdigit(): continue\n"
+                               "    st = open(f'/proc/{p}/status').read()\n"
+                               "    print(p, st.split('Seccomp:')[1].split()[0], st.split('NoNewPrivs:')[1].split()[0])\n"
+                               "    if st.split('Seccomp:')[1].split()[0] != '2': print('ESCAPE no filter', p)"),
         "kill_all": "import os, signal\ntry: os.kill(-1, signal.SIGKILL)\nexcept OSError as e: print('blocked', e)",
         "proc_sys_write": _attempts(["/proc/sys/vm/drop_caches", "/proc/sys/kernel/hostname",
                                      "/proc/sysrq-trigger", "/proc/sys/kernel/core_pattern"],
@@ -296,14 +301,16 @@ def host(tmp_path_factory):
 
 
 def _survivors():
-    """Host processes carrying this test's TOKEN: only our own sandboxes' leftovers are counted."""
+    """Live host processes carrying this test's TOKEN (zombies are dead): only our own sandboxes' are counted."""
     left = []
     for p in os.listdir("/proc"):
         try:
-            with open(f"/proc/{p}/comm") as f:
-                if f.read().strip() == TOKEN:
-                    left.append(int(p))
-        except (OSError, ValueError):
+            with open(f"/proc/{p}/stat") as f:
+                head, tail = f.read().rsplit(")", 1)
+            comm, state = head.split("(", 1)[1], tail.split()[0]
+            if comm == TOKEN and state != "Z":
+                left.append(int(p))
+        except (OSError, ValueError, IndexError):
             pass
     return left
 
@@ -372,13 +379,14 @@ def test_specific_containment(results):
     held = re.search(rb"held (\d+)", s["h9_shared_anon"])               # MemoryError, or killed by the OOM killer
     assert (int(held.group(1)) <= 2) if held else out["h9_shared_anon"]["returncode"] != 0
     assert s["h9_fork_memory"].count(b"held") <= 1                   # 6 x 200 MB against a 256 MB tree limit
+    assert b"ptrace -1 1" in s["ptrace_pid1"] and s["unfiltered_process"].startswith(b"1 2 1\n2 2 1")
     assert b"unshare -1" in s["nested_userns"] and b"sethostname -1" in s["sethostname"]
     assert b"'lo'" in s["raw_socket"] and s["udp_out"].startswith(b"blocked")
     assert s["leaked_fds"].strip().startswith(b"[0, 1, 2")
     assert out["double_fork_daemon"]["stdout"].strip() == b"parent done"
     assert out["truncate_stdout"]["stdout"].endswith(b"42\n")
-    for name in ["infinite_loop", "sleep_forever", "ignore_sigterm", "thread_bomb", "sigstop_self", "close_stdout",
-                 "cpu_in_children"]:
+    for name in ["infinite_loop", "sleep_forever", "ignore_sigterm", "thread_bomb", "close_stdout", "cpu_in_children",
+                 "stay_after_timeout", "sigstop_self"]:
         assert out[name]["timed_out"], name
     for name in ["memory_bomb", "h9_tmpfs_in_userns", "h9_memfd_memory", "honest_sibling"]:
         assert not out[name]["timed_out"], name
