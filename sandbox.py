@@ -22,12 +22,13 @@ talk to a sibling run or crash the grader will be found and paid. Every program 
   - test results are judged in the parent: stdout is compared line by line; for assert tests the sandbox only
     prints the values of the solution's calls and the parent evaluates the assert on them (see _compile_assert).
 
-Why bubblewrap rather than our own unshare/mount/pivot_root through ctypes: it is a small, setuid-free C tool kept
-by the Flatpak project and audited for exactly this; it handles the subtle steps (pivot_root, the recursive
-read-only remount of every submount, /proc of the new pid namespace, uid maps, PR_SET_PDEATHSIG races) that a
-hand-written launcher gets wrong in ways no test shows; and a C launcher costs ~1 ms where a Python launcher costs
-a second interpreter start (~15 ms of CPU per program, a third of the budget at 50 programs/s on 2 cores). The
-cost is a system package (`apt install bubblewrap`, `dnf install bubblewrap`, `pacman -S bubblewrap`).
+Why bubblewrap rather than our own unshare/mount/pivot_root through ctypes: it is a small C tool kept by the
+Flatpak project, which confines untrusted desktop apps with it (setuid only on distributions that disable
+unprivileged user namespaces); it handles the subtle steps (pivot_root, the recursive read-only remount of every
+submount, /proc of the new pid namespace, uid maps, PR_SET_PDEATHSIG races) that a hand-written launcher gets
+wrong in ways no test shows; and a C launcher costs ~1 ms where a Python launcher costs a second interpreter start
+(~15 ms of CPU per program, a third of the budget at 50 programs/s on 2 cores). The cost is a system package
+(`apt install bubblewrap`, `dnf install bubblewrap`, `pacman -S bubblewrap`).
 
 Simplifications:
   1. Linux only, with bubblewrap >= 0.8 and util-linux (prlimit, setpriv) installed. Without root it needs
@@ -35,7 +36,8 @@ Simplifications:
      for bwrap) and a delegated cgroup v2 subtree with the memory controller (a systemd user session gives one to
      `systemd-run --user --scope -p Delegate=yes python train.py ...`). Whatever is missing is named in a one-line
      error (python sandbox.py prints it). NANO_R1_SANDBOX_NO_CGROUP=1 accepts per-process rlimits instead of a
-     whole-tree memory limit (a program can then use up to max_procs * memory_mb).
+     whole-tree memory limit: a program can then use max_procs * memory_mb as root, and as many processes as
+     the user may start without root.
   2. As root each running program also gets a private uid (SANDBOX_UIDS, claimed with an flock) outside its user
      namespace, so the sandbox owns nothing on the host and its process limit is its own.
   3. Assert tests are judged in the parent, so only forms the parent can evaluate are accepted: `assert EXPR[, msg]`
@@ -206,7 +208,8 @@ def _root_args(python):
 
 # ----------------------------------------------------------------------------- seccomp: a short deny list
 
-# add_key request_key keyctl | bpf perf_event_open userfaultfd | io_uring x3 | ptrace process_vm_readv/writev pidfd_getfd
+# add_key request_key keyctl | bpf perf_event_open userfaultfd | io_uring x3 | ptrace process_vm_readv/writev
+# pidfd_getfd
 _DENY = {"x86_64": (0xC000003E, [248, 249, 250, 321, 298, 323, 425, 426, 427, 101, 310, 311, 438]),
          "aarch64": (0xC00000B7, [217, 218, 219, 280, 241, 282, 425, 426, 427, 117, 270, 271, 438])}
 

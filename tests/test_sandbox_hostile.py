@@ -186,7 +186,8 @@ def programs(host):
                         "    if r == 0: print('ESCAPE attached', flush=True)\n    os._exit(0)\nos.wait()"),
         "unfiltered_process": ("import os\nfor p in os.listdir('/proc'):\n    if not p.isdigit(): continue\n"
                                "    st = open(f'/proc/{p}/status').read()\n"
-                               "    print(p, st.split('Seccomp:')[1].split()[0], st.split('NoNewPrivs:')[1].split()[0])\n"
+                               "    print(p, st.split('Seccomp:')[1].split()[0],"
+                               " st.split('NoNewPrivs:')[1].split()[0])\n"
                                "    if st.split('Seccomp:')[1].split()[0] != '2': print('ESCAPE no filter', p)"),
         "kill_all": "import os, signal\ntry: os.kill(-1, signal.SIGKILL)\nexcept OSError as e: print('blocked', e)",
         "proc_sys_write": _attempts(["/proc/sys/vm/drop_caches", "/proc/sys/kernel/hostname",
