@@ -848,8 +848,8 @@ def check_answer(answer, problem):
 
 # ----------------------------------------------------------------------------- code sandbox (sandbox.py)
 
-from sandbox import (_strip_fences, code_reward, code_rewards, run_sandboxed,  # noqa: E402,F401
-                     sandbox_capabilities)
+from sandbox import (_strip_fences, check_sandbox, code_reward, code_reward_details,  # noqa: E402,F401
+                     code_rewards, run_sandboxed, sandbox_capabilities)
 
 
 def _reset_after_fork():

@@ -215,3 +215,13 @@ def test_cgroup_v2_logic_on_a_fake_tree(tmp_path, monkeypatch):
     (tmp_path / "cgroup.controllers").write_text("cpu io\n")
     with pytest.raises(OSError, match="no memory\\+pids controllers"):
         sandbox._cgroup_parents()
+
+
+def test_userns_refused_gives_the_fix(monkeypatch):
+    """What bwrap says when the kernel refuses unprivileged user namespaces becomes one line with the fix."""
+    msg = (b"bwrap: No permissions to creating new namespace, likely because the kernel does not allow "
+           b"non-privileged user namespaces.\n")
+    monkeypatch.setattr(sandbox, "_run", lambda *a: {"stdout": b"", "stderr": msg, "returncode": 1})
+    with pytest.raises(sandbox.SandboxUnavailable, match="unprivileged user namespaces are off") as e:
+        sandbox._smoke({})
+    assert "\n" not in str(e.value) and "kernel.unprivileged_userns_clone=1" in str(e.value)
