@@ -485,8 +485,9 @@ def _run(s, files, main, stdin, timeout, memory_mb, output_cap, disk_bytes, max_
     cg = _cgroup_create(s, memory_mb << 20, max_procs) if s["cgroup"] else None
     fds = []
     try:
-        limits = [f"--core=0", f"--fsize={output_cap * 4}", "--nofile=64", f"--cpu={int(math.ceil(timeout)) + 1}",
-                  f"--as={max(memory_mb, 64) << 20}"]
+        as_mb = 2 * memory_mb if cg else memory_mb      # virtual (thread stacks, arenas); the cgroup bounds real use
+        limits = ["--core=0", f"--fsize={output_cap * 4}", "--nofile=64", f"--cpu={int(math.ceil(timeout)) + 1}",
+                  f"--as={max(as_mb, 128) << 20}"]
         if not cg and IS_ROOT:
             limits.append(f"--nproc={max_procs}")
         cmd = [s["prlimit"], *limits, "--"]
