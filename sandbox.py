@@ -272,12 +272,32 @@ def _v2_parent(mnt):
         except OSError as e:
             if e.errno != 16 or cand != own:                # EBUSY: processes live here (no internal processes)
                 continue
-            leaf = os.path.join(own, "nano_r1_harness")       # the documented move for a delegated subtree
-            os.makedirs(leaf, exist_ok=True)
-            _write(os.path.join(leaf, "cgroup.procs"), str(os.getpid()))
-            _write(os.path.join(cand, "cgroup.subtree_control"), "+memory +pids")
+            leaf = os.path.join(own, "nano_r1_harness")       # the documented move for a delegated subtree:
+            os.makedirs(leaf, exist_ok=True)                 # we and our children go to a leaf, if nobody else
+            for pid in _our_tree(_cgroup_pids(own)):        # lives in our cgroup (e.g. under systemd-run --scope)
+                _write(os.path.join(leaf, "cgroup.procs"), str(pid))
+            try:
+                _write(os.path.join(cand, "cgroup.subtree_control"), "+memory +pids")
+            except OSError:
+                raise OSError(f"other processes share our cgroup {own}") from None
         return [cand]
     raise OSError(f"cgroup v2 at {own} has no memory+pids controllers we may enable")
+
+
+def _our_tree(pids):
+    """The pids among `pids` that are this process or its descendants."""
+    me, ours = os.getpid(), []
+    for pid in pids:
+        p = pid
+        while p > 1 and p != me:
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    p = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                p = 0
+        if p == me:
+            ours.append(pid)
+    return ours
 
 
 def _cgroup_parents():

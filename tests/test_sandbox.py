@@ -225,3 +225,15 @@ def test_userns_refused_gives_the_fix(monkeypatch):
     with pytest.raises(sandbox.SandboxUnavailable, match="unprivileged user namespaces are off") as e:
         sandbox._smoke({})
     assert "\n" not in str(e.value) and "kernel.unprivileged_userns_clone=1" in str(e.value)
+
+
+def test_our_tree_moves_only_our_processes():
+    """On cgroup v2 we may move ourselves and our children to a leaf, never a process that is not ours."""
+    import subprocess
+    child = subprocess.Popen(["sleep", "5"])
+    try:
+        got = sandbox._our_tree([os.getpid(), child.pid, 1, os.getppid()])
+        assert got == [os.getpid(), child.pid]
+    finally:
+        child.kill()
+        child.wait()
