@@ -32,8 +32,8 @@ wrong in ways no test shows; and a C launcher costs ~1 ms where a Python launche
 
 Simplifications:
   1. Linux only, with bubblewrap >= 0.8 and util-linux (prlimit, setpriv) installed. Without root it needs
-     unprivileged user namespaces (the default on Debian, Fedora, Arch; Ubuntu 24.04 ships an AppArmor profile
-     for bwrap) and a delegated cgroup v2 subtree with the memory controller (a systemd user session gives one to
+     unprivileged user namespaces (the default on Debian, Fedora, Arch; Ubuntu 24.04 restricts them through
+     AppArmor, and the error names the setting) and a delegated cgroup v2 subtree with the memory controller (a systemd user session gives one to
      `systemd-run --user --scope -p Delegate=yes python train.py ...`; we then move our own process tree to a
      leaf, nano_r1_harness, so the scope may have children). Whatever is missing is named in a one-line
      error (python sandbox.py prints it). NANO_R1_SANDBOX_NO_CGROUP=1 accepts per-process rlimits instead of a
