@@ -798,8 +798,9 @@ def _run_assert_tests(code, asserts, timeout, kw):
 _pool = {"ex": None}
 _pool_lock = threading.Lock()
 
-# Programs at a time. Twice the cores: much of a short run is process/namespace setup, not CPU.
-SANDBOX_WORKERS = min(len(SANDBOX_UIDS), int(os.environ.get("NANO_R1_SANDBOX_WORKERS", 0)) or 2 * (os.cpu_count() or 1))
+# Programs at a time. Four per core: much of a short run is namespace setup and teardown in the kernel, not CPU
+# (measured on 2 busy cores: 33 programs/s with 4 at a time, 43 with 8).
+SANDBOX_WORKERS = min(len(SANDBOX_UIDS), int(os.environ.get("NANO_R1_SANDBOX_WORKERS", 0)) or 4 * (os.cpu_count() or 1))
 
 
 def _reset_after_fork():

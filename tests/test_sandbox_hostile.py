@@ -320,7 +320,7 @@ def results(host):
     os.environ["NANO_R1_TEST_SECRET"] = "ENV-SECRET-XYZ"
     progs = programs(host)
     t0 = time.monotonic()
-    with ThreadPoolExecutor(2 * sandbox.SANDBOX_WORKERS) as ex:
+    with ThreadPoolExecutor(8) as ex:
         honest = ex.submit(run_sandboxed, {"solution.py": "import time, sys\nx = sys.stdin.read()\ntime.sleep(1.2)"
                                            "\nprint(len(x))"}, "solution.py", stdin="SIBLING-SECRET 987654321",
                            timeout=TIMEOUT)
