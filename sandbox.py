@@ -33,20 +33,21 @@ wrong in ways no test shows; and a C launcher costs ~1 ms where a Python launche
 Simplifications:
   1. Linux only, with bubblewrap >= 0.8 and util-linux (prlimit, setpriv) installed. Without root it needs
      unprivileged user namespaces (the default on Debian, Fedora, Arch; Ubuntu 24.04 restricts them through
-     AppArmor, and the error names the setting) and a delegated cgroup v2 subtree with the memory controller (a systemd user session gives one to
-     `systemd-run --user --scope -p Delegate=yes python train.py ...`; we then move our own process tree to a
-     leaf, nano_r1_harness, so the scope may have children). Whatever is missing is named in a one-line
-     error (python sandbox.py prints it). NANO_R1_SANDBOX_NO_CGROUP=1 accepts per-process rlimits instead of a
-     whole-tree memory limit: a program can then use max_procs * memory_mb as root, and as many processes as
-     the user may start without root.
+     AppArmor, and the error names the setting) and a delegated cgroup v2 subtree with the memory controller
+     (a systemd user session gives one to `systemd-run --user --scope -p Delegate=yes python train.py ...`; we
+     then move our own process tree to a leaf, nano_r1_harness, so the scope may have children). Whatever is
+     missing is named in a one-line error (python sandbox.py prints it). NANO_R1_SANDBOX_NO_CGROUP=1 accepts
+     per-process rlimits instead of a whole-tree memory limit: a program can then use max_procs * memory_mb as
+     root, and as many processes as the user may start without root.
   2. As root each running program also gets a private uid (SANDBOX_UIDS, claimed with an flock) outside its user
      namespace, so the sandbox owns nothing on the host and its process limit is its own.
   3. Assert tests are judged in the parent, so only forms the parent can evaluate are accepted: `assert EXPR[, msg]`
      where EXPR is built from literals, comparisons, and/or/not, + - * / // % on numbers, indexing, the pure
-     builtins in _SAFE_FUNCS, and calls `f(args)` of solution functions (args: anything without another solution
-     call). Each such call runs in the sandbox and sends back the repr of a plain value (numbers, str, bool, None,
-     list, tuple, dict, set). Methods, attributes, lambdas, comprehensions, nested solution calls and `**` are
-     refused: the test scores 0 with the reason (check_tests() reports them up front).
+     builtins in _SAFE_FUNCS, and calls `f(args)` of solution functions (any other name; args: anything without
+     another solution call). Each such call runs in the sandbox and sends back the repr of a plain value
+     (numbers, str, bool, None, list, tuple, dict, set); a builtin outside _SAFE_FUNCS, such as range, is
+     evaluated inside too, so it must give a plain value. Methods, attributes, lambdas, comprehensions, nested
+     solution calls and `**` are refused: the test scores 0 with the reason (check_tests() reports them up front).
   4. seccomp is a deny list of a few calls, not an allow list; its filter is built for x86_64 and aarch64 only
      (elsewhere the keyring is namespaced per user namespace, but the inherited session keyring is reachable).
   5. Output is compared after dropping trailing spaces and trailing blank lines, nothing looser.
@@ -408,10 +409,10 @@ def _setup():
             _setup_state["ok"] = s = _build_setup()
             _smoke(s)
             return s
-        except SandboxUnavailable as e:
+        except (SandboxUnavailable, OSError, ValueError, subprocess.SubprocessError) as e:
             _setup_state.pop("ok", None)
-            _setup_state["error"] = str(e)
-            raise
+            _setup_state["error"] = str(e) if isinstance(e, SandboxUnavailable) else f"{type(e).__name__}: {e}"
+            raise SandboxUnavailable(_setup_state["error"]) from None
 
 
 def _build_setup():
@@ -679,9 +680,12 @@ def _judge(node, slots, values):
         return {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(node)](ev(e) for e in node.elts)
     if isinstance(node, ast.Dict):
         return {ev(k): ev(v) for k, v in zip(node.keys, node.values)}
-    if isinstance(node, ast.BoolOp):
-        vals = (ev(v) for v in node.values)
-        return all(vals) if isinstance(node.op, ast.And) else any(vals)
+    if isinstance(node, ast.BoolOp):                        # Python's and/or: the deciding value, short-circuit
+        for v in node.values:
+            val = ev(v)
+            if bool(val) != isinstance(node.op, ast.And):
+                return val
+        return val
     if isinstance(node, ast.UnaryOp):
         v = ev(node.operand)
         return not v if isinstance(node.op, ast.Not) else -v if isinstance(node.op, ast.USub) else +v
