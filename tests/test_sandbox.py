@@ -62,6 +62,8 @@ def test_compile_assert_sends_no_expected_value():
     assert sandbox._judge(tree, slots, [987654, [0, 0, 0]]) is True
     assert sandbox._judge(tree, slots, ["987654", [0, 0, 0]]) is False        # strict types: str != int
     assert sandbox._judge(tree, slots, [987654, (0, 0)]) is False
+    tree, slots, _ = sandbox._compile_assert("assert (f(1) or 5) == 5 and (f(2) and 7) == 0")
+    assert sandbox._judge(tree, slots, [0, 0]) is True and sandbox._judge(tree, slots, [4, 0]) is False
     tree, slots, _ = sandbox._compile_assert("assert f(1) * 3 == 'aaa'")
     with pytest.raises(ValueError):                                            # "a" * 10**12 never built
         sandbox._judge(tree, slots, ["a"])
