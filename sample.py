@@ -4,8 +4,11 @@ What it is
     generate(): many prompts of ragged length, n samples each, one token per step from the model's
     KV cache; temperature / top-k / top-p / greedy, stop tokens and stop strings; returns the sampled
     tokens and the log-prob of each one under the distribution it was actually drawn from (what the
-    RL trainer needs for its importance ratio). evaluate(): pass@1 over k samples, cons@k (majority
-    vote), unbiased pass@k, format compliance, response length and truncation, per difficulty bucket.
+    RL trainer needs for its importance ratio). evaluate(): the paper's protocol (k samples at T=0.6,
+    top-p 0.95): pass@1, cons@k (majority vote), unbiased pass@k, format compliance, response length and
+    truncation, each with a 95% bootstrap interval over problems, per difficulty bucket; prompts in the
+    R1-Zero template or the checkpoint's own chat template; batched by a KV-cache token budget; per-problem
+    results to a JSONL file that a stopped run resumes from.
 
 Simplifications vs production samplers (vLLM, SGLang, nanochat's Engine)
     1. Static batching: all prompts start together; a finished row is dropped from the batch (the
@@ -30,9 +33,14 @@ For temperature 1 and no filtering this equals the model's own log_softmax(logit
 trainer recomputes with one forward pass (tested). For greedy (temperature 0) the sampling
 distribution is a point mass, so we report the model's log_softmax (temperature 1) at the argmax.
 
+Evaluation vs the paper's: cons@k votes on answers' text (stripped), not on mathematical equivalence; the
+intervals are percentile bootstraps over problems (a problem's k samples are kept together, not resampled).
+
 Use
-    python sample.py --ckpt DIR --prompt "User: what is 12*34? Assistant:"      # streams tokens
-    python sample.py --ckpt DIR --eval --task multiplication --k 8 --n 100       # pass@1, cons@k, ...
+    python sample.py --ckpt DIR --prompt "What is 12*34?"               # R1-Zero template, streams tokens
+    python sample.py --ckpt DIR --eval                                  # the task the checkpoint recorded
+    python sample.py --ckpt DIR --eval --problems aime24.jsonl --template chat --k 64   # a real benchmark
+    python sample.py --help                                             # every flag, grouped
     from sample import generate, evaluate
     gen = generate(model, [tok.encode(p) for p in prompts], n=8, temperature=1.0, seed=0)
 
@@ -673,7 +681,7 @@ def build_parser():
                  formatter_class=argparse.RawDescriptionHelpFormatter,
                  epilog="examples:\n  python sample.py --ckpt runs/zero-tiny/rl/step_000040 --eval\n"
                         "  python sample.py --ckpt DIR --eval --problems aime24.jsonl --template chat --k 64\n"
-                        "  python sample.py --ckpt DIR --prompt \"What is 17 * 23?\"")
+                        "  python sample.py --ckpt DIR --prompt \"What is 17 * 23?\"\n")
     g = ap.add_argument_group("what to run")
     g.add_argument("--ckpt", metavar="DIR", help="a checkpoint dir of ours or a Hugging Face model dir (required)")
     g.add_argument("--prompt", metavar="TEXT", help="continue TEXT, wrapped in --template, streaming the completion")
@@ -694,23 +702,23 @@ def build_parser():
                    "(default: r1-zero)")
     g = ap.add_argument_group("sampling")
     g.add_argument("--k", type=int, default=8, help="samples per problem (default: 8; the paper: 64 on AIME)")
-    g.add_argument("--temperature", type=float, help="0 = greedy (default: 0.6 for --eval, the paper's; 1.0 "
+    g.add_argument("--temperature", type=float, metavar="TEMP", help="0 = greedy (default: 0.6 for --eval, the paper's; 1.0 "
                    "for --prompt)")
-    g.add_argument("--top_p", type=float, help="nucleus mass (default: 0.95 for --eval, the paper's; 1.0 for --prompt)")
-    g.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens (default: 0 = off)")
-    g.add_argument("--max_new_tokens", type=int, help="generation budget per sample (default: the checkpoint's "
+    g.add_argument("--top_p", type=float, metavar="P", help="nucleus mass (default: 0.95 for --eval, the paper's; 1.0 for --prompt)")
+    g.add_argument("--top_k", type=int, default=0, metavar="K", help="keep the k most likely tokens (default: 0 = off)")
+    g.add_argument("--max_new_tokens", type=int, metavar="N", help="generation budget per sample (default: the checkpoint's "
                    "training value, else 32768 for --eval (the paper's) and 256 for --prompt; capped at the "
                    "model's context)")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed; also draws --task problems (default: 0)")
+    g.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed; also draws --task problems (default: 0)")
     g = ap.add_argument_group("batching and output (--eval)")
-    g.add_argument("--batch_size", type=int, default=64, help="most sequences per generate() call (default: 64)")
-    g.add_argument("--batch_tokens", type=int, default=0, help="most KV-cache slots (sequences x (prompt + "
+    g.add_argument("--batch_size", type=int, default=64, metavar="ROWS", help="most sequences per generate() call (default: 64)")
+    g.add_argument("--batch_tokens", type=int, default=0, metavar="SLOTS", help="most KV-cache slots (sequences x (prompt + "
                    "max_new_tokens)) per call (default: 0 = what fits in half the free device memory)")
     g.add_argument("--out", metavar="FILE", help="per-problem results JSONL, resumed when it exists; the summary "
-                   "goes to FILE.summary.json (default: runs/eval/<ckpt>-<problems>-<template>-k<k>-<settings "
+                   "goes beside it as .summary.json (default: runs/eval/<ckpt>-<problems>-<template>-k<k>-<settings "
                    "hash>.jsonl)")
     g = ap.add_argument_group("device")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto = cuda if present)")
+    g.add_argument("--device", default="auto", metavar="DEV", help="auto | cpu | cuda | cuda:N (default: auto = cuda if present)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights dtype (default: auto = bfloat16 on a GPU that supports it, else float32)")
     return ap
@@ -747,7 +755,7 @@ def check_ckpt(path):
         if root.count(os.sep) - depth0 >= 3:
             dirs.clear()
         dirs.sort()
-    hint = (f"; checkpoints under it: {', '.join(sorted(found)[-3:])}" if found else
+    hint = (f"; checkpoints under it (latest last): {', '.join(sorted(found)[-3:])}" if found else
             "; valid: a checkpoint dir (config.json + weights) or a Hugging Face model dir")
     raise UsageError(f"--ckpt {path} is not a checkpoint directory (no config.json){hint}")
 
@@ -762,7 +770,7 @@ def read_record(ckpt):
             rec = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(rec, dict) or not isinstance(rec.get("train", {}), dict):
+    if not isinstance(rec, dict) or not isinstance(rec.get("train") or {}, dict):
         raise UsageError(f"{path}: expected an object with keys task, preset, step, train")
     return rec
 
@@ -834,6 +842,8 @@ def resolve(args):
                              problems=None, source=None, notes=[])
     if args.prompt is not None:
         return run
+    if args.problems and args.task:
+        raise UsageError(f"give --problems FILE or --task, not both (got --problems {args.problems} --task {args.task})")
     if args.problems or (train.get("problems") and not args.task):  # a problem file: given, or the one trained on
         path, fmt, limit = args.problems, args.format, args.n
         if not path:
@@ -904,8 +914,8 @@ def _report(res, k, header):
         fmt = ".1f" if m == "length" else ".3f"
         lines.append(f"{label:<10} {res[m]:>9{fmt}}   [{lo:{fmt}}, {hi:{fmt}}]")
     if len(res["by_bucket"]) > 1:
-        lines.append("by bucket: " + "  ".join(f"{b}: pass@1 {r['pass@1']:.3f} cons@{k} {r['cons@k']:.3f} "
-                                                f"(n={r['n']})" for b, r in res["by_bucket"].items()))
+        lines += [f"  bucket {b:<4} pass@1 {r['pass@1']:.3f}  cons@{k} {r['cons@k']:.3f}  length {r['length']:.1f}  "
+                  f"({r['n']} problems)" for b, r in res["by_bucket"].items()]
     return "\n".join(lines)
 
 

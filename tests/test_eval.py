@@ -15,7 +15,8 @@ from sample import (ResultsFile, bootstrap_ci, evaluate, grade, pass_at_k, per_p
                     summarize)
 from tasks import Problem
 
-QWEN2_PAT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+QWEN2_PAT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
+             r"""|\s+(?!\S)|\s+""")
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<answer>", "</answer>"]
 CHAT = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -111,7 +112,8 @@ def test_bootstrap_ci_known_cases():
     # 15 of 30 problems solved: a resampled mean is Binomial(30, 1/2) / 30, whose exact 2.5% and 97.5% quantiles
     # are 10 and 20 (P(X <= 9) = 0.021, P(X <= 10) = 0.049); so the interval is [1/3, 2/3] (normal approx.
     # 0.5 +- 0.179)
-    assert sum(math.comb(30, i) for i in range(10)) / 2 ** 30 < 0.025 < sum(math.comb(30, i) for i in range(11)) / 2 ** 30
+    cdf = lambda x: sum(math.comb(30, i) for i in range(x + 1)) / 2 ** 30  # noqa: E731
+    assert cdf(9) < 0.025 < cdf(10) and 1 - cdf(20) < 0.025 < 1 - cdf(19)
     lo, hi = bootstrap_ci([1.0] * 15 + [0.0] * 15, n_boot=20000, seed=0)
     assert lo == pytest.approx(1 / 3) and hi == pytest.approx(2 / 3)
     assert bootstrap_ci([1, 0, 1, 1], seed=3) == bootstrap_ci([1, 0, 1, 1], seed=3)  # seeded
@@ -139,8 +141,10 @@ def test_grade_per_template():
     assert grade(" <think> half </think> <answer> 0.5 </answer>", p, "r1-zero") == ("0.5", True, 1.0)
     assert grade(" <think> half </think> 0.5", p, "r1-zero") == (None, False, 0.0)  # no answer block: format 0
     # chat: the last \boxed{} after the reasoning; a box inside an unfinished thought is no answer
-    assert grade("<think>\ntry \\boxed{3}\n</think>\nSo \\boxed{\\frac{1}{2}}.", p, "chat") == ("\\frac{1}{2}", True, 1.0)
+    text = "<think>\ntry \\boxed{3}\n</think>\nSo \\boxed{\\frac{1}{2}}."
+    assert grade(text, p, "chat") == ("\\frac{1}{2}", True, 1.0)
     assert grade("hmm \\boxed{\\frac12} wait", p, "chat", thinks=True) == (None, False, 0.0)
+    assert grade("<think>\\boxed{0.5}</think> Not sure.", p, "chat") == (None, False, 0.0)  # a box in thought only
     assert grade("ok\n</think>\n\\boxed{0.5}", p, "chat", thinks=True) == ("0.5", True, 1.0)
     assert grade("The answer is \\boxed{2}.", p, "none") == ("2", False, 1.0)
     assert grade("The answer is one half.", p, "none") == (None, False, 0.0)
@@ -382,3 +386,37 @@ def test_cli_context_limit_and_gap_ids_decode(tmp_path, ckpt, capsys):
     assert tok.decode(tok.encode("ok") + gap) == "ok"
     gen = sample.generate(model, [tok.encode("hi")], max_new_tokens=200, temperature=1.0, seed=0, n=4)
     [tok.decode(row.tolist()) for row in gen.tokens]  # would raise on a gap id before
+
+
+def test_cli_ctrl_c_saves_and_names_the_resume_command(tmp_path, ckpt, capsys, monkeypatch):
+    real, calls = sample.generate, []
+
+    def interrupted(*a, **k):  # Ctrl-C during the second generate() call
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(sample, "generate", interrupted)
+    rows = [{"problem": f"Find {i} + 1.", "answer": str(i + 1)} for i in range(3)]
+    args = ["--ckpt", ckpt, "--eval", "--problems", write_problems(tmp_path, "aime", rows), "--k", 2,
+            "--max_new_tokens", 4, "--batch_size", 2, "--out", tmp_path / "r.jsonl"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 130 and "interrupted: 1/3 problems saved in" in err and "resume with: python sample.py" in err
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 2  # header + the finished problem
+    code, out, err = run_cli(args, capsys)
+    assert code == 0 and "resuming, 1 done" in err and "3 problems x 2 samples" in out
+
+
+def test_cli_recorded_problem_file_and_bad_records(tmp_path, capsys):
+    rows = [{"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"} for i in range(5)]
+    probs = write_problems(tmp_path, "gsm8k", rows)
+    d = write_checkpoint(tmp_path / "run", record={"task": "multiplication", "train": {
+        "problems": str(probs), "problems_kind": "gsm8k", "eval_path": "", "eval_problems": 2, "max_new_tokens": 4}})
+    code, out, err = run_cli(["--ckpt", d, "--eval", "--k", 1, "--out", tmp_path / "r.jsonl"], capsys)
+    assert code == 0, err
+    assert "held-out file recorded in" in err and "2 problems x 1 samples" in out  # the first eval_problems lines
+    code, _, err = run_cli(["--ckpt", d, "--eval", "--problems", probs, "--task", "count"], capsys)
+    assert code == 2 and "not both" in err
+    (d / "nano_r1.json").write_text("{broken")
+    code, _, err = run_cli(["--ckpt", d, "--eval"], capsys)
+    assert code == 2 and "nano_r1.json: not valid JSON" in err and len(err.splitlines()) == 1
