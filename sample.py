@@ -521,14 +521,6 @@ class ResultsFile:
             os.fsync(f.fileno())
 
 
-def _flat_samples(record):
-    """A per-problem record -> its sample dicts (the keys summarize() and train.py read)."""
-    return [{"question": record["problem"], "gold": record["answer"], "bucket": record["bucket"],
-             "completion": c, "pred": p, "correct": ok, "format": fm, "length": n, "truncated": tr}
-            for c, p, ok, fm, n, tr in zip(record["samples"], record["preds"], record["verdicts"],
-                                           record["formats"], record["lengths"], record["truncated"])]
-
-
 def evaluate(model, tokenizer, problems, k=8, temperature=0.6, top_p=0.95, max_new_tokens=256,
              batch_size=64, prompt_fn=None, seed=0, progress=False, template="r1-zero", token_budget=0,
              stop_ids=(), results=None, n_boot=1000, top_k=0):
@@ -603,7 +595,10 @@ def evaluate(model, tokenizer, problems, k=8, temperature=0.6, top_p=0.95, max_n
         if bar is not None:
             bar.close()
     done = [records[i] for i in range(len(problems))]
-    samples = [s for r in done for s in _flat_samples(r)]
+    samples = [{"question": r["problem"], "gold": r["answer"], "bucket": r["bucket"], "completion": c, "pred": p,
+                "correct": ok, "format": fm, "length": n, "truncated": tr} for r in done
+               for c, p, ok, fm, n, tr in zip(r["samples"], r["preds"], r["verdicts"], r["formats"], r["lengths"],
+                                              r["truncated"])]
     result = summarize(samples, k, n_boot, seed)
     result.update(k=k, samples=samples, records=done)
     return result
@@ -776,21 +771,12 @@ def read_record(ckpt):
 
 
 def has_chat_template(ckpt):
-    """Whether a checkpoint dir carries a chat template (chat_template.jinja, tokenizer_config.json, or our
-    tokenizer/tokenizer_meta.json), read without loading anything else."""
+    """Whether a checkpoint dir carries a chat template (its own files or our tokenizer/), without loading it."""
     from tokenizer import read_chat_template
-    for folder, name in ((ckpt, "tokenizer_config.json"), (os.path.join(ckpt, "tokenizer"), "tokenizer_meta.json")):
-        path = os.path.join(folder, name)
-        config = {}
-        if os.path.exists(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    config = json.load(f)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise UsageError(f"{path}: not valid JSON ({e})") from None
-        if read_chat_template(folder, config if isinstance(config, dict) else {}):
-            return True
-    return False
+    try:
+        return any(read_chat_template(d) for d in (ckpt, os.path.join(ckpt, "tokenizer")))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"--ckpt {ckpt}: unreadable tokenizer files ({e})") from None
 
 
 def generation_eos_ids(ckpt):

@@ -221,17 +221,25 @@ def _token_content(v):
     return v.get("content") if isinstance(v, dict) else v
 
 
-def read_chat_template(folder: str, config: dict) -> str | None:
-    """The checkpoint's chat template: chat_template.jinja if present (it takes priority, as in transformers),
-    else tokenizer_config.json's "chat_template" (a string, or a list of named templates: the "default" one)."""
+def read_chat_template(folder: str) -> str | None:
+    """The chat template stored in a tokenizer folder, or None: chat_template.jinja (it takes priority, as in
+    transformers), else the "chat_template" of tokenizer_config.json (a string, or a list of named templates:
+    the "default" one) or of our tokenizer_meta.json."""
     path = os.path.join(folder, "chat_template.jinja")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             return f.read()
-    t = config.get("chat_template")
-    if isinstance(t, list):
-        t = next((x.get("template") for x in t if isinstance(x, dict) and x.get("name") == "default"), None)
-    return t if isinstance(t, str) else None
+    for name in ("tokenizer_config.json", "tokenizer_meta.json"):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+            t = config.get("chat_template") if isinstance(config, dict) else None
+            if isinstance(t, list):
+                t = next((x.get("template") for x in t if isinstance(x, dict) and x.get("name") == "default"), None)
+            if isinstance(t, str):
+                return t
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -445,7 +453,7 @@ class Tokenizer:
             with open(cfg_path, encoding="utf-8") as f:
                 config = json.load(f)
         tok = _from_tokenizer_json(tj, config, path)
-        tok.chat_template = read_chat_template(os.path.dirname(path), config)
+        tok.chat_template = read_chat_template(os.path.dirname(path))
         tok.template_tokens = {k: _token_content(config[k]) for k in TEMPLATE_TOKENS
                                if _token_content(config.get(k)) is not None}
         return tok

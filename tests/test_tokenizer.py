@@ -308,7 +308,8 @@ LLAMA3_STYLE = """{{- bos_token }}
     {%- if message['role'] not in ('user', 'assistant') %}
         {{- raise_exception("roles must be user or assistant, got " + message['role']) }}
     {%- endif %}
-    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}
+    {{- message['content'] | trim + '<|eot_id|>' }}
 {%- endfor %}
 {%- if add_generation_prompt %}
     {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
@@ -327,7 +328,8 @@ TEMPLATE_CASES = {  # family: (template, added tokens, tokenizer_config.json spe
 
 CHATS = [
     [{"role": "user", "content": "What is 2+2?"}],
-    [{"role": "system", "content": "  Be brief.  "}, {"role": "user", "content": "Solve x^2 = 4.", "meta": {"é": "<b>"}},
+    [{"role": "system", "content": "  Be brief.  "},
+     {"role": "user", "content": "Solve x^2 = 4.", "meta": {"é": "<b>"}},
      {"role": "assistant", "content": "<think>\nx = 2 or -2\n</think>\n\n\\boxed{\\pm 2}", "tool_calls": None},
      {"role": "user", "content": "  And x^2 = 9?\n"}],
 ]
@@ -371,7 +373,7 @@ def test_chat_template_literal_text(tmp_path):
     r1 = Tokenizer.from_pretrained(str(_template_dir(tmp_path, "r1-distill")))
     assert r1.apply_chat_template(CHATS[1]) == (
         "<｜begin▁of▁sentence｜>  Be brief.  \n<｜User｜>Solve x^2 = 4.\n<｜Assistant｜>\n\n\\boxed{\\pm 2}"
-        "<｜end▁of▁sentence｜>\n<｜User｜>  And x^2 = 9?\n\n<｜Assistant｜><think>\n")  # block lines vanish whole
+        "<｜end▁of▁sentence｜>\n<｜User｜>  And x^2 = 9?\n\n<｜Assistant｜><think>\n")  # block-tag lines vanish
     qwen = Tokenizer.from_pretrained(str(_template_dir(tmp_path, "qwen2.5-instruct")))
     assert qwen.apply_chat_template(CHATS[0]) == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                                                   "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
