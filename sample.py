@@ -690,7 +690,8 @@ def build_parser():
     g.add_argument("--task", choices=sorted(tasks.BUCKETS), help="a synthetic task instead of --problems "
                    "(default: the task the checkpoint recorded in nano_r1.json)")
     g.add_argument("--buckets", metavar="B,B", help="difficulty buckets of --task (default: recorded, else all)")
-    g.add_argument("--n", type=int, metavar="N", help="number of problems (default: all of --problems, 100 of --task)")
+    g.add_argument("--n", type=int, metavar="N", help="number of problems (default: all of --problems; for the "
+                   "recorded task, its training log's held-out set; 100 of another --task)")
     g = ap.add_argument_group("prompt")
     g.add_argument("--template", default="r1-zero", choices=TEMPLATES, help="r1-zero: the paper's R1-Zero "
                    "template; chat: the checkpoint's own chat template (tokenizer_config.json); none: no wrapping "
@@ -868,8 +869,12 @@ def resolve(args):
     if bad:
         raise UsageError(f"--buckets {','.join(buckets)}: {bad[0]!r} is not a bucket of {task}; "
                          f"valid: {','.join(tasks.BUCKETS[task])}")
-    run.problems = tasks.make_problems(task, args.n or 100, split="test", seed=args.seed, buckets=buckets)
-    run.source = {"task": task, "buckets": ",".join(buckets), "problem_seed": args.seed}
+    # the task it was trained on: by default the held-out problems of its training log (same count and seed)
+    trained = task == record.get("task")
+    n = args.n or (int(train.get("eval_problems", 25)) * len(buckets) if trained else 100)
+    problem_seed = int(train.get("seed", args.seed)) if trained else args.seed
+    run.problems = tasks.make_problems(task, n, split="test", seed=problem_seed, buckets=buckets)
+    run.source = {"task": task, "buckets": ",".join(buckets), "problem_seed": problem_seed}
     return run
 
 

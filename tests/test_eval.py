@@ -318,14 +318,16 @@ def test_cli_prompt_templates(tmp_path, ckpt, capsys):
 
 
 def test_cli_uses_the_recorded_task(tmp_path, capsys):
-    d = write_checkpoint(tmp_path / "run", record={"task": "count", "preset": "zero-tiny", "step": 40,
-                                                   "train": {"task": "count", "buckets": "E", "max_new_tokens": 7}})
-    code, out, err = run_cli(["--ckpt", d, "--eval", "--n", 2, "--k", 1, "--out", tmp_path / "r.jsonl"], capsys)
+    train = {"task": "count", "buckets": "E,M", "max_new_tokens": 7, "eval_problems": 2, "seed": 5}
+    d = write_checkpoint(tmp_path / "run", record={"task": "count", "preset": "zero-tiny", "step": 40, "train": train})
+    code, out, err = run_cli(["--ckpt", d, "--eval", "--k", 1, "--out", tmp_path / "r.jsonl"], capsys)
     assert code == 0, err
-    assert "task: count (recorded in" in err and out.startswith("count: 2 problems x 1 samples")
-    settings = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[0])["settings"]
-    assert (settings["task"], settings["buckets"], settings["max_new_tokens"]) == ("count", "E", 7)
-    assert json.loads((tmp_path / "r.jsonl").read_text().splitlines()[1])["problem"].startswith("Count the letters")
+    assert "task: count (recorded in" in err and out.startswith("count: 4 problems x 1 samples")
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    settings = json.loads(lines[0])["settings"]
+    assert (settings["task"], settings["buckets"], settings["max_new_tokens"]) == ("count", "E,M", 7)
+    held_out = tasks.make_problems("count", 4, split="test", seed=5, buckets=["E", "M"])  # what train.py held out
+    assert [json.loads(x)["problem"] for x in lines[1:]] == [p.question for p in held_out]
 
 
 def test_cli_errors_are_one_line_before_any_work(tmp_path, ckpt, capsys, monkeypatch):
