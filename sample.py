@@ -512,6 +512,14 @@ class ResultsFile:
             with open(self.path, "r+b") as f:
                 f.truncate(len(good))
 
+    def check(self, problems):
+        """The records (index -> record), which must be of these problems (more is fine: an earlier, larger --n)."""
+        for i, r in self.records.items():
+            if i < len(problems) and r.get("problem") != problems[i].question:
+                raise ValueError(f"{self.path} holds problem {i} {r.get('problem', '')[:40]!r}, which is not "
+                                 f"problem {i} of this problem set; give another --out")
+        return self.records
+
     def add(self, records):
         with open(self.path, "a") as f:
             for r in records:
@@ -541,25 +549,19 @@ def evaluate(model, tokenizer, problems, k=8, temperature=0.6, top_p=0.95, max_n
     stop_tokens, stop_strings = stops_for(tokenizer, template, stop_ids)
     end_ids = set(stop_tokens) - {(getattr(tokenizer, "special_tokens", {}) or {}).get("</answer>")}
     calls = plan_calls([len(p) for p in prompts], k, max_new_tokens, batch_size, token_budget)
-    records = dict(results.records) if results is not None else {}
-    for i, r in records.items():  # a file may hold more problems (an earlier, larger --n): those are not used
-        if i < len(problems) and r.get("problem") != problems[i].question:
-            raise ValueError(f"{results.path} holds problem {i} {r.get('problem', '')[:40]!r}, which is not problem "
-                             f"{i} of this problem set; give another --out")
-    bar, tokens, t0 = None, [0], time.perf_counter()
-    callback = None
+    records = {} if results is None else dict(results.check(problems))
+    bar, callback, tokens, t0 = None, None, [0], time.perf_counter()
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(problems), initial=sum(i < len(problems) for i in records), unit="problem",
                    desc="eval", dynamic_ncols=True)
         last = [t0]
 
-        def callback(rows, toks):  # live tokens/s while a long call runs
+        def callback(rows, toks):  # live tokens/s while a long call runs, redrawn at most once a second
             tokens[0] += len(toks)
-            now = time.perf_counter()
-            if now - last[0] > 1.0:
-                bar.set_postfix_str(f"{tokens[0] / (now - t0):.0f} tok/s", refresh=True)
-                last[0] = now
+            if time.perf_counter() - last[0] > 1.0:
+                last[0] = time.perf_counter()
+                bar.set_postfix_str(f"{tokens[0] / (last[0] - t0):.0f} tok/s", refresh=True)
     pending = {}  # problem index -> sample dicts so far (a problem split over several calls)
     try:
         for c, (idx, n) in enumerate(calls):
@@ -698,23 +700,27 @@ def build_parser():
                    "(default: r1-zero)")
     g = ap.add_argument_group("sampling")
     g.add_argument("--k", type=int, default=8, help="samples per problem (default: 8; the paper: 64 on AIME)")
-    g.add_argument("--temperature", type=float, metavar="TEMP", help="0 = greedy (default: 0.6 for --eval, the paper's; 1.0 "
-                   "for --prompt)")
-    g.add_argument("--top_p", type=float, metavar="P", help="nucleus mass (default: 0.95 for --eval, the paper's; 1.0 for --prompt)")
-    g.add_argument("--top_k", type=int, default=0, metavar="K", help="keep the k most likely tokens (default: 0 = off)")
-    g.add_argument("--max_new_tokens", type=int, metavar="N", help="generation budget per sample (default: the checkpoint's "
-                   "training value, else 32768 for --eval (the paper's) and 256 for --prompt; capped at the "
-                   "model's context)")
-    g.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed; also draws --task problems (default: 0)")
+    g.add_argument("--temperature", type=float, metavar="TEMP",
+                   help="0 = greedy (default: 0.6 for --eval, the paper's; 1.0 for --prompt)")
+    g.add_argument("--top_p", type=float, metavar="P",
+                   help="nucleus mass (default: 0.95 for --eval, the paper's; 1.0 for --prompt)")
+    g.add_argument("--top_k", type=int, default=0, metavar="K", help="keep the K most likely tokens (default: 0 = off)")
+    g.add_argument("--max_new_tokens", type=int, metavar="N", help="generation budget per sample (default: the "
+                   "checkpoint's training value, else 32768 for --eval (the paper's) and 256 for --prompt; capped "
+                   "at the model's context)")
+    g.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed; also draws the problems of a "
+                   "--task other than the recorded one (default: 0)")
     g = ap.add_argument_group("batching and output (--eval)")
-    g.add_argument("--batch_size", type=int, default=64, metavar="ROWS", help="most sequences per generate() call (default: 64)")
-    g.add_argument("--batch_tokens", type=int, default=0, metavar="SLOTS", help="most KV-cache slots (sequences x (prompt + "
-                   "max_new_tokens)) per call (default: 0 = what fits in half the free device memory)")
+    g.add_argument("--batch_size", type=int, default=64, metavar="ROWS",
+                   help="most sequences per generate() call (default: 64)")
+    g.add_argument("--batch_tokens", type=int, default=0, metavar="SLOTS", help="most KV-cache slots (sequences x "
+                   "(prompt + max_new_tokens)) per call (default: 0 = what fits in half the free device memory)")
     g.add_argument("--out", metavar="FILE", help="per-problem results JSONL, resumed when it exists; the summary "
                    "goes beside it as .summary.json (default: runs/eval/<ckpt>-<problems>-<template>-k<k>-<settings "
                    "hash>.jsonl)")
     g = ap.add_argument_group("device")
-    g.add_argument("--device", default="auto", metavar="DEV", help="auto | cpu | cuda | cuda:N (default: auto = cuda if present)")
+    g.add_argument("--device", default="auto", metavar="DEV",
+                   help="auto | cpu | cuda | cuda:N (default: auto = cuda if present)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights dtype (default: auto = bfloat16 on a GPU that supports it, else float32)")
     return ap
@@ -782,9 +788,8 @@ def has_chat_template(ckpt):
 
 def generation_eos_ids(ckpt):
     """eos_token_id of generation_config.json (an int or a list), the tokens a chat model ends its turn with."""
-    path = os.path.join(ckpt, "generation_config.json")
     try:
-        with open(path) as f:
+        with open(os.path.join(ckpt, "generation_config.json")) as f:
             eos = json.load(f).get("eos_token_id")
     except (OSError, json.JSONDecodeError, AttributeError):
         return []
@@ -813,10 +818,9 @@ def resolve(args):
         dev = torch.device(device)
     except RuntimeError:
         raise UsageError(f"--device {device}: not a device; valid: auto, cpu, cuda, cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no CUDA device here; valid: cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {device}: valid: auto, cpu, cuda, cuda:N")
+    if dev.type not in ("cpu", "cuda") or (dev.type == "cuda" and not torch.cuda.is_available()):
+        raise UsageError(f"--device {device}: not available here; valid: auto, cpu"
+                         + (", cuda, cuda:N" if torch.cuda.is_available() else " (no CUDA device)"))
     dtype = args.dtype
     if dtype == "auto":
         dtype = "bfloat16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
@@ -830,7 +834,7 @@ def resolve(args):
     if args.prompt is not None:
         return run
     if args.problems and args.task:
-        raise UsageError(f"give --problems FILE or --task, not both (got --problems {args.problems} --task {args.task})")
+        raise UsageError(f"give --problems FILE or --task, not both (got {args.problems} and {args.task})")
     if args.problems or (train.get("problems") and not args.task):  # a problem file: given, or the one trained on
         path, fmt, limit = args.problems, args.format, args.n
         if not path:
@@ -966,6 +970,7 @@ def _main(argv):
     out = args.out or _default_out(args, settings)
     try:
         results = ResultsFile(out, settings)
+        results.check(run.problems)
     except (ValueError, OSError) as e:
         raise UsageError(str(e)) from None
     budget, max_rows = (args.batch_tokens, 0) if args.batch_tokens else memory_budget(model, run.device)

@@ -422,3 +422,12 @@ def test_cli_recorded_problem_file_and_bad_records(tmp_path, capsys):
     (d / "nano_r1.json").write_text("{broken")
     code, _, err = run_cli(["--ckpt", d, "--eval"], capsys)
     assert code == 2 and "nano_r1.json: not valid JSON" in err and len(err.splitlines()) == 1
+
+
+def test_cli_results_of_other_problems_is_an_error(tmp_path, ckpt, capsys):
+    out = tmp_path / "r.jsonl"
+    args = ["--ckpt", ckpt, "--eval", "--k", 1, "--max_new_tokens", 3, "--out", out, "--problems"]
+    assert run_cli(args + [write_problems(tmp_path, "aime")], capsys)[0] == 0
+    other = write_problems(tmp_path, "aime", [{"problem": "Another one.", "answer": "1"}])
+    code, _, err = run_cli(args + [other], capsys)  # same path, same settings: a different file's content
+    assert code == 2 and "which is not problem 0" in err and len(err.splitlines()) == 1
