@@ -910,7 +910,7 @@ def _report(res, k, header):
         lines.append(f"{label:<10} {res[m]:>9{fmt}}   [{lo:{fmt}}, {hi:{fmt}}]")
     if len(res["by_bucket"]) > 1:
         lines += [f"  bucket {b:<4} pass@1 {r['pass@1']:.3f}  cons@{k} {r['cons@k']:.3f}  length {r['length']:.1f}  "
-                  f"({r['n']} problems)" for b, r in res["by_bucket"].items()]
+                  f"(n={r['n']})" for b, r in res["by_bucket"].items()]
     return "\n".join(lines)
 
 

@@ -318,11 +318,12 @@ def test_cli_prompt_templates(tmp_path, ckpt, capsys):
 
 
 def test_cli_uses_the_recorded_task(tmp_path, capsys):
-    train = {"task": "count", "buckets": "E,M", "max_new_tokens": 7, "eval_problems": 2, "seed": 5}
+    train = {"task": "count", "buckets": "E,M", "max_new_tokens": 7, "eval_problems": 2, "seed": 5, "eval_k": 3,
+             "eval_batch": 6}
     d = write_checkpoint(tmp_path / "run", record={"task": "count", "preset": "zero-tiny", "step": 40, "train": train})
-    code, out, err = run_cli(["--ckpt", d, "--eval", "--k", 1, "--out", tmp_path / "r.jsonl"], capsys)
+    code, out, err = run_cli(["--ckpt", d, "--eval", "--out", tmp_path / "r.jsonl"], capsys)
     assert code == 0, err
-    assert "task: count (recorded in" in err and out.startswith("count: 4 problems x 1 samples")
+    assert "task: count (recorded in" in err and out.startswith("count: 4 problems x 3 samples")
     lines = (tmp_path / "r.jsonl").read_text().splitlines()
     settings = json.loads(lines[0])["settings"]
     assert (settings["task"], settings["buckets"], settings["max_new_tokens"]) == ("count", "E,M", 7)
@@ -374,7 +375,7 @@ def test_cli_help_grouped(capsys):
     assert code == 0
     for group in ("what to run:", "problems (--eval):", "prompt:", "sampling:", "batching and output (--eval):"):
         assert group in out
-    assert "--max_new_tokens" in out and "0.6 for --eval" in out and "(default: 8" in out
+    assert "--max_new_tokens" in out and "0.6 for --eval" in out and "else 8" in out
 
 
 def test_cli_context_limit_and_gap_ids_decode(tmp_path, ckpt, capsys):
@@ -431,3 +432,21 @@ def test_cli_results_of_other_problems_is_an_error(tmp_path, ckpt, capsys):
     other = write_problems(tmp_path, "aime", [{"problem": "Another one.", "answer": "1"}])
     code, _, err = run_cli(args + [other], capsys)  # same path, same settings: a different file's content
     assert code == 2 and "which is not problem 0" in err and len(err.splitlines()) == 1
+
+
+def test_cli_eval_reproduces_the_training_log(tmp_path, capsys):
+    """--eval on a checkpoint with its nano_r1.json gives exactly the held-out numbers train.py logged."""
+    import dataclasses
+    import train
+    cfg = train.TrainConfig(task="count", buckets="E,M", eval_problems=2, eval_k=3, eval_batch=6, max_new_tokens=9,
+                            seed=5)
+    d = write_checkpoint(tmp_path / "run", record={"task": "count", "step": 1, "train": dataclasses.asdict(cfg)})
+    (d / "generation_config.json").unlink()  # train.py's rollouts stop on the tokenizer's eos only
+    code, _, err = run_cli(["--ckpt", d, "--eval", "--out", tmp_path / "r.jsonl"], capsys)
+    assert code == 0, err
+    ours = json.loads((tmp_path / "r.summary.json").read_text())
+    model, tok = sample.load_checkpoint(str(d))
+    held_out = tasks.make_problems("count", 4, split="test", seed=5, buckets=["E", "M"])  # = train.load_problems
+    logged = train.evaluate(model, tok, held_out, cfg, seed=cfg.seed)
+    for m in ("pass@1", "cons@k", "pass@k", "format", "length", "truncated"):
+        assert ours[m] == logged[m], m
