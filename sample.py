@@ -699,7 +699,8 @@ def build_parser():
                    "template; chat: the checkpoint's own chat template (tokenizer_config.json); none: no wrapping "
                    "(default: r1-zero)")
     g = ap.add_argument_group("sampling")
-    g.add_argument("--k", type=int, default=8, help="samples per problem (default: 8; the paper: 64 on AIME)")
+    g.add_argument("--k", type=int, help="samples per problem (default: the training log's eval_k for the recorded "
+                   "task or file, else 8; the paper: 64 on AIME)")
     g.add_argument("--temperature", type=float, metavar="TEMP",
                    help="0 = greedy (default: 0.6 for --eval, the paper's; 1.0 for --prompt)")
     g.add_argument("--top_p", type=float, metavar="P",
@@ -708,11 +709,11 @@ def build_parser():
     g.add_argument("--max_new_tokens", type=int, metavar="N", help="generation budget per sample (default: the "
                    "checkpoint's training value, else 32768 for --eval (the paper's) and 256 for --prompt; capped "
                    "at the model's context)")
-    g.add_argument("--seed", type=int, default=0, metavar="S", help="sampling seed; also draws the problems of a "
-                   "--task other than the recorded one (default: 0)")
+    g.add_argument("--seed", type=int, metavar="S", help="sampling seed, and the seed that draws --task problems "
+                   "(default: the training run's seed for the recorded task or file, else 0)")
     g = ap.add_argument_group("batching and output (--eval)")
-    g.add_argument("--batch_size", type=int, default=64, metavar="ROWS",
-                   help="most sequences per generate() call (default: 64)")
+    g.add_argument("--batch_size", type=int, metavar="ROWS", help="most sequences per generate() call (default: "
+                   "the training log's eval_batch for the recorded task or file, else 64)")
     g.add_argument("--batch_tokens", type=int, default=0, metavar="SLOTS", help="most KV-cache slots (sequences x "
                    "(prompt + max_new_tokens)) per call (default: 0 = what fits in half the free device memory)")
     g.add_argument("--out", metavar="FILE", help="per-problem results JSONL, resumed when it exists; the summary "
@@ -802,12 +803,12 @@ def resolve(args):
     if (args.prompt is None) == (not args.eval):
         raise UsageError("give exactly one of --prompt TEXT or --eval")
     check_ckpt(args.ckpt)
-    for name, ok, valid in [("k", args.k >= 1, ">= 1"), ("n", args.n is None or args.n >= 1, ">= 1"),
+    for name, ok, valid in [("k", args.k is None or args.k >= 1, ">= 1"), ("n", args.n is None or args.n >= 1, ">= 1"),
                             ("temperature", args.temperature is None or args.temperature >= 0, ">= 0 (0 = greedy)"),
                             ("top_p", args.top_p is None or 0 < args.top_p <= 1, "in (0, 1]"),
                             ("top_k", args.top_k >= 0, ">= 0 (0 = off)"),
                             ("max_new_tokens", args.max_new_tokens is None or args.max_new_tokens >= 1, ">= 1"),
-                            ("batch_size", args.batch_size >= 1, ">= 1"),
+                            ("batch_size", args.batch_size is None or args.batch_size >= 1, ">= 1"),
                             ("batch_tokens", args.batch_tokens >= 0, ">= 0 (0 = from free memory)")]:
         if not ok:
             raise UsageError(f"--{name} {getattr(args, name)}: must be {valid}")
@@ -832,6 +833,7 @@ def resolve(args):
     run = argparse.Namespace(device=device, dtype=getattr(torch, dtype), record=record, train=train,
                              problems=None, source=None, notes=[])
     if args.prompt is not None:
+        args.seed = args.seed or 0
         return run
     if args.problems and args.task:
         raise UsageError(f"give --problems FILE or --task, not both (got {args.problems} and {args.task})")
@@ -854,7 +856,7 @@ def resolve(args):
             raise UsageError(str(e)) from None
         run.problems = problems[:limit] if limit else problems
         run.source = {"problems": os.path.abspath(path), "format": fmt}
-        return run
+        return _eval_defaults(args, train, not args.problems, run)
     task = args.task or record.get("task")
     if task is None:
         raise UsageError(f"--eval needs --problems FILE or --task (valid: {sorted(tasks.BUCKETS)}); {args.ckpt} "
@@ -876,9 +878,18 @@ def resolve(args):
     # the task it was trained on: by default the held-out problems of its training log (same count and seed)
     trained = task == record.get("task")
     n = args.n or (int(train.get("eval_problems", 25)) * len(buckets) if trained else 100)
-    problem_seed = int(train.get("seed", args.seed)) if trained else args.seed
+    problem_seed = args.seed if args.seed is not None else int(train.get("seed", 0)) if trained else 0
     run.problems = tasks.make_problems(task, n, split="test", seed=problem_seed, buckets=buckets)
     run.source = {"task": task, "buckets": ",".join(buckets), "problem_seed": problem_seed}
+    return _eval_defaults(args, train, trained, run)
+
+
+def _eval_defaults(args, train, trained, run):
+    """k, batch_size and seed not given: those of the training log's held-out evaluation when evaluating what the
+    checkpoint was trained on (then its logged numbers are reproduced exactly), else 8, 64 and 0."""
+    args.k = args.k or (int(train.get("eval_k", 8)) if trained else 8)
+    args.batch_size = args.batch_size or (int(train.get("eval_batch", 64)) if trained else 64)
+    args.seed = args.seed if args.seed is not None else int(train.get("seed", 0)) if trained else 0
     return run
 
 
