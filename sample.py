@@ -550,18 +550,19 @@ def evaluate(model, tokenizer, problems, k=8, temperature=0.6, top_p=0.95, max_n
     end_ids = set(stop_tokens) - {(getattr(tokenizer, "special_tokens", {}) or {}).get("</answer>")}
     calls = plan_calls([len(p) for p in prompts], k, max_new_tokens, batch_size, token_budget)
     records = {} if results is None else dict(results.check(problems))
-    bar, callback, tokens, t0 = None, None, [0], time.perf_counter()
+    tokens, t0, last = [0], time.perf_counter(), [0.0]
+
+    def show_speed(rows, toks):  # generate() callback: live tokens/s while a long call runs, at most 1 redraw/s
+        tokens[0] += len(toks)
+        if time.perf_counter() - last[0] > 1.0:
+            last[0] = time.perf_counter()
+            bar.set_postfix_str(f"{tokens[0] / (last[0] - t0):.0f} tok/s", refresh=True)
+    bar, callback = None, None
     if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(problems), initial=sum(i < len(problems) for i in records), unit="problem",
                    desc="eval", dynamic_ncols=True)
-        last = [t0]
-
-        def callback(rows, toks):  # live tokens/s while a long call runs, redrawn at most once a second
-            tokens[0] += len(toks)
-            if time.perf_counter() - last[0] > 1.0:
-                last[0] = time.perf_counter()
-                bar.set_postfix_str(f"{tokens[0] / (last[0] - t0):.0f} tok/s", refresh=True)
+        callback = show_speed
     pending = {}  # problem index -> sample dicts so far (a problem split over several calls)
     try:
         for c, (idx, n) in enumerate(calls):
