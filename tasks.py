@@ -11,7 +11,7 @@ What is here:
     Train and test never overlap: a problem's split is a hash of its canonical key (the unordered
     operand pair, the number list and target), ~10% test.
   - R1_ZERO_TEMPLATE (DeepSeek-R1 paper, Table 1, verbatim) and a chat template for instruct models.
-  - Loaders for GSM8K / MATH / generic JSONL files (errors name file:line).
+  - Loaders for GSM8K / MATH / AIME-style / generic JSONL files, format auto-detected (errors name file:line).
   - corpus_stream(seed, mix): the synthetic pretraining corpus for from-scratch models. RL can only
     amplify behaviour pretraining put within reach, so the corpus holds, like web text, worked
     problems in several styles without ever saying which style pays where:
@@ -673,16 +673,36 @@ def _last_boxed(text: str) -> str | None:
     return None
 
 
+PROBLEM_FORMATS = ("auto", "gsm8k", "math", "aime", "generic")
+
+
+def detect_format(row: dict) -> str | None:
+    """The format of one JSONL record, from its fields (names compared case-insensitively), or None:
+    gsm8k    {"question", "answer": "... #### 72"}
+    math     {"problem", "solution": "... \\boxed{x} ..."} without an "answer" field
+    aime     {"problem" or "question", "answer"}: the answer field is the final answer (AIME, MATH-500)."""
+    keys = {str(k).lower() for k in row}
+    if "answer" in keys and "question" in keys:
+        answer = next(v for k, v in row.items() if str(k).lower() == "answer")
+        return "gsm8k" if "####" in str(answer) else "aime"
+    if "answer" in keys and "problem" in keys:
+        return "aime"
+    if "problem" in keys and "solution" in keys:
+        return "math"
+    return None
+
+
 def load_jsonl(path: str, kind: str = "gsm8k", question_field: str | None = None,
                answer_field: str | None = None, task: str | None = None) -> list[Problem]:
-    """Problems from a JSONL file.
+    """Problems from a JSONL file (field names match case-insensitively). Errors name file:line.
     gsm8k: {"question", "answer": "... #### 72"} -> answer "72"; task "gsm8k"
     math: {"problem", "solution": "... \\boxed{x} ..."} (+ "level", "type") -> answer "x"; task "math"
-    generic: question_field / answer_field (default "question" / "answer"); task "generic"."""
-    defaults = {"gsm8k": ("question", "answer"), "math": ("problem", "solution"), "generic": ("question", "answer")}
-    if kind not in defaults:
-        raise ValueError(f"kind must be one of {sorted(defaults)}, got {kind!r}")
-    qf, af = question_field or defaults[kind][0], answer_field or defaults[kind][1]
+    aime: {"problem" (or "question"), "answer"} (+ "level") -> answer as given; task "math" (checked with
+          rewards.math_equal, like MATH)
+    generic: question_field / answer_field (default "question" / "answer"); task "generic"
+    auto: the format of the first record (detect_format); every record must then have that format's fields."""
+    if kind not in PROBLEM_FORMATS:
+        raise ValueError(f"kind (problem file format) must be one of {list(PROBLEM_FORMATS)}, got {kind!r}")
     out = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -693,9 +713,26 @@ def load_jsonl(path: str, kind: str = "gsm8k", question_field: str | None = None
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or qf not in row or af not in row:
-                raise ValueError(f"{where}: expected an object with fields {qf!r} and {af!r}")
-            q, a, bucket, meta = str(row[qf]), str(row[af]), "all", {"source": where}
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected an object with fields, got {type(row).__name__}")
+            row = {str(k).lower(): v for k, v in row.items()}
+            if kind == "auto":
+                kind = detect_format(row)
+                if kind is None:
+                    raise ValueError(f"{where}: cannot tell the format from fields {sorted(row)}; expected "
+                                     "question+answer (gsm8k, aime), problem+answer (aime) or problem+solution "
+                                     "(math); or give the format and field names")
+            qf, af = {"gsm8k": ("question", "answer"), "math": ("problem", "solution"),
+                      "aime": ("problem" if "problem" in row else "question", "answer"),
+                      "generic": ("question", "answer")}[kind]
+            qf, af = (question_field or qf).lower(), (answer_field or af).lower()
+            if qf not in row or af not in row:
+                raise ValueError(f"{where}: expected an object with fields {qf!r} and {af!r} ({kind} format), "
+                                 f"got {sorted(row)}")
+            q, a, meta = str(row[qf]), str(row[af]), {"source": where, "format": kind}
+            level = row.get("level")
+            bucket = "all" if level is None else f"L{level}" if isinstance(level, int) else \
+                str(level).replace("Level ", "L")
             if kind == "gsm8k":
                 mt = re.search(r"####\s*(.+?)\s*$", a)
                 if not mt:
@@ -706,7 +743,12 @@ def load_jsonl(path: str, kind: str = "gsm8k", question_field: str | None = None
                 if boxed is None:
                     raise ValueError(f"{where}: MATH solution has no \\boxed{{...}}")
                 meta["solution"], a = a, boxed
-                bucket = str(row.get("level", "all")).replace("Level ", "L")
                 meta["type"] = row.get("type")
-            out.append(Problem(q, a.strip(), task or kind, bucket, meta))
+            elif kind == "generic":
+                bucket = "all"
+            if not q.strip() or not a.strip():
+                raise ValueError(f"{where}: empty question or answer")
+            out.append(Problem(q, a.strip(), task or ("math" if kind == "aime" else kind), bucket, meta))
+    if not out:
+        raise ValueError(f"{path}: no problems (the file is empty)")
     return out

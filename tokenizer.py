@@ -22,18 +22,26 @@ Simplifications vs production tokenizers:
      such vocabularies (tested against `tokenizers`).
   4. The trainer merges on a table of unique pre-token chunks (counted once); ties in pair counts
      are broken by the smaller pair, so training is deterministic.
-  5. Chat template: only the R1-distill format (and a plain fallback), not Jinja templates.
+  5. Chat templates: a checkpoint's own Jinja template (tokenizer_config.json "chat_template" or
+     chat_template.jinja) is rendered as transformers renders it (sandboxed jinja2, trim_blocks, lstrip_blocks,
+     raise_exception, strftime_now, tojson, the named special tokens), minus its tool-calling and
+     assistant-mask extras. Without one, chat_prompt() writes the R1-distill format or a plain fallback.
   6. encode() never adds bos/eos (tokenizer.json post-processors are ignored); a pre-token piece
      that is itself in the vocabulary maps to that token (tiktoken's rule = HF ignore_merges).
+  7. decode() skips ids the vocabulary lacks (e.g. Qwen2.5's embedding rows 151665-151935 past its
+     tokenizer), as Hugging Face tokenizers do, so a sampled out-of-vocabulary id never crashes a run.
 
 Use:
     tok = Tokenizer.train(itertools.islice(tasks.corpus_stream(0), 20000), vocab_size=1024)
     tok.save("runs/tok"); tok = Tokenizer.load("runs/tok")
     tok = Tokenizer.from_pretrained("path/to/DeepSeek-R1-Distill-Qwen-1.5B")
     ids = tok.encode("User: hi <think>"); text = tok.decode(ids)
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
 """
 
 import base64
+import datetime
+import functools
 import heapq
 import itertools
 import json
@@ -159,6 +167,82 @@ def train_bpe(chunk_counts: dict[bytes, int], n_merges: int) -> dict[bytes, int]
 
 
 # ----------------------------------------------------------------------------------------------
+# Chat templates: a checkpoint's own Jinja template, rendered as transformers' apply_chat_template does
+
+TEMPLATE_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
+
+
+@functools.lru_cache(maxsize=16)
+def _compile_chat_template(source: str):
+    """Compile a chat template in jinja2's immutable sandbox (hub templates are untrusted code), with the
+    settings and helpers chat templates are written against: trim_blocks and lstrip_blocks, {% break %} /
+    {% continue %}, raise_exception(msg), strftime_now(fmt), a tojson that does not HTML-escape, and
+    {% generation %} blocks (assistant-mask markers) rendered as plain text."""
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class GenerationBlock(jinja2.ext.Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            next(parser.stream)  # the "generation" name token
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)  # the body, unchanged
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[jinja2.ext.loopcontrols, GenerationBlock])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    return env.from_string(source)
+
+
+def render_chat_template(source: str, messages: list[dict], add_generation_prompt: bool = False, **variables) -> str:
+    """Render a Jinja chat template. messages: [{"role": ..., "content": ...}, ...] (keys whose value is None
+    are dropped, as transformers does); variables: the special-token strings (bos_token, eos_token, ...) and any
+    switch the template reads. Raises jinja2.TemplateError where the template calls raise_exception."""
+    if not messages:
+        raise ValueError("a chat needs at least one message")
+    if not all(isinstance(m, dict) for m in messages):
+        raise TypeError(f"chat messages must be dicts with 'role' and 'content', got {messages!r}")
+    messages = [{k: v for k, v in m.items() if v is not None} for m in messages]
+    return _compile_chat_template(source).render(messages=messages, tools=None, documents=None,
+                                                 add_generation_prompt=add_generation_prompt, **variables)
+
+
+def _token_content(v):
+    """A tokenizer_config.json special-token entry: a string, or an AddedToken dict {"content": ...}."""
+    return v.get("content") if isinstance(v, dict) else v
+
+
+def read_chat_template(folder: str) -> str | None:
+    """The chat template stored in a tokenizer folder, or None: chat_template.jinja (it takes priority, as in
+    transformers), else the "chat_template" of tokenizer_config.json (a string, or a list of named templates:
+    the "default" one) or of our tokenizer_meta.json."""
+    path = os.path.join(folder, "chat_template.jinja")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    for name in ("tokenizer_config.json", "tokenizer_meta.json"):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+            t = config.get("chat_template") if isinstance(config, dict) else None
+            if isinstance(t, list):
+                t = next((x.get("template") for x in t if isinstance(x, dict) and x.get("name") == "default"), None)
+            if isinstance(t, str):
+                return t
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
 # The tokenizer
 
 
@@ -167,7 +251,8 @@ class Tokenizer:
 
     def __init__(self, ranks: dict[bytes, int], special_tokens: dict[str, int], pattern: str = PATTERN,
                  splits: list[str] | None = None, nfc: bool = False, name: str = "nano-r1",
-                 bos: str | None = "<|bos|>", eos: str | None = "<|eos|>", pad: str | None = "<|pad|>"):
+                 bos: str | None = "<|bos|>", eos: str | None = "<|eos|>", pad: str | None = "<|pad|>",
+                 chat_template: str | None = None, template_tokens: dict | None = None):
         self.ranks, self.special_tokens, self.pattern = ranks, dict(special_tokens), pattern
         self.splits, self.nfc, self.name = splits, nfc, name
         # splits: a sequence of isolating regexes applied one after another (DeepSeek-V3); then each
@@ -181,6 +266,11 @@ class Tokenizer:
         self._piece_cache: dict[str, list[int]] = {}
         self.bos_token, self.eos_token, self.pad_token = bos, eos, pad
         self.vocab_size = max(itertools.chain(ranks.values(), self.special_tokens.values())) + 1
+        self._known_ids: set[int] | None = None  # built on the first decode of an unknown id
+        # chat_template: the checkpoint's Jinja source (None: chat_prompt's built-in format); template_tokens: the
+        # named special-token strings the template sees (bos_token, eos_token, ... from tokenizer_config.json)
+        self.chat_template = chat_template
+        self.template_tokens = dict(template_tokens or {})
 
     # ids of the named specials; None when this vocabulary has no such token (e.g. Qwen has no bos)
     bos_id = property(lambda self: self.special_tokens.get(self.bos_token) if self.bos_token else None)
@@ -235,7 +325,16 @@ class Tokenizer:
         return [self.encode(t) for t in texts]
 
     def decode(self, ids) -> str:
-        return self.enc.decode([int(i) for i in ids], errors="replace")
+        """Ids -> text. Invalid UTF-8 becomes U+FFFD. Ids this vocabulary lacks (an embedding larger than the
+        tokenizer, e.g. Qwen2.5's 151,936 rows for ~151,665 ids, or a negative id) are skipped, as Hugging Face
+        tokenizers skip them: a sampled id in the gap must not crash a long run."""
+        ids = [int(i) for i in ids]
+        try:
+            return self.enc.decode(ids, errors="replace")
+        except (KeyError, OverflowError):  # tiktoken: "Invalid token for decoding" / not a u32
+            if self._known_ids is None:
+                self._known_ids = set(self.ranks.values()) | set(self.special_tokens.values())
+            return self.enc.decode([i for i in ids if i in self._known_ids], errors="replace")
 
     def token_id(self, s: str) -> int:
         """Id of a string that is a single token (special or ordinary), else KeyError."""
@@ -271,6 +370,15 @@ class Tokenizer:
             out.append(R1_ASSISTANT + "<think>\n" if r1 else "Assistant:")
         return "".join(out)
 
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **variables) -> str:
+        """Messages -> prompt text with the checkpoint's own Jinja chat template (the text transformers'
+        apply_chat_template(..., tokenize=False) gives), or chat_prompt()'s built-in format when it has none.
+        variables: extra template switches; they override the special-token strings."""
+        if self.chat_template is None:
+            return self.chat_prompt(messages, add_generation_prompt)
+        return render_chat_template(self.chat_template, messages, add_generation_prompt,
+                                    **{**self.template_tokens, **variables})
+
     # ------------------------------------------------------------------------------------------
     # training, save / load
 
@@ -298,7 +406,7 @@ class Tokenizer:
                 f.write(base64.b64encode(tok).decode() + f" {rank}\n")
         meta = {"name": self.name, "pattern": self.pattern, "splits": self.splits, "nfc": self.nfc,
                 "special_tokens": self.special_tokens, "bos": self.bos_token, "eos": self.eos_token,
-                "pad": self.pad_token}
+                "pad": self.pad_token, "chat_template": self.chat_template, "template_tokens": self.template_tokens}
         with open(os.path.join(path_dir, "tokenizer_meta.json"), "w") as f:
             json.dump(meta, f, indent=1, ensure_ascii=False)
 
@@ -320,7 +428,8 @@ class Tokenizer:
         with open(meta_path) as f:
             m = json.load(f)
         return Tokenizer(ranks, m["special_tokens"], m["pattern"], m.get("splits"), m.get("nfc", False),
-                         m.get("name", "nano-r1"), m.get("bos"), m.get("eos"), m.get("pad"))
+                         m.get("name", "nano-r1"), m.get("bos"), m.get("eos"), m.get("pad"), m.get("chat_template"),
+                         m.get("template_tokens"))
 
     @staticmethod
     def from_pretrained(path: str) -> "Tokenizer":
@@ -343,7 +452,11 @@ class Tokenizer:
         if os.path.exists(cfg_path):
             with open(cfg_path, encoding="utf-8") as f:
                 config = json.load(f)
-        return _from_tokenizer_json(tj, config, path)
+        tok = _from_tokenizer_json(tj, config, path)
+        tok.chat_template = read_chat_template(os.path.dirname(path))
+        tok.template_tokens = {k: _token_content(config[k]) for k in TEMPLATE_TOKENS
+                               if _token_content(config.get(k)) is not None}
+        return tok
 
 
 def _from_tokenizer_json(tj: dict, config: dict, path: str) -> Tokenizer:
@@ -399,8 +512,7 @@ def _from_tokenizer_json(tj: dict, config: dict, path: str) -> Tokenizer:
         raise ValueError(f"{path}: pre-tokenizer has no split regex; refusing to BPE whole texts")
 
     def tok_name(key):
-        v = config.get(key)
-        return v.get("content") if isinstance(v, dict) else v
+        return _token_content(config.get(key))
 
     def first_present(*names):
         return next((n for n in names if n and n in added), None)

@@ -394,7 +394,7 @@ def test_load_checkpoint_and_cli(tmp_path, capsys):
     b = generate(loaded, [prompt], max_new_tokens=6, temperature=0, stop_tokens=stops)
     assert torch.equal(a.tokens, b.tokens)
     sample.main(["--ckpt", str(tmp_path), "--prompt", "User: 12 * 34 =", "--max-new-tokens", "6",
-                 "--temperature", "0"])
+                 "--temperature", "0", "--template", "none"])  # raw text; the R1-Zero default: test_eval.py
     out = capsys.readouterr().out
     assert out == "User: 12 * 34 =" + tok.decode(a.tokens[0].tolist()) + "\n"
     with pytest.raises(FileNotFoundError):

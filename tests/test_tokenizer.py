@@ -197,3 +197,209 @@ def test_malformed_and_unsupported_files(tmp_path):
         Tokenizer.from_pretrained(_write(tmp_path, "e.json", bad))
     with pytest.raises(FileNotFoundError):
         Tokenizer.load(str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------
+# decode of ids the vocabulary lacks; chat templates against transformers' apply_chat_template
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+
+
+def _byte_level_json(added, pattern=QWEN2_PAT):
+    """A minimal Qwen2-style tokenizer.json written by hand: the 256 byte tokens, no merges, added specials."""
+    from tokenizer import bytes_to_unicode
+    vocab = {c: b for b, c in bytes_to_unicode().items()}
+    added_tokens = [{"id": 256 + i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                     "normalized": False, "special": True} for i, t in enumerate(added)]
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added_tokens, "normalizer": None,
+            "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}, byte_level]},
+            "post_processor": None, "decoder": byte_level,
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                      "vocab": vocab, "merges": []}}
+
+
+def test_decode_skips_ids_beyond_the_vocabulary():
+    """An embedding larger than the tokenizer (Qwen2.5: 151,936 rows, ~151,665 ids): the gap ids decode to
+    nothing, as in Hugging Face tokenizers, instead of raising tiktoken's KeyError."""
+    tj = _byte_level_json(QWEN_SPECIALS)
+    from tokenizer import _from_tokenizer_json
+    ours = _from_tokenizer_json(tj, {"eos_token": "<|im_end|>"}, "tokenizer.json")
+    hf = tokenizers.Tokenizer.from_str(json.dumps(tj))
+    assert ours.vocab_size == 261
+    ids = ours.encode("x = 17<|im_end|>")
+    gap = [261, 300, 150000]  # rows an embedding of any larger size would have
+    mixed = ids[:2] + gap + ids[2:] + [-1]
+    assert ours.decode(mixed) == "x = 17<|im_end|>"
+    assert ours.decode(mixed[:-1]) == hf.decode(mixed[:-1], skip_special_tokens=False)
+    assert ours.decode(gap) == "" and ours.decode([]) == ""
+    tok = Tokenizer.train(["hello world 123"] * 3, 300)  # our own format too
+    assert tok.decode(tok.encode("hello") + [tok.vocab_size, 10 ** 6]) == "hello"
+
+
+QWEN_STYLE = """{%- if messages[0]['role'] == 'system' %}
+    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
+{%- else %}
+    {{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'system' and loop.first %}
+        {%- continue %}
+    {%- elif message.role not in ['user', 'assistant'] %}
+        {{- raise_exception('unknown role: ' + message.role) }}
+    {%- endif %}
+    {%- if message.tool_calls is defined %}
+        {{- raise_exception('a tool_calls key set to None must be dropped') }}
+    {%- endif %}
+    {{- '<|im_start|>' + message.role + '\\n' + message.content }}
+    {%- if message.meta is defined %}
+        {{- ' ' + message.meta | tojson }}
+    {%- endif %}
+    {{- '<|im_end|>\\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+# written without "-" whitespace control: only trim_blocks + lstrip_blocks keep the output free of stray newlines
+R1_DISTILL_STYLE = """{% if not add_generation_prompt is defined %}
+  {% set add_generation_prompt = false %}
+{% endif %}
+{% set ns = namespace(system='') %}
+{% for m in messages %}
+  {% if m['role'] == 'system' %}
+    {% set ns.system = ns.system + m['content'] %}
+  {% endif %}
+{% endfor %}
+{{ bos_token }}{{ ns.system }}
+{% for m in messages %}
+  {% if m['role'] == 'user' %}
+<｜User｜>{{ m['content'] }}
+  {% elif m['role'] == 'assistant' %}
+    {% set content = m['content'] %}
+    {% if '</think>' in content %}
+      {% set content = content.split('</think>')[-1] %}
+    {% endif %}
+<｜Assistant｜>{{ content }}<｜end▁of▁sentence｜>
+  {% endif %}
+{% endfor %}
+{% if add_generation_prompt %}
+<｜Assistant｜><think>
+{% endif %}
+"""
+
+LLAMA3_STYLE = """{{- bos_token }}
+{%- if not date_string is defined %}
+    {%- set date_string = strftime_now("%d %b %Y") %}
+{%- endif %}
+{%- if messages[0]['role'] == 'system' %}
+    {%- set system_message = messages[0]['content'] | trim %}
+    {%- set messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = "" %}
+{%- endif %}
+{{- "<|start_header_id|>system<|end_header_id|>\\n\\n" }}
+{{- "Cutting Knowledge Date: December 2023\\nToday Date: " + date_string + "\\n\\n" }}
+{{- system_message + "<|eot_id|>" }}
+{%- for message in messages %}
+    {%- if message['role'] not in ('user', 'assistant') %}
+        {{- raise_exception("roles must be user or assistant, got " + message['role']) }}
+    {%- endif %}
+    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}
+    {{- message['content'] | trim + '<|eot_id|>' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
+{%- endif %}
+"""
+
+TEMPLATE_CASES = {  # family: (template, added tokens, tokenizer_config.json special tokens)
+    "qwen2.5-instruct": (QWEN_STYLE, QWEN_SPECIALS, {"bos_token": None, "eos_token": "<|im_end|>",
+                                                     "pad_token": "<|endoftext|>"}),
+    "r1-distill": (R1_DISTILL_STYLE, R1_SPECIALS, {"bos_token": {"content": R1_SPECIALS[0], "__type": "AddedToken"},
+                                                   "eos_token": R1_SPECIALS[1]}),
+    "llama3-instruct": (LLAMA3_STYLE, ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                                       "<|end_header_id|>", "<|eot_id|>"],
+                        {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}),
+}
+
+CHATS = [
+    [{"role": "user", "content": "What is 2+2?"}],
+    [{"role": "system", "content": "  Be brief.  "},
+     {"role": "user", "content": "Solve x^2 = 4.", "meta": {"é": "<b>"}},
+     {"role": "assistant", "content": "<think>\nx = 2 or -2\n</think>\n\n\\boxed{\\pm 2}", "tool_calls": None},
+     {"role": "user", "content": "  And x^2 = 9?\n"}],
+]
+
+
+def _template_dir(tmp_path, family):
+    template, added, specials = TEMPLATE_CASES[family]
+    d = tmp_path / family
+    d.mkdir()
+    (d / "tokenizer.json").write_text(json.dumps(_byte_level_json(added), ensure_ascii=False))
+    config = {**specials, "chat_template": template, "tokenizer_class": "PreTrainedTokenizerFast"}
+    (d / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False))
+    return d
+
+
+@pytest.mark.parametrize("family", list(TEMPLATE_CASES))
+def test_chat_template_matches_transformers(tmp_path, family):
+    transformers = pytest.importorskip("transformers")
+    d = _template_dir(tmp_path, family)
+    ours = Tokenizer.from_pretrained(str(d))
+    hf = transformers.AutoTokenizer.from_pretrained(str(d))
+    assert ours.chat_template == TEMPLATE_CASES[family][0]
+    for chat in CHATS:
+        for gen in (True, False):
+            want = hf.apply_chat_template(chat, tokenize=False, add_generation_prompt=gen)
+            assert ours.apply_chat_template(chat, add_generation_prompt=gen) == want, (family, chat, gen)
+    text = ours.apply_chat_template(CHATS[1])
+    assert ours.encode(text) == hf(text, add_special_tokens=False)["input_ids"]
+    bad = [{"role": "robot", "content": "x"}] if family != "r1-distill" else None
+    if bad:  # raise_exception reaches the caller as jinja2's TemplateError, as in transformers
+        import jinja2
+        with pytest.raises(jinja2.TemplateError, match="robot"):
+            ours.apply_chat_template(bad)
+        with pytest.raises(jinja2.TemplateError, match="robot"):
+            hf.apply_chat_template(bad, tokenize=False)
+
+
+def test_chat_template_literal_text(tmp_path):
+    """The rendered text itself, written out by hand (so a renderer wrong the same way as transformers fails)."""
+    import datetime
+    r1 = Tokenizer.from_pretrained(str(_template_dir(tmp_path, "r1-distill")))
+    assert r1.apply_chat_template(CHATS[1]) == (
+        "<｜begin▁of▁sentence｜>  Be brief.  \n<｜User｜>Solve x^2 = 4.\n<｜Assistant｜>\n\n\\boxed{\\pm 2}"
+        "<｜end▁of▁sentence｜>\n<｜User｜>  And x^2 = 9?\n\n<｜Assistant｜><think>\n")  # block-tag lines vanish
+    qwen = Tokenizer.from_pretrained(str(_template_dir(tmp_path, "qwen2.5-instruct")))
+    assert qwen.apply_chat_template(CHATS[0]) == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+                                                  "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+    assert '{"é": "<b>"}' in qwen.apply_chat_template(CHATS[1])  # tojson: no ASCII or HTML escaping
+    llama = Tokenizer.from_pretrained(str(_template_dir(tmp_path, "llama3-instruct")))
+    today = datetime.datetime.now().strftime("%d %b %Y")
+    assert llama.apply_chat_template(CHATS[0], add_generation_prompt=False) == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+        f"Today Date: {today}\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>")
+    assert "Today Date: 01 Jan 2025" in llama.apply_chat_template(CHATS[0], date_string="01 Jan 2025")
+    # the template survives save/load in our own format; without one, the built-in format is used
+    qwen.save(str(tmp_path / "saved"))
+    assert Tokenizer.load(str(tmp_path / "saved")).apply_chat_template(CHATS[1]) == qwen.apply_chat_template(CHATS[1])
+    plain = Tokenizer.train(["hello world 123"] * 3, 300)
+    assert plain.apply_chat_template(CHATS[0]) == plain.chat_prompt(CHATS[0])
+
+
+def test_chat_template_sandbox_and_file(tmp_path):
+    """Hub templates are untrusted code: the sandbox refuses attribute escapes. chat_template.jinja wins."""
+    import jinja2
+    from tokenizer import render_chat_template
+    with pytest.raises(jinja2.exceptions.SecurityError):
+        render_chat_template("{{ messages.__class__.__mro__ }}", CHATS[0])
+    with pytest.raises(jinja2.exceptions.SecurityError):  # immutable: templates cannot mutate the caller's data
+        render_chat_template("{% set _ = messages.append(1) %}", CHATS[0])
+    d = _template_dir(tmp_path, "qwen2.5-instruct")
+    (d / "chat_template.jinja").write_text("{% for m in messages %}[{{ m.content }}]{% endfor %}")
+    assert Tokenizer.from_pretrained(str(d)).apply_chat_template(CHATS[0]) == "[What is 2+2?]"
+    assert render_chat_template("{% generation %}A{% endgeneration %}", CHATS[0]) == "A"
