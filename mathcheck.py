@@ -934,6 +934,17 @@ _worker = {"proc": None, "ready": False}
 _worker_lock = threading.Lock()
 
 
+def _reset_after_fork():
+    """A forked child (e.g. a data-loader worker) must not share our sympy worker pipes or possibly-held
+    locks: it starts its own on first use."""
+    global _worker_lock
+    _worker["proc"] = None
+    _worker_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def _start_worker():
     here = os.path.dirname(os.path.abspath(__file__))
     code = f"import sys; sys.path.insert(0, {here!r}); import mathcheck; mathcheck._math_worker()"

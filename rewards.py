@@ -10,27 +10,16 @@ reward. RL finds every loophole, so each rule here is strict and bounded:
   - math_equal (mathcheck.py): answers are parsed by our own allowlist parser into values; equal means
     exactly equal (rationals) or proven equal (a killable sympy worker), never a tolerance or a string
     trick; undefined values equal nothing; every in-process step is linear-time and bounded.
-  - code_reward: every program runs in a throwaway child: fresh tmpfs work dir, `python -I -S -B`,
-    own session, new network + mount + pid namespace (read-only root), an unprivileged uid of its own,
-    rlimits, a wall-clock timeout, then the process group and every straggler of that uid are killed.
-    Outputs are compared in the parent.
+  - code_reward (sandbox.py): every program runs under bubblewrap in fresh namespaces with a private
+    read-only root holding only the interpreter, a seccomp filter and a per-run cgroup; the tests are
+    judged in the parent from the values the program prints.
 
 Simplifications vs the paper / production graders:
   1. Math answers: see mathcheck.py (what it parses; lists are sets; no tolerance, so 0.333 != 1/3;
      a percent sign is dropped, "50\\%" == "50"; several \\boxed{}: the last, unless they form a list).
   2. Answer extraction takes the last <answer> block, then its boxed answer or GSM8K's "#### N".
-  3. The sandbox uses only the standard library and Linux namespaces (net, mount, pid; no seccomp, no
-     cgroups): limits are rlimits per process, the pid namespace takes every descendant down with the
-     program, and (as root) a uid-wide kill sweep backs that up. As root each running
-     program gets a private uid (SANDBOX_UIDS, instead of a shared "nobody", so NPROC limits and the
-     sweep are per program). Disk writes go to a size-capped tmpfs; the rest of the file system is
-     read-only but still readable where permissions allow. Without root a user namespace provides the
-     net/mount/pid isolation, but the program keeps our uid: it can read files our uid can read.
-  4. Assert tests of the form `assert CALL == LITERAL` are compared in the parent (immune to objects
-     whose __eq__ lies); other assert forms run inside the child. An in-process adversary that reads
-     the harness's own stack frames could forge the harness report; only the parent's checks are
-     trusted beyond that.
-  5. Language consistency is script + tiny stop-word lexicon based (no language-id model).
+  3. The sandbox's threat model and its own simplifications: see sandbox.py.
+  4. Language consistency is script + tiny stop-word lexicon based (no language-id model).
 
 Usage:
     from rewards import score, math_equal, code_reward
@@ -39,24 +28,9 @@ Usage:
     code_reward("print(int(input())*2)", [{"input": "3\\n", "output": "6\\n"}])  # 1.0
     python rewards.py            # prints what sandbox isolation this machine supports
 """
-import ast
-import fcntl
 import functools
-import json
-import math
-import os
 import re
-import resource
-import select
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
-import time
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
 # ----------------------------------------------------------------------------- format
@@ -243,16 +217,6 @@ def check_answer(answer, problem):
 from sandbox import (_strip_fences, check_sandbox, code_reward, code_reward_details,  # noqa: E402,F401
                      code_rewards, run_sandboxed, sandbox_capabilities)
 
-
-def _reset_after_fork():
-    """A forked child (e.g. a data-loader worker) must not share our sympy worker pipes or possibly-held
-    locks: it starts its own on first use."""
-    global _worker_lock
-    _worker["proc"] = None
-    _worker_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 # ----------------------------------------------------------------------------- language consistency
