@@ -1055,7 +1055,13 @@ def next_step_hint(cfg: TrainConfig, argv: list[str]) -> str:
     """What to run next after a stop, promising only what exists on disk."""
     ckpt = latest_rl_checkpoint(cfg.out_dir)
     launcher = f"torchrun --nproc_per_node {WORLD} train.py" if WORLD > 1 else "python train.py"
-    args = " ".join(shlex.quote(a) for a in argv if a not in ("--resume", "--overwrite"))
+    args, skip = [], False
+    for a in argv:  # the same command without --resume/--overwrite, and without --halt_after (it would stop again)
+        name = a.split("=")[0].replace("-", "_")
+        if not skip and name not in ("__resume", "__overwrite", "__halt_after"):
+            args.append(a)
+        skip = name == "__halt_after" and "=" not in a
+    args = " ".join(shlex.quote(a) for a in args)
     if ckpt:
         return f"resume from {ckpt} with:\n   {launcher} {args} --resume"
     if runlog.existing_run(cfg.out_dir):
