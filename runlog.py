@@ -14,7 +14,7 @@ is a no-op, so the loop calls them unconditionally.
 Simplifications:
  1. Metrics are flat dicts of floats; a resumed run truncates metrics.jsonl to the checkpoint's step and logs
     the replayed steps again (they are identical: sampling is seeded by step).
- 2. Plots are redrawn from the whole history at every evaluation (cheap at these sizes).
+ 2. Plots are redrawn from the whole history at an evaluation (at most every 30 s) and at the end.
  3. Step metrics are means over the step's responses of whatever numbers the reward function returned, so a
     stage with another reward (a learned reward model, a language term) gets its columns without code here.
 
@@ -31,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import time
 
 import torch
 
@@ -44,6 +45,7 @@ class RunLog:
     def __init__(self, out_dir: str, log=print, rank: int = 0, wandb_project: str = "", config: dict | None = None):
         self.out_dir, self.log, self.active = out_dir, log, rank == 0
         self.history: list[dict] = []
+        self.plotted = (-1, 0.0)  # (len(history), time) when plots.png was last drawn
         self.metrics_path = os.path.join(out_dir, "metrics.jsonl")
         self.wandb = None
         if wandb_project and self.active:
@@ -92,7 +94,7 @@ class RunLog:
             return
         self.record({"kind": "eval", "step": step, **metrics})
         self.log(f"[eval] step {step} " + fmt_metrics(metrics) + f" ({seconds:.0f}s)")
-        self.plot()
+        self.plot(every_seconds=30)  # a few seconds per drawing: not more often than every 30 s
 
     def transcripts(self, step: int, problems, texts, scores, group_size: int, per_step: int = 3) -> None:
         """The first response of the first per_step groups, in full, appended to transcripts.md."""
@@ -105,9 +107,11 @@ class RunLog:
                 f.write(f"\n**{p.question}** (bucket {p.bucket}, gold {p.answer}, reward {scores[i]['reward']:.2f})"
                         f"\n\n```\n{texts[i]}\n```\n")
 
-    def plot(self) -> None:
-        if self.active:
+    def plot(self, every_seconds: float = 0) -> None:
+        """Redraw plots.png if there is something new and at least every_seconds passed since the last time."""
+        if self.active and self.plotted[0] != len(self.history) and time.time() - self.plotted[1] >= every_seconds:
             plot(self.history, os.path.join(self.out_dir, "plots.png"))
+            self.plotted = (len(self.history), time.time())
 
     def finish(self) -> dict:
         """Final plots and summary.json; returns {"first": first eval, "last": last eval} ({} on other ranks)."""

@@ -319,6 +319,8 @@ def validate(cfg: TrainConfig) -> None:
     need(not cfg.wandb_project or importlib.util.find_spec("wandb") is not None,
          "--wandb_project needs the wandb package (pip install wandb), which is not installed")
     need(cfg.eval_batch == 0 or cfg.eval_batch >= cfg.eval_k, "--eval_batch must be 0 (automatic) or >= --eval_k")
+    need(cfg.problems or cfg.prompts_per_step <= SYNTHETIC_POOL, f"--prompts_per_step must be <= {SYNTHETIC_POOL}, "
+         f"the synthetic training pool")
 
 
 def grpo_config(cfg: TrainConfig) -> grpo.GRPOConfig:
@@ -744,13 +746,16 @@ def read_problems(path: str, kind: str) -> list:
     return problems
 
 
+SYNTHETIC_POOL = 20000  # training problems drawn from a synthetic task's train split
+
+
 def load_problems(cfg: TrainConfig) -> tuple[list, list]:
     """(training pool, held-out set): a synthetic task's train/test splits, or a user's JSONL file whose
     first eval_problems lines are held out (or a separate --eval_path file). Called before any work: every
     property of the problems that could fail a step later is checked here."""
     if not cfg.problems:
         buckets = cfg.buckets.split(",")
-        pool = tasks.make_problems(cfg.task, 20000, split="train", seed=cfg.seed, buckets=buckets)
+        pool = tasks.make_problems(cfg.task, SYNTHETIC_POOL, split="train", seed=cfg.seed, buckets=buckets)
         held = tasks.make_problems(cfg.task, cfg.eval_problems * len(buckets), split="test", seed=cfg.seed,
                                    buckets=buckets)
         return pool, held
@@ -992,7 +997,7 @@ def full_model_state_all(model) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     cfg, switches = parse_args(argv)
-    problems = load_problems(cfg)  # every check of the problem files, before any work
+    problems = load_problems(cfg) if cfg.problems else None  # every check of a problem file, before any work
     device = dist_init(cfg.device)
     validate_world(cfg)
     prepare_out_dir(cfg, resume="resume" in switches, overwrite="overwrite" in switches)

@@ -36,10 +36,22 @@ def varied_reward(texts, problems):
     return [{"reward": (len(t) % 3) / 2, "accuracy": 0.0, "format": 0.0} for t in texts]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def problems_made_once():
+    """Every run here draws the same 20000-problem synthetic pool: build it once (a test-speed cache)."""
+    made, real = {}, tasks.make_problems
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tasks, "make_problems", lambda *a, **kw: made.setdefault(repr((a, kw)), real(*a, **kw)))
+        yield
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
+    """The smoke run, with a reward that varies (and truncated responses kept in the loss) so weights move."""
     out = str(tmp_path_factory.mktemp("smoke"))
-    summary = train.main(SMALL + ["--out_dir", out])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "rule_rewards", varied_reward)
+        summary = train.main(SMALL + ["--out_dir", out, "--drop_truncated=false"])
     return out, summary
 
 
@@ -97,18 +109,9 @@ def test_overwrite_moves_the_run_aside_and_reuses_cached_stages(smoke_run, tmp_p
     assert [r["step"] for r in metrics(out) if r["kind"] == "train"] == [1]
 
 
-@pytest.fixture(scope="module")
-def varied_run(smoke_run, tmp_path_factory):
-    """The smoke run again with a reward that varies (and truncated responses kept in the loss)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train, "rule_rewards", varied_reward)
-        out = with_cached_base(smoke_run[0], tmp_path_factory.mktemp("varied") / "full")
-        train.main(SMALL + ["--out_dir", out, "--drop_truncated=false"])
-    return out
-
-
-def test_resume_after_a_stop_gives_the_same_weights(varied_run, smoke_run, tmp_path, monkeypatch):
+def test_resume_after_a_stop_gives_the_same_weights(smoke_run, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "rule_rewards", varied_reward)
+    varied_run = smoke_run[0]
     full = [r for r in metrics(varied_run) if r["kind"] == "train"]
     assert all(r["grad_norm"] > 0 and r["reward_std"] > 0 for r in full)  # the reward varies: weights move
     base = load_file(os.path.join(varied_run, "base", "model.safetensors"))
@@ -153,11 +156,10 @@ def test_ctrl_c_exits_cleanly_with_the_resume_command(smoke_run, tmp_path, monke
     assert e.value.code == 130
     out = capsys.readouterr().out
     assert "interrupted (Ctrl-C)" in out and "Traceback" not in out
-    command = out.strip().splitlines()[-1].strip()
+    command = out.strip().splitlines()[-1].strip()  # resuming itself is test_resume_after_a_stop_...'s
     assert command.startswith("python train.py ") and command.endswith("--resume")
-    monkeypatch.setattr(train.grpo, "rl_step", real)
-    summary = train.main(shlex.split(command)[2:])  # the printed command resumes and finishes the run
-    assert summary["last"]["step"] == 4 and "resumed from" in capsys.readouterr().out
+    assert f"resume from {d}/rl/step_000002 with:" in out
+    assert train.parse_args(shlex.split(command)[2:]) == (train.parse_args(SMALL + ["--out_dir", d])[0], {"resume"})
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_run, tmp_path, monkeypatch):
