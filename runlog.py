@@ -30,10 +30,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import time
 
 import torch
+
+import tasks
 
 REFLECTIVE_WORDS = ["wait", "mistake", "however", "but", "retry", "error", "verify", "wrong", "evaluate", "check"]
 RUN_FILES = ("rl", "metrics.jsonl", "transcripts.md", "plots.png", "summary.json", "train_config.json", "log.txt")
@@ -86,7 +89,8 @@ class RunLog:
         parts = [f"reward {m['reward']:.3f}"] + [f"{short} {m[k]:.3f}" for k, short in
                                                   (("accuracy", "acc"), ("format", "fmt")) if k in m]
         self.log(f"[rl] step {step:4d} " + " ".join(parts) + f" len {m['length']:.1f} refl {m['reflection']:.2f} "
-                 f"ent {diag.get('entropy', float('nan')):.2f} ({seconds:.1f}s, sampling {diag.get('sample_seconds', 0):.1f}s)")
+                 f"ent {diag.get('entropy', float('nan')):.2f} ({seconds:.1f}s, "
+                 f"sampling {diag.get('sample_seconds', 0):.1f}s)")
         return m
 
     def eval_step(self, step: int, metrics: dict, seconds: float) -> None:
@@ -158,13 +162,23 @@ def step_metrics(rows: list[dict]) -> dict:
     return m
 
 
+def long_mode(problem, text: str) -> float | None:
+    """1.0 if the response opens the long step-by-step mode of the corpus (tasks.mode_prefix), else 0.0;
+    None for tasks without one (real problem files)."""
+    try:
+        return float(text.startswith(tasks.mode_prefix(problem, "L")))
+    except ValueError:
+        return None
+
+
 def expert_imbalance(model) -> float:
     """Max over MoE layers of (max expert load / mean load); 1.0 is perfect balance, nan for dense models."""
     loads = model.expert_load() if hasattr(model, "expert_load") else None
     if not loads:
         return float("nan")
     vals = loads.values() if isinstance(loads, dict) else [loads]
-    worst = [float(v.max() / v.mean().clamp_min(1e-9)) for v in vals if torch.is_tensor(v) and v.numel() and v.sum() > 0]
+    worst = [float(v.max() / v.mean().clamp_min(1e-9))
+             for v in vals if torch.is_tensor(v) and v.numel() and v.sum() > 0]
     return max(worst) if worst else float("nan")
 
 
@@ -173,7 +187,7 @@ def fmt_metrics(m: dict) -> str:
     return " ".join(f"{k} {m[k]:.3f}" for k in keys if isinstance(m[k], float))
 
 # -----------------------------------------------------------------------------
-# The run directory: what counts as an existing run, moving one aside, pruning old checkpoints.
+# The run directory: what counts as an existing run, moving one aside, what to run after a stop, pruning.
 
 def checkpoints(out_dir: str) -> list[str]:
     """The RL checkpoint directories under out_dir/rl, oldest first."""
@@ -204,6 +218,40 @@ def move_aside(out_dir: str) -> str:
         if os.path.exists(os.path.join(out_dir, name)):
             os.replace(os.path.join(out_dir, name), os.path.join(dest, name))
     return dest
+
+
+def check_out_dir(out_dir: str, resume: bool, overwrite: bool) -> bool:
+    """Never lose a run: an existing RL run in out_dir needs --resume (continue it) or --overwrite (move it aside
+    to out_dir/old_run_N; nothing is deleted), and --resume needs a checkpoint. One-line errors otherwise.
+    Returns True when the caller should move_aside (cached stages are reused either way)."""
+    held, ckpts = existing_run(out_dir), checkpoints(out_dir)
+    if resume and not ckpts:
+        raise SystemExit(f"error: --resume: no RL checkpoint under {out_dir}/rl to resume from; " +
+                         (f"it holds {held}: start over with --overwrite" if held else "run without --resume"))
+    if held and not (resume or overwrite):
+        raise SystemExit(f"error: {out_dir} already holds {held}: " + ("continue it with --resume, or " if ckpts
+                         else "") + "start over with --overwrite (moves it to old_run_N there, deletes nothing)")
+    return bool(held) and overwrite
+
+
+def next_step(out_dir: str, argv: list[str], world: int = 1) -> str:
+    """What to run after a stop (Ctrl-C, --halt_after), promising only what exists on disk: the same command
+    with --resume if there is a checkpoint, with --overwrite if a run without one is in the way, else as is."""
+    launcher = f"torchrun --nproc_per_node {world} train.py" if world > 1 else "python train.py"
+    args, skip = [], False
+    for a in argv:  # without --resume/--overwrite, and without --halt_after (it would stop again)
+        name = a.split("=")[0].replace("-", "_")
+        if not skip and name not in ("__resume", "__overwrite", "__halt_after"):
+            args.append(a)
+        skip = name == "__halt_after" and "=" not in a
+    command = f"{launcher} {' '.join(shlex.quote(a) for a in args)}"
+    if checkpoints(out_dir):
+        return f"resume from {checkpoints(out_dir)[-1]} with:\n   {command} --resume"
+    if existing_run(out_dir):
+        return f"no RL checkpoint was written yet; start over with:\n   {command} --overwrite"
+    partial = os.path.join(out_dir, "base.partial")
+    return ("no RL checkpoint yet; rerun the same command" +
+            (f" (pretraining continues from {partial})" if os.path.exists(partial) else "") + f":\n   {command}")
 
 
 def prune_checkpoints(out_dir: str, keep: int) -> None:

@@ -6,16 +6,24 @@ appear: held-out accuracy and response length rising through RL alone.
     python train.py --preset zero-small            # one GPU, ~10 minutes target, pretraining included (not yet run)
     python train.py --preset zero-tiny             # 2 CPU cores, ~12 minutes (measured)
     python train.py --preset smoke                 # every stage in seconds (tests, CI)
-    python train.py --preset zero-tiny --rl_steps=100 --out_dir=runs/mine   # any field is a flag
-    python train.py --preset zero-tiny --resume    # continue a killed run
-    python train.py --help                         # presets and every field with its default
+    python train.py --preset zero-tiny --rl_steps=100 --out_dir=runs/mine   # any field is a flag (or --rl-steps)
+    python train.py --preset zero-tiny --resume    # continue a stopped run (Ctrl-C prints this command)
+    python train.py --preset zero-tiny --overwrite # start over: the old run moves to runs/zero-tiny/old_run_N
+    python train.py --preset zero-tiny --help      # every flag by group, with this preset's values
 
-Outputs of a run go under --out_dir (default runs/<preset>):
+Outputs of a run go under --out_dir (default runs/<preset>); see runlog.py for the bookkeeping:
     tokenizer/  base/        cached stages (re-used by a later run whose stage config and source files hash the same)
-    rl/step_NNNNNN/          RL checkpoints (model + optimizer as safetensors, config.json, tokenizer/), atomic
-    metrics.jsonl            one JSON line per RL step and per evaluation
+    rl/step_NNNNNN/          RL checkpoints (model + optimizer, config.json with step, task and preset), atomic
+    metrics.jsonl  log.txt   one JSON line per RL step and per evaluation; every console line
     transcripts.md           full sampled responses every --transcript_every steps (read the "aha" here)
     plots.png                accuracy, length, format, reflection words, entropy, KL, expert load
+
+The RL stage is the algorithm in a loop: grpo_step samples a group of responses per prompt, scores them, and
+grpo.rl_step turns rewards into group-relative advantages and updates the policy. stage_rl takes the two things
+a stage varies, a prompt source (step -> problems) and a reward function (texts, problems -> score dicts), so
+later stages (R1's reasoning RL with a language-consistency term, RL with a learned reward model) reuse it.
+On CUDA, rollouts, evaluation, the RL step and pretraining run under bf16 autocast, TF32 elsewhere; pretraining
+batches are built on a background thread. On CPU everything is fp32, as measured.
 
 Simplifications relative to the paper (DeepSeek-R1, arXiv 2501.12948):
  1. The base model is ours, pretrained in the run on a synthetic corpus (tasks.py) instead of DeepSeek-V3-Base
@@ -31,23 +39,20 @@ Simplifications relative to the paper (DeepSeek-R1, arXiv 2501.12948):
 """
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
-import difflib
 import hashlib
 import importlib.util
-import inspect
 import json
 import math
 import os
-import queue
 import random
 import re
-import shlex
 import shutil
 import sys
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -59,6 +64,7 @@ import rewards
 import runlog
 import sample
 import tasks
+from cli import convert_flag, did_you_mean, field_help, print_help, split_flags  # also distill.py's
 from model import ModelConfig, Transformer, PRESETS as MODEL_PRESETS
 from tokenizer import Tokenizer
 
@@ -77,7 +83,7 @@ class TrainConfig:
     # model
     model: str = "zero-tiny"           # a model.py preset; override its fields with --model.FIELD=value
     model_overrides: dict = field(default_factory=dict)  # set by --model.FIELD=value
-    init: str = ""                     # a Hugging Face checkpoint dir (with tokenizer.json): skip tokenizer + pretraining
+    init: str = ""                     # a Hugging Face checkpoint dir (with tokenizer.json): no tokenizer, pretraining
     # data
     vocab_size: int = 512              # BPE vocabulary trained on the corpus
     tokenizer_mb: float = 2.0          # MB of corpus text the BPE is trained on
@@ -157,6 +163,7 @@ TRAIN_PRESETS = {
                        max_new_tokens=320, rl_lr=5e-5, micro_batch=256, eval_every=20, eval_problems=64, eval_k=8),
 }
 
+
 def parse_args(argv: list[str]) -> tuple[TrainConfig, set[str]]:
     """(config, switches) from --preset NAME, --FIELD=value (or --FIELD value, dashes or underscores),
     --model.FIELD=value and the switches --resume / --overwrite; --help (with --preset: that preset's values).
@@ -168,9 +175,10 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, set[str]]:
         raise SystemExit(f"error: unknown preset {preset!r}; valid presets: {', '.join(TRAIN_PRESETS)}")
     if wants_help:
         print_help(__doc__, TRAIN_PRESETS, TrainConfig, preset if "preset" in dict(pairs) else None)
-        print("  --model.FIELD=value   any ModelConfig field:", ", ".join(f.name for f in dataclasses.fields(ModelConfig)))
-        print("  --resume              continue the run in --out_dir from its last checkpoint")
-        print("  --overwrite           move the run in --out_dir aside (to old_run_N) and start over")
+        print("\nswitches and model fields:\n  --resume                           continue the run in --out_dir from its "
+              "last checkpoint\n  --overwrite                        move the run in --out_dir aside (to old_run_N) "
+              "and start over\n  --model.FIELD=value                any ModelConfig field:",
+              ", ".join(f.name for f in dataclasses.fields(ModelConfig)))
         sys.exit(0)
     cfg = TrainConfig(**copy.deepcopy(TRAIN_PRESETS[preset]), preset=preset)
     names = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -199,88 +207,6 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, set[str]]:
         raise SystemExit("error: --resume continues the run in --out_dir and --overwrite moves it aside; give one")
     validate(cfg)
     return cfg, switches
-
-
-def did_you_mean(name: str, valid) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def field_help(config_cls) -> list[tuple[str, list[tuple[str, str]]]]:
-    """[(group, [(field, description)])] read from the dataclass source: a `# group` comment line starts a
-    group, and each field's trailing comment is its description (the source stays the one documentation)."""
-    groups = [("run", [])]
-    for line in inspect.getsource(config_cls).splitlines():
-        if re.match(r"    # ", line):
-            groups.append((line.strip()[2:], []))
-        elif m := re.match(r"    (\w+): [^#]*?(?:#\s*(.*))?$", line):
-            groups[-1][1].append((m.group(1), m.group(2) or ""))
-    return [g for g in groups if g[1]]
-
-
-def print_help(doc: str, presets: dict, config_cls, preset: str | None = None) -> None:
-    """The module docstring, the preset names, and every field grouped with its description and default (with
-    `preset`: that preset's values, the ones it sets marked *)."""
-    print(doc)
-    print(f"presets (--preset NAME; --preset NAME --help shows its values): {', '.join(presets)}")
-    over = presets[preset] if preset else {}
-    defaults = {f.name: (over[f.name] if f.name in over else f.default if f.default is not dataclasses.MISSING
-                         else f.default_factory()) for f in dataclasses.fields(config_cls)}
-    defaults["preset"] = preset or defaults.get("preset")
-    print(f"\nflags (--FIELD=value or --FIELD value; dashes work too), with the defaults of "
-          f"{'preset ' + preset + ' (* set by the preset)' if preset else 'the dataclass (presets override some)'}:")
-    for group, items in field_help(config_cls):
-        print(f"\n{group}:")
-        for name, desc in items:
-            value = defaults[name]
-            shown = json.dumps(value) if isinstance(value, (dict, list)) else value
-            line = f"  {'*' if name in over else ' '}--{name}={shown}"
-            print(f"{line:<36} {desc}" if len(line) < 36 else f"{line}\n{'':<36} {desc}")
-
-
-def split_flags(argv: list[str], switches=()) -> tuple[list[tuple[str, str]], set[str]]:
-    """[(field, value)] from --field=value or --field value (dashes in a name read as underscores), and the
-    bare --switches named in `switches`."""
-    pairs, seen, i = [], set(), 0
-    while i < len(argv):
-        a = argv[i]
-        if not a.startswith("--"):
-            raise SystemExit(f"error: unexpected argument {a!r}; flags look like --field=value")
-        name, eq, value = a[2:].partition("=")
-        name = name.replace("-", "_")
-        if name in switches and not eq:
-            seen.add(name)
-        elif eq:
-            pairs.append((name, value))
-        elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            pairs.append((name, argv[i + 1]))
-            i += 1
-        else:
-            raise SystemExit(f"error: flag {a} needs a value (--{name}=value)")
-        i += 1
-    return pairs, seen
-
-
-def convert_flag(v: str, typ, name: str):
-    typ = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
-    try:
-        if typ.startswith("bool"):
-            if v.lower() in ("1", "true", "yes", "on"):
-                return True
-            if v.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if typ.startswith("int"):
-            return int(v)
-        if typ.startswith("float"):
-            return float(v)
-        if typ.startswith("dict") or typ.startswith("list"):
-            return json.loads(v)
-        if typ.startswith("str"):
-            return v
-        return json.loads(v)  # e.g. "int | None", "dict | None"
-    except (ValueError, json.JSONDecodeError):
-        raise SystemExit(f"error: --{name}={v!r} is not a valid {typ}" + (" (true or false)" if typ == "bool" else ""))
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -524,33 +450,16 @@ def prefetch(make, steps, depth: int = 2):
     """Yield make(step) for each step, built up to `depth` steps ahead on a background thread, so the
     accelerator never waits for the CPU's corpus generation and tokenisation. Same items, same order as
     [make(s) for s in steps]; an exception in make is raised here, at the step it belongs to."""
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def work():
-        for s in steps:
-            try:
-                item = (make(s), None)
-            except BaseException as e:  # handed to the consumer, raised at this step
-                item = (None, e)
-            while not stop.is_set():
-                try:
-                    items.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    pass
-            if item[1] is not None or stop.is_set():
-                return
-
-    threading.Thread(target=work, daemon=True).start()
+    pool, ahead = ThreadPoolExecutor(max_workers=1), collections.deque()
     try:
-        for _ in steps:
-            item, error = items.get()
-            if error is not None:
-                raise error
-            yield item
-    finally:
-        stop.set()  # the consumer stopped (done, error or Ctrl-C): the worker exits too
+        for s in steps:
+            ahead.append(pool.submit(make, s))
+            if len(ahead) > depth:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
+    finally:  # done, an error or Ctrl-C: drop what was not started
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -821,9 +730,8 @@ def grpo_step(model, sampler, opt, problems, score, tok: Tokenizer, cfg: TrainCo
     with autocast(device):  # advantages, then the update
         diag = grpo.rl_step(model, opt, batch, gcfg, ref_model=ref_model, normaliser=global_normaliser(batch, gcfg))
     diag["sample_seconds"] = t_sample
-    rows = [{"bucket": p.bucket, "text": text, "long": long_mode(p, text), **s, "length": length, "truncated": trunc}
-            for p, text, s, length, trunc in zip(targets, texts, scores, gen.lengths.tolist(),
-                                                 gen.truncated.float().tolist())]
+    rows = [{"bucket": p.bucket, "text": text, "long": runlog.long_mode(p, text), **s, "length": n, "truncated": cut}
+            for p, text, s, n, cut in zip(targets, texts, scores, gen.lengths.tolist(), gen.truncated.float().tolist())]
     return diag, rows
 
 
@@ -865,8 +773,9 @@ def stage_rl(cfg: TrainConfig, tok: Tokenizer, base: Transformer, device, resume
                                seed=(cfg.seed * 7919 + step) * 64 + RANK, ref_model=ref_model)
         diag = {k: all_mean(float(v)) for k, v in diag.items()}
         if not (math.isfinite(diag["loss"]) and math.isfinite(diag["grad_norm"])):
-            raise SystemExit(f"error: non-finite GRPO loss at step {step + 1}; the last good checkpoint is "
-                             f"{latest_rl_checkpoint(cfg.out_dir)}. Try a lower --rl_lr or --beta.")
+            last = latest_rl_checkpoint(cfg.out_dir)
+            raise SystemExit(f"error: non-finite GRPO loss at step {step + 1}; " + (f"the last good checkpoint is "
+                             f"{last}" if last else "no checkpoint was written yet") + ". Try a lower --rl_lr.")
         run.train_step(step + 1, [r for part in all_gather(rows) for r in part], diag, time.time() - t0,
                        runlog.expert_imbalance(model))
         if (step + 1) % cfg.transcript_every == 0 or step == 0:
@@ -909,15 +818,6 @@ def resume_rl(model, opt, ckpt: str | None, log) -> int:
     return step
 
 
-def long_mode(problem, text: str) -> float | None:
-    """1.0 if the response opens the long step-by-step mode of the corpus (tasks.mode_prefix), else 0.0;
-    None for tasks without one (real problem files)."""
-    try:
-        return float(text.startswith(tasks.mode_prefix(problem, "L")))
-    except ValueError:
-        return None
-
-
 def evaluate(model, tok, problems, cfg: TrainConfig, seed: int) -> dict:
     """Held-out pass@1 over k samples at T=0.6, top-p 0.95 (the paper's protocol), cons@k, per bucket. On GPU
     every sequence goes in one sampler call by default (one decode loop, not one per 256 sequences)."""
@@ -933,7 +833,8 @@ def evaluate(model, tok, problems, cfg: TrainConfig, seed: int) -> dict:
     out["reflection"] = runlog.reflection_rate([s["completion"] for s in res["samples"]])
     by_question = {p.question: p for p in problems}
     for b in res["by_bucket"]:
-        longs = [long_mode(by_question[s["question"]], s["completion"]) for s in res["samples"] if s["bucket"] == b]
+        longs = [runlog.long_mode(by_question[s["question"]], s["completion"])
+                 for s in res["samples"] if s["bucket"] == b]
         longs = [x for x in longs if x is not None]
         if longs:
             out[f"long/{b}"] = sum(longs) / len(longs)
@@ -1000,7 +901,13 @@ def main(argv: list[str] | None = None) -> dict:
     problems = load_problems(cfg) if cfg.problems else None  # every check of a problem file, before any work
     device = dist_init(cfg.device)
     validate_world(cfg)
-    prepare_out_dir(cfg, resume="resume" in switches, overwrite="overwrite" in switches)
+    move = runlog.check_out_dir(cfg.out_dir, "resume" in switches, "overwrite" in switches)  # never lose a run
+    barrier()  # every rank checked before rank 0 moves anything
+    if RANK == 0:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        if move:
+            print(f"[run] moved the previous run to {runlog.move_aside(cfg.out_dir)} (--overwrite)")
+    barrier()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if device.type == "cuda":  # TF32 tensor cores for fp32 matmuls outside the bf16 autocast regions
@@ -1024,10 +931,11 @@ def main(argv: list[str] | None = None) -> dict:
         base = stage_pretrain(cfg, tok, device, log)
         summary = stage_rl(cfg, tok, base, device, "resume" in switches, log, problems=problems)
     except KeyboardInterrupt:
-        log(f"\n== interrupted (Ctrl-C); {next_step_hint(cfg, argv)}")
+        log(f"\n== interrupted (Ctrl-C); {runlog.next_step(cfg.out_dir, argv, WORLD)}")
         raise SystemExit(130) from None
     if summary.get("halted"):
-        log(f"[rl] halted after step {summary['step']} (--halt_after={cfg.halt_after}); {next_step_hint(cfg, argv)}")
+        log(f"[rl] halted after step {summary['step']} (--halt_after={cfg.halt_after}); "
+            f"{runlog.next_step(cfg.out_dir, argv, WORLD)}")
         return summary
     if "first" in summary:
         a, b = summary["first"], summary["last"]
@@ -1036,44 +944,6 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"== done in {time.time() - t0:.0f}s: final checkpoint {latest_rl_checkpoint(cfg.out_dir)}, "
         f"plots {os.path.join(cfg.out_dir, 'plots.png')}, metrics {os.path.join(cfg.out_dir, 'metrics.jsonl')}")
     return summary
-
-
-def prepare_out_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
-    """Never lose a run: an existing RL run in out_dir needs --resume (continue) or --overwrite (moved aside to
-    out_dir/old_run_N; nothing is deleted), and --resume needs a checkpoint. Cached stages are always reused."""
-    held, ckpt = runlog.existing_run(cfg.out_dir), latest_rl_checkpoint(cfg.out_dir)
-    if resume and not ckpt:
-        raise SystemExit(f"error: --resume: no RL checkpoint under {cfg.out_dir}/rl to resume from; " +
-                         (f"it holds {held}: start over with --overwrite" if held else "run without --resume"))
-    if held and not (resume or overwrite):
-        raise SystemExit(f"error: {cfg.out_dir} already holds {held}: " + ("continue it with --resume, or " if ckpt
-                         else "") + "start over with --overwrite (moves it to old_run_N there, deletes nothing)")
-    barrier()  # every rank checked before rank 0 moves anything
-    if RANK == 0:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        if held and overwrite:
-            print(f"[run] moved the previous run to {runlog.move_aside(cfg.out_dir)}")
-    barrier()
-
-
-def next_step_hint(cfg: TrainConfig, argv: list[str]) -> str:
-    """What to run next after a stop, promising only what exists on disk."""
-    ckpt = latest_rl_checkpoint(cfg.out_dir)
-    launcher = f"torchrun --nproc_per_node {WORLD} train.py" if WORLD > 1 else "python train.py"
-    args, skip = [], False
-    for a in argv:  # the same command without --resume/--overwrite, and without --halt_after (it would stop again)
-        name = a.split("=")[0].replace("-", "_")
-        if not skip and name not in ("__resume", "__overwrite", "__halt_after"):
-            args.append(a)
-        skip = name == "__halt_after" and "=" not in a
-    args = " ".join(shlex.quote(a) for a in args)
-    if ckpt:
-        return f"resume from {ckpt} with:\n   {launcher} {args} --resume"
-    if runlog.existing_run(cfg.out_dir):
-        return f"no RL checkpoint was written yet; start over with:\n   {launcher} {args} --overwrite"
-    partial = os.path.join(cfg.out_dir, "base.partial")
-    return ("no RL checkpoint yet; rerun the same command" +
-            (f" (pretraining continues from {partial})" if os.path.exists(partial) else "") + f":\n   {launcher} {args}")
 
 
 SMALL_ON_CPU = "--eval_problems=8 --eval_k=2 --max_new_tokens=256 --prompts_per_step=4 --group_size=4 --rl_steps=10"
