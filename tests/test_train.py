@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import shutil
+import traceback
 
 import pytest
 import torch
@@ -182,8 +183,15 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_run, tmp_path, monk
     assert meta["step"] == 2 and all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_stage_rl_takes_a_reward_function_and_a_prompt_source(smoke_run, tmp_path):
-    """What R1's later stages reuse: their own prompts and reward, the same loop and bookkeeping."""
+def test_stage_rl_takes_a_reward_function_and_a_prompt_source(smoke_run, tmp_path, monkeypatch):
+    """What R1's later stages reuse: their own prompts and reward, the same loop and bookkeeping. Run under bf16
+    autocast, as on CUDA (emulated on the CPU): rollouts, evaluation and the RL step all enter it."""
+    entered = []
+
+    def bf16(device):
+        entered.append(traceback.extract_stack(limit=2)[0].name)
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    monkeypatch.setattr(train, "autocast", bf16)
     src, _ = smoke_run
     cfg, _ = train.parse_args(SMALL + ["--out_dir", str(tmp_path), "--rl_steps=1", "--probe=false"])
     tok = train.Tokenizer.load(os.path.join(src, "tokenizer"))
@@ -202,6 +210,7 @@ def test_stage_rl_takes_a_reward_function_and_a_prompt_source(smoke_run, tmp_pat
     train.stage_rl(cfg, tok, base, torch.device("cpu"), False, lambda m: None, prompts=prompts, score=lengthy)
     row = [r for r in metrics(str(tmp_path)) if r["kind"] == "train"][0]
     assert asked == [0] and row["reward"] == row["chars"] > 0 and "length/chat" in row
+    assert set(entered) == {"rollout", "grpo_step", "evaluate"} and row["grad_norm"] > 0
     assert "**say hi** (bucket chat" in open(tmp_path / "transcripts.md").read()
 
 
