@@ -64,7 +64,7 @@ import rewards
 import runlog
 import sample
 import tasks
-from cli import convert_flag, did_you_mean, field_help, print_help, split_flags  # also distill.py's
+from cli import convert_flag, did_you_mean, print_help, split_flags  # distill.py uses them as train.*
 from model import ModelConfig, Transformer, PRESETS as MODEL_PRESETS
 from tokenizer import Tokenizer
 
@@ -175,10 +175,10 @@ def parse_args(argv: list[str]) -> tuple[TrainConfig, set[str]]:
         raise SystemExit(f"error: unknown preset {preset!r}; valid presets: {', '.join(TRAIN_PRESETS)}")
     if wants_help:
         print_help(__doc__, TRAIN_PRESETS, TrainConfig, preset if "preset" in dict(pairs) else None)
-        print("\nswitches and model fields:\n  --resume                           continue the run in --out_dir from its "
-              "last checkpoint\n  --overwrite                        move the run in --out_dir aside (to old_run_N) "
-              "and start over\n  --model.FIELD=value                any ModelConfig field:",
-              ", ".join(f.name for f in dataclasses.fields(ModelConfig)))
+        print(f"\nswitches and model fields:\n{'  --resume':<36} continue the run in --out_dir from its last "
+              f"checkpoint\n{'  --overwrite':<36} move the run in --out_dir aside (to old_run_N) and start over\n"
+              f"{'  --model.FIELD=value':<36} any ModelConfig field:", ", ".join(f.name for f in
+                                                                              dataclasses.fields(ModelConfig)))
         sys.exit(0)
     cfg = TrainConfig(**copy.deepcopy(TRAIN_PRESETS[preset]), preset=preset)
     names = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -822,10 +822,9 @@ def evaluate(model, tok, problems, cfg: TrainConfig, seed: int) -> dict:
     """Held-out pass@1 over k samples at T=0.6, top-p 0.95 (the paper's protocol), cons@k, per bucket. On GPU
     every sequence goes in one sampler call by default (one decode loop, not one per 256 sequences)."""
     device = next(model.parameters()).device
-    batch = cfg.eval_batch or (len(problems) * cfg.eval_k if device.type == "cuda" else 256)
     with autocast(device):
-        res = sample.evaluate(model, tok, problems, k=cfg.eval_k, temperature=0.6, top_p=0.95,
-                              max_new_tokens=cfg.max_new_tokens, batch_size=batch, seed=seed)
+        res = sample.evaluate(model, tok, problems, k=cfg.eval_k, temperature=0.6, top_p=0.95, seed=seed,
+                              max_new_tokens=cfg.max_new_tokens, batch_size=eval_batch(cfg, len(problems), device))
     out = {k: res[k] for k in ("pass@1", "cons@k", "pass@k", "format", "length", "truncated")}
     for b, r in res["by_bucket"].items():
         for k in ("pass@1", "cons@k", "length"):
@@ -839,6 +838,12 @@ def evaluate(model, tok, problems, cfg: TrainConfig, seed: int) -> dict:
         if longs:
             out[f"long/{b}"] = sum(longs) / len(longs)
     return out
+
+
+def eval_batch(cfg: TrainConfig, n_problems: int, device) -> int:
+    """Sequences per sampler call in evaluation: --eval_batch, else all of them at once on GPU (one decode loop
+    instead of one per 256 sequences) and 256 on CPU (the batches the CPU runs were measured with)."""
+    return cfg.eval_batch or (n_problems * cfg.eval_k if device.type == "cuda" else 256)
 
 
 def forced_mode_probe(model, tok, problems, cfg: TrainConfig, seed: int) -> dict:
@@ -941,7 +946,8 @@ def main(argv: list[str] | None = None) -> dict:
         a, b = summary["first"], summary["last"]
         log(f"   held-out pass@1 {a['pass@1']:.3f} -> {b['pass@1']:.3f}, cons@k {a['cons@k']:.3f} -> "
             f"{b['cons@k']:.3f}, length {a['length']:.1f} -> {b['length']:.1f}")
-    log(f"== done in {time.time() - t0:.0f}s: final checkpoint {latest_rl_checkpoint(cfg.out_dir)}, "
+    final = latest_rl_checkpoint(cfg.out_dir) or (cfg.init or os.path.join(cfg.out_dir, "base"))  # rl_steps=0
+    log(f"== done in {time.time() - t0:.0f}s: final checkpoint {final}, "
         f"plots {os.path.join(cfg.out_dir, 'plots.png')}, metrics {os.path.join(cfg.out_dir, 'metrics.jsonl')}")
     return summary
 

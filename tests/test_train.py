@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import cli
 import runlog
 import tasks
 import train
@@ -336,7 +337,7 @@ def test_help_groups_every_field_and_shows_a_presets_values(capsys):
     listed = [l.split("=")[0].strip(" *-") for l in text.splitlines() if l.lstrip(" *").startswith("--")]
     fields = [f.name for f in train.dataclasses.fields(train.TrainConfig)]
     assert set(fields) <= set(listed) and "--model.FIELD" in text
-    for name, desc in sum((items for _, items in train.field_help(train.TrainConfig)), []):
+    for name, desc in sum((items for _, items in cli.field_help(train.TrainConfig)), []):
         assert desc, f"--{name} has no description"
     assert " --rl_steps=60 " in text  # the dataclass default
     with pytest.raises(SystemExit):
@@ -371,3 +372,10 @@ def test_step_metrics_average_whatever_the_reward_returns():
     assert (m["reward"], m["length"], m["truncated"], m["length_correct"], m["length_wrong"]) == (0.5, 6, 0.5, 4, 8)
     assert m["reflection"] == pytest.approx(100 / 3) and m["long/E"] == 1.0 and m["accuracy/M"] == 0.0
     assert "answer" not in m
+
+
+def test_evaluation_is_one_sampler_call_on_gpu():
+    cfg = train.parse_args(SMALL + ["--eval_k=8"])[0]
+    assert train.eval_batch(cfg, 256, torch.device("cuda")) == 256 * 8  # every sequence in one decode loop
+    assert train.eval_batch(cfg, 256, torch.device("cpu")) == 256  # CPU runs keep the measured batches
+    assert train.eval_batch(train.parse_args(SMALL + ["--eval_batch=64"])[0], 256, torch.device("cuda")) == 64
