@@ -285,6 +285,7 @@ def test_problem_files_are_checked_before_any_work(tmp_path, monkeypatch):
         ([good, "{not json"], [], "bad.jsonl:2: invalid JSON"),
         ([], [], "holds no problems"),
         ([good] * 3, [], "leaves 1 training problems.*--prompts_per_step=2"),
+        ([good] * 2, [], "has 2 problems; need more than --eval_problems=2"),
         ([good] * 4, ["--problems_kind=math"], "bad.jsonl:1: expected an object with fields"),
         ([json.dumps({"question": "q", "answer": "x </answer> y"})] * 5, ["--problems_kind=generic"],
          "bad.jsonl:1: the rule reward cannot match"),
