@@ -1,11 +1,20 @@
 """train.py end to end on the smoke preset (tokenizer -> pretraining -> GRPO, seconds on a CPU): outputs, stage
-caching, exact resume after a mid-run stop, the NaN guard, SFT, and the CLI's errors."""
+caching, exact resume (with a reward that varies, so weights and optimizer state matter), runs never lost
+(--resume / --overwrite), Ctrl-C, the NaN guard, the pluggable reward and prompt source, SFT (sharded by rank),
+prefetched pretraining batches, and the CLI's one-line errors and help."""
 import json
 import os
+import shlex
+import shutil
+import traceback
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
+import cli
+import runlog
+import tasks
 import train
 
 SMALL = ["--preset", "smoke", "--threads=1"]
@@ -15,10 +24,36 @@ def metrics(out_dir):
     return [json.loads(l) for l in open(os.path.join(out_dir, "metrics.jsonl"))]
 
 
+def with_cached_base(src, dst):
+    """A fresh out_dir holding src's cached tokenizer and base model (same config: reused, not retrained)."""
+    os.makedirs(dst)
+    for stage in ("tokenizer", "base"):
+        shutil.copytree(os.path.join(src, stage), os.path.join(dst, stage))
+    return str(dst)
+
+
+def varied_reward(texts, problems):
+    """A reward that varies within groups at smoke scale (the rule reward is always 0 there), so GRPO moves
+    the weights and resuming needs both the weights and the optimizer state."""
+    return [{"reward": (len(t) % 3) / 2, "accuracy": 0.0, "format": 0.0} for t in texts]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def problems_made_once():
+    """Every run here draws the same 20000-problem synthetic pool: build it once (a test-speed cache)."""
+    made, real = {}, tasks.make_problems
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tasks, "make_problems", lambda *a, **kw: made.setdefault(repr((a, kw)), real(*a, **kw)))
+        yield
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
+    """The smoke run, with a reward that varies (and truncated responses kept in the loss) so weights move."""
     out = str(tmp_path_factory.mktemp("smoke"))
-    summary = train.main(SMALL + ["--out_dir", out])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "rule_rewards", varied_reward)
+        summary = train.main(SMALL + ["--out_dir", out, "--drop_truncated=false"])
     return out, summary
 
 
@@ -38,30 +73,98 @@ def test_smoke_runs_every_stage(smoke_run):
             assert k in r and r[k] == r[k], k  # present and not NaN
     assert summary["first"]["step"] == 0 and summary["last"]["step"] == 4
     assert "## step 1" in open(os.path.join(out, "transcripts.md")).read()
+    log = open(os.path.join(out, "log.txt")).read().splitlines()
+    assert sum(l.startswith("[rl] step") for l in log) == 4  # a console line per step, TTY or not
+    assert "final checkpoint" in log[-1] and "rl/step_000004" in log[-1] and "plots.png" in log[-1]
+    meta = json.load(open(os.path.join(out, "rl/step_000004/config.json")))
+    assert meta["task"] == "multiplication" and meta["preset"] == "smoke" and meta["step"] == 4
 
 
-def test_stages_are_cached(smoke_run, capsys):
+def test_an_existing_run_is_never_lost(smoke_run, tmp_path):
     out, _ = smoke_run
-    train.main(SMALL + ["--out_dir", out, "--rl_steps=1"])
+    with pytest.raises(SystemExit, match="already holds a run .*--resume, or start over with --overwrite"):
+        train.main(SMALL + ["--out_dir", out])
+    assert os.path.isdir(os.path.join(out, "rl", "step_000004"))  # untouched
+    with pytest.raises(SystemExit, match="no RL checkpoint .* run without --resume"):
+        train.main(SMALL + ["--out_dir", str(tmp_path / "empty"), "--resume"])
+    d = tmp_path / "nockpt"
+    d.mkdir()
+    (d / "metrics.jsonl").write_text('{"kind": "eval", "step": 0}\n')  # a run killed before its first checkpoint
+    with pytest.raises(SystemExit, match="no checkpoint yet .*start over with --overwrite") as e:
+        train.main(SMALL + ["--out_dir", str(d)])
+    assert "--resume" not in str(e.value)  # promises only what exists
+    with pytest.raises(SystemExit, match="--resume continues .* --overwrite moves it aside"):
+        train.parse_args(SMALL + ["--resume", "--overwrite"])
+
+
+def test_overwrite_moves_the_run_aside_and_reuses_cached_stages(smoke_run, tmp_path, capsys):
+    src, _ = smoke_run
+    out = with_cached_base(src, tmp_path / "again")
+    for name in ("rl", "metrics.jsonl", "transcripts.md"):
+        (shutil.copytree if name == "rl" else shutil.copy)(os.path.join(src, name), os.path.join(out, name))
+    old_metrics = open(os.path.join(out, "metrics.jsonl")).read()
+    train.main(SMALL + ["--out_dir", out, "--rl_steps=1", "--overwrite"])
     log = capsys.readouterr().out
     assert "[tokenizer] cached" in log and "[pretrain] cached" in log
+    assert open(os.path.join(out, "old_run_1", "metrics.jsonl")).read() == old_metrics  # moved, not deleted
+    assert os.path.isdir(os.path.join(out, "old_run_1", "rl", "step_000004"))
+    assert [r["step"] for r in metrics(out) if r["kind"] == "train"] == [1]
 
 
-def test_resume_after_a_stop_gives_the_same_run(smoke_run, tmp_path):
-    out, _ = smoke_run
-    full = [r for r in metrics(out) if r["kind"] == "train"]
-    d = str(tmp_path / "resumed")
-    assert train.main(SMALL + ["--out_dir", d, "--halt_after=3"]) == {"halted": True}  # killed after step 3
+def test_resume_after_a_stop_gives_the_same_weights(smoke_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "rule_rewards", varied_reward)
+    varied_run = smoke_run[0]
+    full = [r for r in metrics(varied_run) if r["kind"] == "train"]
+    assert all(r["grad_norm"] > 0 and r["reward_std"] > 0 for r in full)  # the reward varies: weights move
+    base = load_file(os.path.join(varied_run, "base", "model.safetensors"))
+    final = load_file(os.path.join(varied_run, "rl", "step_000004", "model.safetensors"))
+    assert max((final[k] - base[k]).abs().max() for k in base) > 1e-4
+    d = with_cached_base(smoke_run[0], tmp_path / "resumed")
+    args = SMALL + ["--out_dir", d, "--drop_truncated=false"]
+    assert train.main(args + ["--halt_after=3"]) == {"halted": True, "step": 3}  # killed after step 3
     assert max(r["step"] for r in metrics(d)) == 3
-    train.main(SMALL + ["--out_dir", d, "--resume"])  # resumes from the step-2 checkpoint
+    train.main(args + ["--resume"])  # resumes from the step-2 checkpoint: steps 3 and 4 run again
     again = [r for r in metrics(d) if r["kind"] == "train"]
     assert [r["step"] for r in again] == [1, 2, 3, 4]
     for a, b in zip(full, again):
         for k in ("reward", "loss", "length", "entropy", "grad_norm"):
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (a["step"], k)
+    resumed = load_file(os.path.join(d, "rl", "step_000004", "model.safetensors"))
+    for k in final:  # fails if resume skips the weights or the optimizer state (checked by breaking each)
+        torch.testing.assert_close(resumed[k], final[k], rtol=1e-5, atol=1e-6)
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def test_messages_promise_only_what_exists(smoke_run, tmp_path, capsys):
+    d = with_cached_base(smoke_run[0], tmp_path / "halt")
+    train.main(SMALL + ["--out_dir", d, "--halt_after=1"])  # the first checkpoint is at step 2
+    out = capsys.readouterr().out
+    assert "[rl] step    1" in out and "no RL checkpoint was written yet" in out and "--resume" not in out
+    assert f"--out_dir {d} --overwrite" in out
+
+
+def test_ctrl_c_exits_cleanly_with_the_resume_command(smoke_run, tmp_path, monkeypatch, capsys):
+    real, calls = train.grpo.rl_step, []
+
+    def interrupted(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train.grpo, "rl_step", interrupted)
+    d = with_cached_base(smoke_run[0], tmp_path / "ctrlc")
+    with pytest.raises(SystemExit) as e:
+        train.main(SMALL + ["--out_dir", d])
+    assert e.value.code == 130
+    out = capsys.readouterr().out
+    assert "interrupted (Ctrl-C)" in out and "Traceback" not in out
+    command = out.strip().splitlines()[-1].strip()  # resuming itself is test_resume_after_a_stop_...'s
+    assert command.startswith("python train.py ") and command.endswith("--resume")
+    assert f"resume from {d}/rl/step_000002 with:" in out
+    assert train.parse_args(shlex.split(command)[2:]) == (train.parse_args(SMALL + ["--out_dir", d])[0], {"resume"})
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_run, tmp_path, monkeypatch):
     real = train.grpo.rl_step
     calls = []
 
@@ -73,12 +176,52 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(train.grpo, "rl_step", flaky)
-    d = str(tmp_path / "nan")
+    d = with_cached_base(smoke_run[0], tmp_path / "nan")
     with pytest.raises(SystemExit, match="non-finite GRPO loss at step 3"):
         train.main(SMALL + ["--out_dir", d, "--ckpt_every=1"])
     assert train.latest_rl_checkpoint(d).endswith("step_000002")
     model, meta = train.load_model(train.latest_rl_checkpoint(d), "cpu")
     assert meta["step"] == 2 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_stage_rl_takes_a_reward_function_and_a_prompt_source(smoke_run, tmp_path, monkeypatch):
+    """What R1's later stages reuse: their own prompts and reward, the same loop and bookkeeping. Run under bf16
+    autocast, as on CUDA (emulated on the CPU): rollouts, evaluation and the RL step all enter it."""
+    entered = []
+
+    def bf16(device):
+        entered.append(traceback.extract_stack(limit=2)[0].name)
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    monkeypatch.setattr(train, "autocast", bf16)
+    src, _ = smoke_run
+    cfg, _ = train.parse_args(SMALL + ["--out_dir", str(tmp_path), "--rl_steps=1", "--probe=false"])
+    tok = train.Tokenizer.load(os.path.join(src, "tokenizer"))
+    base, _ = train.load_model(os.path.join(src, "base"), "cpu")
+    fixed = [tasks.Problem("say hi", "hi", "generic", "chat"), tasks.Problem("say yo", "yo", "generic", "chat")]
+    asked = []
+
+    def prompts(step):
+        asked.append(step)
+        return fixed
+
+    def lengthy(texts, problems):  # any numbers besides "reward" become metrics
+        assert problems == [p for p in fixed for _ in range(4)]  # rows prompt-major, groups of group_size
+        return [{"reward": float(len(t)), "chars": float(len(t))} for t in texts]
+
+    train.stage_rl(cfg, tok, base, torch.device("cpu"), False, lambda m: None, prompts=prompts, score=lengthy)
+    row = [r for r in metrics(str(tmp_path)) if r["kind"] == "train"][0]
+    assert asked == [0] and row["reward"] == row["chars"] > 0 and "length/chat" in row
+    assert set(entered) == {"rollout", "grpo_step", "evaluate"} and row["grad_norm"] > 0
+    assert "**say hi** (bucket chat" in open(tmp_path / "transcripts.md").read()
+
+
+def test_build_rollouts_concatenates_prompt_and_response():
+    gen = train.sample.Generation(tokens=torch.tensor([[7, 8, 0], [9, 0, 0]]), mask=None, logprobs=None,
+                                  lengths=torch.tensor([2, 1]), truncated=torch.tensor([True, False]))
+    batch = train.build_rollouts([[1, 2, 3]], gen, [{"reward": 1.0}, {"reward": 0.5}], n=2, pad_id=0)
+    assert batch["tokens"].tolist() == [[1, 2, 3, 7, 8], [1, 2, 3, 9, 0]]
+    assert batch["response_mask"].tolist() == [[False] * 3 + [True, True], [False] * 3 + [True, False]]
+    assert batch["rewards"].tolist() == [1.0, 0.5] and batch["truncated"].tolist() == [True, False]
 
 
 def test_sft_lowers_the_loss_on_completion_tokens(smoke_run):
@@ -91,9 +234,77 @@ def test_sft_lowers_the_loss_on_completion_tokens(smoke_run):
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_sft_gives_each_rank_its_own_slice(monkeypatch):
+    model = train.Transformer(train.ModelConfig.from_preset("tiny-mla", vocab_size=64))
+    examples = [([1, 2], [3 + i]) for i in range(8)]
+    seen = {}
+    real = train.sft_batch
+    for rank, world in ((0, 1), (0, 2), (1, 2)):
+        monkeypatch.setattr(train, "RANK", rank)
+        monkeypatch.setattr(train, "WORLD", world)
+        monkeypatch.setattr(train, "all_mean", lambda x: x)
+        monkeypatch.setattr(train, "sft_batch", lambda b, pad_id: (seen.setdefault((rank, world), []).append(
+            [c[0] for _, c in b]), real(b, pad_id))[1])
+        train.sft(model, examples, steps=2, batch_size=4, lr=1e-3, pad_id=0, log=lambda m: None)
+    for step in range(2):
+        whole, r0, r1 = seen[0, 1][step], seen[0, 2][step], seen[1, 2][step]
+        assert len(r0) == len(r1) == 2 and r0 == whole[0::2] and r1 == whole[1::2]  # disjoint slices, one batch
+    with pytest.raises(ValueError, match="divisible"):
+        train.sft(model, examples, steps=1, batch_size=3, lr=1e-3, pad_id=0, log=lambda m: None)
+
+
+def test_prefetched_batches_equal_serial_batches(smoke_run):
+    out, _ = smoke_run
+    cfg, _ = train.parse_args(SMALL)
+    tok = train.Tokenizer.load(os.path.join(out, "tokenizer"))
+    steps = range(3, 9)
+    serial = [train.pretrain_batch(cfg, tok, s) for s in steps]
+    for a, b in zip(serial, train.prefetch(lambda s: train.pretrain_batch(cfg, tok, s), steps), strict=True):
+        assert torch.equal(a, b)
+
+    def fails_at_2(s):
+        if s == 2:
+            raise RuntimeError("boom")
+        return s
+    got = []
+    with pytest.raises(RuntimeError, match="boom"):
+        for x in train.prefetch(fails_at_2, range(5)):
+            got.append(x)
+    assert got == [0, 1]
+
+
+def write(path, lines):
+    path.write_text("".join(l + "\n" for l in lines))
+    return str(path)
+
+
+def test_problem_files_are_checked_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "stage_tokenizer", lambda *a: pytest.fail("work started before the checks"))
+    good = json.dumps({"question": "1+1?", "answer": "so #### 2"})
+    cases = [
+        ([good, "{not json"], [], "bad.jsonl:2: invalid JSON"),
+        ([], [], "holds no problems"),
+        ([good] * 3, [], "leaves 1 training problems.*--prompts_per_step=2"),
+        ([good] * 2, [], "has 2 problems; need more than --eval_problems=2"),
+        ([good] * 4, ["--problems_kind=math"], "bad.jsonl:1: expected an object with fields"),
+        ([json.dumps({"question": "q", "answer": "x </answer> y"})] * 5, ["--problems_kind=generic"],
+         "bad.jsonl:1: the rule reward cannot match"),
+    ]
+    for lines, extra, msg in cases:
+        path = write(tmp_path / "bad.jsonl", lines)
+        with pytest.raises(SystemExit, match=msg):
+            train.main(SMALL + ["--out_dir", str(tmp_path / "out"), f"--problems={path}"] + extra)
+    path = write(tmp_path / "ok.jsonl", [good] * 5)
+    with pytest.raises(SystemExit, match="empty.jsonl holds no problems"):
+        train.main(SMALL + [f"--problems={path}", f"--eval_path={write(tmp_path / 'empty.jsonl', [])}"])
+    pool, held = train.load_problems(train.parse_args(SMALL + [f"--problems={path}"])[0])
+    assert len(pool) == 3 and len(held) == 2 and pool[0].answer == "2"
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["--preset", "nope"], "valid presets: smoke"),
     (["--preset", "smoke", "--bogus=1"], "unknown field 'bogus'"),
+    (["--preset", "smoke", "--rl_stepz=1"], "did you mean 'rl_steps'"),
     (["--preset", "smoke", "--model.bogus=1"], "unknown model field"),
     (["--preset", "smoke", "--rl_steps=abc"], "not a valid int"),
     (["--preset", "smoke", "--group_size=1"], "group_size must be >= 2"),
@@ -101,17 +312,49 @@ def test_sft_lowers_the_loss_on_completion_tokens(smoke_run):
     (["--preset", "smoke", "--model=gpt5"], "not a model preset"),
     (["--preset", "smoke", "--problems=/no/such.jsonl"], "does not exist"),
     (["--preset", "smoke", "--batch_size=0"], "batch_size must be >= 1"),
+    (["--preset", "smoke", "--const_norm=160"], "--const_norm=160 needs --token_level=false"),
+    (["--preset", "smoke", "--clip_low=1.5"], "--clip_low=1.5 must be in \\[0, 1\\)"),
+    (["--preset", "smoke", "--eval_batch=1"], "eval_batch must be 0"),
 ])
 def test_bad_arguments_fail_before_any_work(argv, msg):
     with pytest.raises(SystemExit, match=msg):
         train.parse_args(argv)
 
 
-def test_help_lists_presets_and_fields(capsys):
+def test_flags_take_dashes_and_the_old_name(capsys):
+    cfg, switches = train.parse_args(["--preset", "smoke", "--rl-steps=3", "--max-new-tokens", "9", "--resume",
+                                      "--mask_truncated=false", "--const-norm=9", "--token-level=false"])
+    assert (cfg.rl_steps, cfg.max_new_tokens, cfg.drop_truncated, cfg.const_norm) == (3, 9, False, 9)
+    assert switches == {"resume"} and cfg.preset == "smoke" and cfg.out_dir == os.path.join("runs", "smoke")
+    assert "--mask_truncated is now called --drop_truncated" in capsys.readouterr().out
+
+
+def test_help_groups_every_field_and_shows_a_presets_values(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--help"])
     text = capsys.readouterr().out
-    assert "zero-small" in text and "--rl_steps=" in text and "--model.FIELD" in text
+    for group in ("run:", "model:", "data:", "pretraining:", "RL:", "eval:", "logging:"):
+        assert f"\n{group}\n" in text, group
+    listed = [l.split("=")[0].strip(" *-") for l in text.splitlines() if l.lstrip(" *").startswith("--")]
+    fields = [f.name for f in train.dataclasses.fields(train.TrainConfig)]
+    assert set(fields) <= set(listed) and "--model.FIELD" in text
+    for name, desc in sum((items for _, items in cli.field_help(train.TrainConfig)), []):
+        assert desc, f"--{name} has no description"
+    assert " --rl_steps=60 " in text  # the dataclass default
+    with pytest.raises(SystemExit):
+        train.parse_args(["--preset", "smoke", "--help"])
+    assert "*--rl_steps=4 " in capsys.readouterr().out  # the preset's value, marked as set by it
+
+
+def test_full_scale_preset_on_cpu_names_the_flags_that_make_it_small():
+    cfg = train.TrainConfig(**train.TRAIN_PRESETS["zero-full"])
+    cfg.preset = "zero-full"
+    note = train.cpu_notice(cfg, torch.device("cpu"))
+    assert note.startswith("note: zero-full is sized for GPUs") and train.SMALL_ON_CPU in note
+    assert train.cpu_notice(cfg, torch.device("cuda")) == ""
+    assert train.cpu_notice(train.parse_args(SMALL)[0], torch.device("cpu")) == ""
+    small, _ = train.parse_args(SMALL + train.SMALL_ON_CPU.split())  # every flag named is a real flag
+    assert small.eval_problems == 8 and small.rl_steps == 10
 
 
 def test_wandb_flag_needs_the_package(monkeypatch):
@@ -119,3 +362,21 @@ def test_wandb_flag_needs_the_package(monkeypatch):
     monkeypatch.setattr(train.importlib.util, "find_spec", lambda name: None if name == "wandb" else real(name))
     with pytest.raises(SystemExit, match="pip install wandb"):
         train.parse_args(["--preset", "smoke", "--wandb_project=r1"])
+
+
+def test_step_metrics_average_whatever_the_reward_returns():
+    rows = [{"bucket": "E", "text": "wait no", "long": 1.0, "reward": 1.0, "accuracy": 1.0, "length": 4,
+             "truncated": 0.0, "answer": "3"},
+            {"bucket": "M", "text": "ok", "long": None, "reward": 0.0, "accuracy": 0.0, "length": 8,
+             "truncated": 1.0, "answer": None}]
+    m = runlog.step_metrics(rows)
+    assert (m["reward"], m["length"], m["truncated"], m["length_correct"], m["length_wrong"]) == (0.5, 6, 0.5, 4, 8)
+    assert m["reflection"] == pytest.approx(100 / 3) and m["long/E"] == 1.0 and m["accuracy/M"] == 0.0
+    assert "answer" not in m
+
+
+def test_evaluation_is_one_sampler_call_on_gpu():
+    cfg = train.parse_args(SMALL + ["--eval_k=8"])[0]
+    assert train.eval_batch(cfg, 256, torch.device("cuda")) == 256 * 8  # every sequence in one decode loop
+    assert train.eval_batch(cfg, 256, torch.device("cpu")) == 256  # CPU runs keep the measured batches
+    assert train.eval_batch(train.parse_args(SMALL + ["--eval_batch=64"])[0], 256, torch.device("cuda")) == 64
