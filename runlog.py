@@ -285,7 +285,7 @@ def plot(history: list[dict], path: str) -> None:
            "train rollouts (long = long-mode share)")
     series(axes[1, 0], tr, ["reflection"], "reflective words per 100 words")
     series(axes[1, 1], tr, ["entropy"], "policy entropy (nats/token)")
-    series(axes[1, 2], tr, ["kl", "clip_low", "clip_high"], "KL to reference / clipped fraction")
+    series(axes[1, 2], tr, ["kl", "clip_frac_low", "clip_frac_high"], "KL to reference / clipped fraction")
     series(axes[1, 3], tr, ["expert_imbalance"], "expert load (max/mean)")
     fig.tight_layout()
     tmp = path + ".tmp.png"

@@ -253,7 +253,7 @@ def grpo_config(cfg: TrainConfig) -> grpo.GRPOConfig:
     """The GRPO settings of a train.py config."""
     return grpo.GRPOConfig(group_size=cfg.group_size, clip_low=cfg.clip_low, clip_high=cfg.clip_high, beta=cfg.beta,
                            std_norm=cfg.std_norm, token_level=cfg.token_level, const_norm=cfg.const_norm,
-                           drop_equal_groups=cfg.drop_equal_groups, mask_truncated=cfg.drop_truncated, mu=cfg.mu,
+                           drop_equal_groups=cfg.drop_equal_groups, drop_truncated=cfg.drop_truncated, mu=cfg.mu,
                            micro_batch=cfg.micro_batch, temperature=cfg.rollout_temperature,
                            max_grad_norm=cfg.max_grad_norm, fused_head=cfg.fused_head)
 
@@ -303,12 +303,13 @@ def shard(model: Transformer) -> Transformer:
 
 
 def all_mean(x: float) -> float:
-    """Mean of a float over ranks (the float itself in a single process)."""
+    """Mean of a float over the ranks where it is defined (a NaN diagnostic, e.g. the entropy of a rank whose
+    responses were all dropped, is absent, not zero); the float itself in a single process."""
     if WORLD == 1:
         return x
-    t = torch.tensor([x], dtype=torch.float64)
+    t = torch.tensor([0.0 if math.isnan(x) else x, 0.0 if math.isnan(x) else 1.0], dtype=torch.float64)
     dist.all_reduce(t)
-    return float(t) / WORLD
+    return float(t[0] / t[1]) if t[1] > 0 else float("nan")
 
 
 def all_gather(obj) -> list:
