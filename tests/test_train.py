@@ -69,7 +69,7 @@ def test_smoke_runs_every_stage(smoke_run):
     assert [r["step"] for r in evals] == [0, 2, 4]
     assert {"forced_D/E", "forced_L/M"} <= set(evals[0])  # the step-0 forced-mode probe
     for r in train_rows:
-        for k in ("reward", "accuracy", "format", "length", "reflection", "entropy", "grad_norm", "clip_low"):
+        for k in ("reward", "accuracy", "format", "length", "reflection", "entropy", "grad_norm", "clip_frac_low"):
             assert k in r and r[k] == r[k], k  # present and not NaN
     assert summary["first"]["step"] == 0 and summary["last"]["step"] == 4
     assert "## step 1" in open(os.path.join(out, "transcripts.md")).read()
