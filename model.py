@@ -388,10 +388,14 @@ def moe_kernel(device, dtype):
     stay on the device (bf16 on Hopper/Blackwell GPUs, where it has a native kernel; CPU inference). "dense": every
     expert on every token, keeping the chosen (E/K times the FLOPs, but no host sync: other GPUs and dtypes, whose
     _grouped_mm would copy the offsets to the host). "split": one matmul per expert slice (CPU training)."""
+    if not hasattr(torch, "_grouped_mm"):
+        return "dense" if device.type == "cuda" or torch.compiler.is_compiling() else "split"
     if device.type == "cuda":
         native = dtype == torch.bfloat16 and torch.cuda.get_device_capability(device)[0] in (9, 10)
-        return "grouped" if native and hasattr(torch, "_grouped_mm") else "dense"
-    return "grouped" if hasattr(torch, "_grouped_mm") and not torch.is_grad_enabled() else "split"
+        return "grouped" if native else "dense"
+    if torch.compiler.is_compiling():  # torch.compile traces _grouped_mm for bf16 only
+        return "grouped" if dtype == torch.bfloat16 else "dense"
+    return "split" if torch.is_grad_enabled() else "grouped"
 
 
 class MoE(nn.Module):
