@@ -13,10 +13,12 @@ Simplifications relative to the paper / production systems:
 1. No multi-token prediction (MTP) module; no tensor/expert parallelism (FSDP lives in train.py).
 2. Attention is torch's scaled_dot_product_attention with a boolean mask; no paged or FlashMLA kernels.
 3. The KV cache is one preallocated tensor pair per layer with a single shared length for the batch
-   (ragged prompts are left-padded and masked with `valid`), not a paged cache.
+   (ragged prompts are left-padded and masked with `valid`), not a paged cache. Its static mode keeps every
+   shape fixed (device-side slot, attention over all slots) so a decode step can be a CUDA graph.
 4. FP8 checkpoints are dequantised to the model dtype when loaded; there is no FP8 compute.
 5. Expert load for the bias update is counted only in forwards run with grad enabled (training forwards),
-   so sampling does not move the router bias; the sequence-wise aux loss ignores padding.
+   so sampling does not move the router bias, and only on the tokens of load_mask (the response tokens, not
+   prompt padding); the sequence-wise aux loss ignores padding.
 6. YaRN/Llama-3 scaling use static inverse frequencies (no dynamic NTK).
 
 Use:

@@ -103,7 +103,7 @@ def test_static_loop_with_compile_plumbing(monkeypatch):
     monkeypatch.setattr(sample, "COMPILE_BACKEND", "eager")  # CPU: dynamo tracing of the static step, no inductor
     m = tiny("tiny-moe")
     kw = dict(max_new_tokens=6, temperature=1.0, n=2, stop_tokens=(4, 5), seed=3)
-    assert_same(generate(m, PROMPTS[:2], static=False, **kw), generate(m, PROMPTS[:2], compile=True, **kw))
+    assert_same(generate(m, PROMPTS[:2], static=False, **kw), generate(m, PROMPTS[:2], compile=True, static=True, **kw))
 
 
 def test_cuda_graph_needs_cuda():
@@ -190,3 +190,27 @@ def test_moe_load_counts_only_masked_tokens():
     want = loads(lambda: (m(a), m(b)))
     assert torch.equal(loads(lambda: m(padded, load_mask=mask)), want)
     assert loads(lambda: m(padded)).sum() == want.sum() + 5 * 2 * 2  # 5 pads x K=2 x 2 MoE layers
+
+
+# ----------------------------------------------------------------------------- bench.py plumbing
+
+def test_bench_guards_flags_and_independent_sections(monkeypatch, capsys, tmp_path):
+    import math
+
+    import bench
+    assert math.isnan(bench.per_s(100, 0.0)) and math.isnan(bench.ratio(1.0, 0.0)) and bench.ratio(6.0, 3.0) == 2
+    args = bench.parse_args(["decode", "--out-dir", str(tmp_path), "--quick"])
+    assert args.sections == ["decode"] and args.quick and args.out_dir == str(tmp_path)
+    for bad, says in ((["--nope"], "unknown flag '--nope'; valid: --quick"), (["nope"], "unknown section 'nope'")):
+        with pytest.raises(SystemExit, match=says):
+            bench.parse_args(bad)
+
+    def broken(args):
+        raise RuntimeError("no namespaces here")
+    monkeypatch.setattr(bench, "SECTIONS", {"first": broken, "second": lambda args: {
+        "rows": [bench.row("second", "speed", 30.0, "tok/s", "baseline", 10.0, "CPU")]}})
+    bench.main(["--quick", f"--out_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert "[first] FAILED: RuntimeError: no namespaces here" in out
+    assert "| second | speed | 30 tok/s | baseline | 10 tok/s | 3.00x (higher is better) | CPU |" in out
+    assert "| first | ERROR |" in (tmp_path / "bench_first-second.md").read_text()
