@@ -24,6 +24,7 @@ are only claimed by the GPU run that measured them; on CPU a section reports CPU
 3. Projections (bench_decode) are arithmetic on measured counts and stated assumptions, labelled as such.
 """
 import argparse
+import contextlib
 import glob
 import json
 import math
@@ -355,10 +356,10 @@ def bench_sample(args):
 #               host for every row) with the per-expert MoE (.tolist() per MoE layer): what the code ran before
 #   eager twin  the same loop with today's MoE fast path (torch._grouped_mm, offsets on the device)
 #   static      the static loop (static cache, stops on the device, one host check every 16 steps)
-# Counted with torch.profiler on this CPU: aten ops (every aten:: event, nested included), kernel launches (leaf
-# aten ops that compute, i.e. not views; on a GPU each is one launch) and host syncs (_local_scalar_dense = .item()
-# / int() / bool(); nonzero = boolean indexing; .tolist() and .cpu() calls counted by a wrapper: each blocks on a
-# GPU). Per step = (generate(1 + S steps) - generate(1 step)) / S, so prefill and set-up cancel. CPU ms per step:
+# Counted on this CPU: aten ops (torch.profiler: every aten:: event, nested included, minus the CPU-only insides of
+# _grouped_mm), kernel launches (leaf aten ops that compute, i.e. not views; on a GPU each is one launch) and host
+# syncs (count_host_syncs: calls of .tolist() / .cpu() / .item() / .nonzero() / bool() / int() on device tensors,
+# each of which blocks on a GPU; the loops use no boolean-mask indexing). Per step = (generate(1 + S steps) - generate(1 step)) / S, so prefill and set-up cancel. CPU ms per step:
 # the same difference, timed, median of repeats after a warm-up. Then project_decode_step() turns the counts into a
 # projected H200 time per step (a projection, with its assumptions printed).
 
@@ -387,6 +388,34 @@ def gpu_visible_ops(prof):
             p = p.cpu_parent
         return False
     return [e for e in prof.events() if e.name.startswith("aten::") and not inside_grouped(e)]
+
+
+@contextlib.contextmanager
+def count_host_syncs():
+    """Count the tensor methods that block on a GPU (.tolist(), .cpu(), .item(), .nonzero(), bool()/int()/float())
+    while inside; yields a one-element list holding the count. Calls on host copies (results of .cpu(), and their
+    views) are not counted: on a GPU they would not wait for it."""
+    import torch
+    names = ("tolist", "cpu", "item", "nonzero", "__bool__", "__int__", "__float__")
+    real, calls = {name: getattr(torch.Tensor, name) for name in names}, [0]
+
+    def wrap(name):
+        def f(self, *a, **k):
+            base = self._base if self._base is not None else self
+            if not getattr(base, "_host_copy", False):
+                calls[0] += 1
+            out = real[name](self, *a, **k)
+            if name == "cpu":
+                out._host_copy = True
+            return out
+        return f
+    for name in names:
+        setattr(torch.Tensor, name, wrap(name))
+    try:
+        yield calls
+    finally:
+        for name, f in real.items():
+            setattr(torch.Tensor, name, f)
 
 
 def count_launches(events):
@@ -475,25 +504,10 @@ def _bench_decode(args, quick, torch, profile, ProfilerActivity, model_mod, samp
 
     def counts(T, opts):
         """(aten ops, kernel launches, host syncs) of one generate() call of T steps."""
-        calls = [0]
-        real = {name: getattr(torch.Tensor, name) for name in ("tolist", "cpu")}
-
-        def counting(name):
-            def f(self, *a, **k):
-                calls[0] += 1
-                return real[name](self, *a, **k)
-            return f
-        for name in real:
-            setattr(torch.Tensor, name, counting(name))
-        try:
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                run(T, opts)
-        finally:
-            for name, f in real.items():
-                setattr(torch.Tensor, name, f)
+        with count_host_syncs() as syncs, profile(activities=[ProfilerActivity.CPU]) as prof:
+            run(T, opts)
         ev = gpu_visible_ops(prof)
-        syncs = sum(e.name in ("aten::_local_scalar_dense", "aten::nonzero") for e in ev) + calls[0]
-        return len(ev), count_launches(ev), syncs
+        return len(ev), count_launches(ev), syncs[0]
 
     res, rows = {}, []
     for label, opts in loops.items():
