@@ -269,8 +269,8 @@ def bench_sample(args):
     res = {"device": name, "batch": B, "prompt": P, "new_tokens": T}
 
     # 1) ours: KV cache, prefill once, one token per step
-    def ours_run(n_new, compile=False):
-        return generate(ours, prompts, max_new_tokens=n_new, temperature=0, compile=compile)
+    def ours_run(n_new, compile=False, **kw):  # default loop: the static one on CUDA, the eager twin on CPU
+        return generate(ours, prompts, max_new_tokens=n_new, temperature=0, compile=compile, **kw)
     t_ours, gen = timed(lambda: ours_run(T))
     t_prefill, _ = timed(lambda: ours_run(1))
     res["ours_tok_s"] = per_s(B * T, t_ours)
@@ -286,6 +286,15 @@ def bench_sample(args):
         print(f"[sample] ours compile=True:    {t_c:.3f} s, {res['ours_compiled_tok_s']:.1f} tok/s end-to-end, "
               f"{res['ours_compiled_decode_tok_s']:.1f} tok/s decode only; rows equal to plain loop: "
               f"{res['compiled_tokens_equal']:.2f}")
+        t_g, gen_g = timed(lambda: ours_run(T, cuda_graph=True))
+        t_gp, _ = timed(lambda: ours_run(1, cuda_graph=True))
+        t_e, _ = timed(lambda: ours_run(T, static=False))
+        res["ours_graph_decode_tok_s"] = per_s(B * (T - 1), t_g - t_gp)
+        res["ours_graph_tok_s"], res["ours_eager_twin_tok_s"] = per_s(B * T, t_g), per_s(B * T, t_e)
+        res["graph_tokens_equal"] = float((gen_g.tokens == gen.tokens).all(-1).float().mean())
+        print(f"[sample] ours cuda_graph=True: {t_g:.3f} s, {res['ours_graph_tok_s']:.1f} tok/s end-to-end, "
+              f"{res['ours_graph_decode_tok_s']:.1f} tok/s decode only; eager twin {res['ours_eager_twin_tok_s']:.1f} "
+              f"tok/s; rows equal to the static loop: {res['graph_tokens_equal']:.2f}")
 
     # 2) no cache: recompute the whole sequence for every new token
     n_nc = T if quick else T // 4  # the no-cache loop is slow on big runs: time a quarter of the steps
@@ -332,7 +341,8 @@ def bench_sample(args):
     kv_bytes = B * (P + T / 2) * cache_bytes_per_token(cfg, elt) * cfg.n_layers
     step_s = (weight_bytes + kv_bytes) / bw
     res.update(copy_GB_s=bw / 1e9, weight_MB=weight_bytes / 1e6, kv_MB=kv_bytes / 1e6, bound_tok_s=per_s(B, step_s))
-    best = max(res["ours_decode_tok_s"], res.get("ours_compiled_decode_tok_s", float("nan")))
+    rates = [res["ours_decode_tok_s"], res.get("ours_compiled_decode_tok_s"), res.get("ours_graph_decode_tok_s")]
+    best = max([v for v in rates if v is not None and math.isfinite(v)] or [float("nan")])
     res["ours_vs_hf"] = ratio(res["ours_tok_s"], res["hf_tok_s"])
     res["ours_vs_no_cache"] = ratio(res["ours_tok_s"], res["no_cache_tok_s"])
     res["bound_fraction"] = ratio(best, res["bound_tok_s"])
@@ -346,6 +356,11 @@ def bench_sample(args):
                        res["no_cache_tok_s"], name),
                    row("sample", "ours decode only", best, "tok/s", "bandwidth bound", res["bound_tok_s"], name),
                    row("sample", "greedy rows equal to transformers", res["hf_tokens_equal"], "frac", device=name)]
+    if cuda:
+        res["rows"] += [row("sample", "ours static loop + CUDA graph", res["ours_graph_tok_s"], "tok/s",
+                            "eager twin", res["ours_eager_twin_tok_s"], name),
+                        row("sample", "ours static loop", res["ours_tok_s"], "tok/s", "eager twin",
+                            res["ours_eager_twin_tok_s"], name)]
     return res
 
 # ====================================================================================================
@@ -359,7 +374,8 @@ def bench_sample(args):
 # Counted on this CPU: aten ops (torch.profiler: every aten:: event, nested included, minus the CPU-only insides of
 # _grouped_mm), kernel launches (leaf aten ops that compute, i.e. not views; on a GPU each is one launch) and host
 # syncs (count_host_syncs: calls of .tolist() / .cpu() / .item() / .nonzero() / bool() / int() on device tensors,
-# each of which blocks on a GPU; the loops use no boolean-mask indexing). Per step = (generate(1 + S steps) - generate(1 step)) / S, so prefill and set-up cancel. CPU ms per step:
+# each of which blocks on a GPU; the loops use no boolean-mask indexing). Per step = (generate(1 + S steps) -
+# generate(1 step)) / S, so prefill and set-up cancel. CPU ms per step:
 # the same difference, timed, median of repeats after a warm-up. Then project_decode_step() turns the counts into a
 # projected H200 time per step (a projection, with its assumptions printed).
 
@@ -774,6 +790,19 @@ def bench_kernels(args):
         what = "h @ W.T, then token_logprobs" if label == "full" else "linear_token_logprobs"
         print(f"[kernels] N={N} C={C} V={V} bf16 fwd+bwd, {what:29s}: {ms:8.2f} ms, "
               f"peak extra {mem / 1e9:6.2f} GB (all logits would be {N * V * 2 / 1e9:.2f} GB)")
+    rows = []
+    for key, r in res.items():  # one row per vocab size and baseline: triton fwd+bwd time, lower is better
+        if key.startswith("V") and isinstance(r, dict) and "triton" in r:
+            for base in ("eager", "compiled"):
+                if base in r:
+                    rows.append(row("kernels", f"{key} fwd+bwd ms, triton", r["triton"]["fwd_bwd_ms"], "ms", base,
+                                    r[base]["fwd_bwd_ms"], name, higher_is_better=False))
+            rows.append(row("kernels", f"{key} fwd+bwd GB/s, triton", r["triton"]["fwd_bwd_GBps"], "GB/s",
+                            "D2D copy", copy_gbs, name))
+    if "linear_full" in res and "linear_chunked" in res:
+        rows.append(row("kernels", "fused-linear peak GB, chunked", res["linear_chunked"]["peak_GB"], "GB",
+                        "full logits", res["linear_full"]["peak_GB"], name, higher_is_better=False))
+    res["rows"] = rows
     return res
 
 # ====================================================================================================

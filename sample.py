@@ -213,7 +213,8 @@ def generate(model, prompts, max_new_tokens=256, temperature=1.0, top_p=1.0, top
     on CUDA when the model's cache supports it (on CPU, where syncs cost nothing, the twin is ~10% faster: it
     attends over the filled slots only). Both give the same samples under the same seed (tested).
     cuda_graph: replay the static loop's decode step from a CUDA graph (CUDA only).
-    vocab_limit: never propose ids >= vocab_limit (default: tokenizer.vocab_size when a tokenizer is given)."""
+    vocab_limit: never propose ids >= vocab_limit (default: tokenizer.vocab_size when a tokenizer is given); the
+    log-probs are then under that masked distribution (equal to the model's when those ids carry ~no mass)."""
     if vocab_limit is None and tokenizer is not None:
         vocab_limit = getattr(tokenizer, "vocab_size", None)
     _check_args(prompts, max_new_tokens, temperature, top_p, top_k, n, stop_strings, tokenizer, check_every,
