@@ -387,7 +387,7 @@ VIEW_OPS = {"aten::view", "aten::reshape", "aten::expand", "aten::as_strided", "
             "aten::view_as", "aten::expand_as", "aten::narrow", "aten::contiguous", "aten::to", "aten::_to_copy",
             "aten::is_nonzero", "aten::size", "aten::stride", "aten::numel", "aten::dim", "aten::item",
             "aten::_local_scalar_dense", "aten::_has_compatible_shallow_copy_type", "aten::set_", "aten::unfold"}
-HOST_S_PER_OP = 5e-6  # assumed host cost of one eager aten op on a GPU server (dispatch + launch), seconds
+HOST_S_PER_OP = 5e-6  # assumed host cost of one aten op called from Python on a GPU server (dispatch, launch), s
 KERNEL_MIN_S = 3e-6  # assumed device time of a tiny kernel launched eagerly (launch-latency bound), seconds
 KERNEL_MIN_GRAPH_S = 1.5e-6  # the same inside a CUDA graph (no per-launch CPU work), seconds
 HBM_EFFICIENCY = 0.8  # assumed fraction of H200_HBM_BYTES_S a decode step's reads reach
@@ -455,10 +455,10 @@ def decode_bytes_flops(cfg, rows, context, slots, dtype_bytes=2):
 
 
 def project_decode_step(host_ops, launches, graph_launches, bytes_, flops, syncs_per_step):
-    """Projected H200 seconds for one decode step (a projection, not a measurement). host = host_ops x
-    HOST_S_PER_OP; device = launches x KERNEL_MIN_S + graph_launches x KERNEL_MIN_GRAPH_S + max(bytes at
-    HBM_EFFICIENCY x H200_HBM_BYTES_S, flops at H200_BF16_FLOPS). With a host sync every step the host waits for
-    the device (host + device); without one it runs ahead (the slower of the two)."""
+    """Projected H200 seconds for one decode step (a projection, not a measurement). host = host_ops (aten ops
+    called from Python) x HOST_S_PER_OP; device = launches x KERNEL_MIN_S + graph_launches x KERNEL_MIN_GRAPH_S
+    + max(bytes at HBM_EFFICIENCY x H200_HBM_BYTES_S, flops at H200_BF16_FLOPS). With a host sync every step the
+    host waits for the device (host + device); without one it runs ahead (the slower of the two)."""
     host = host_ops * HOST_S_PER_OP
     device = launches * KERNEL_MIN_S + graph_launches * KERNEL_MIN_GRAPH_S \
         + max(bytes_ / (HBM_EFFICIENCY * H200_HBM_BYTES_S), flops / H200_BF16_FLOPS)
@@ -523,13 +523,14 @@ def _bench_decode(args, quick, torch, profile, ProfilerActivity, model_mod, samp
         with count_host_syncs() as syncs, profile(activities=[ProfilerActivity.CPU]) as prof:
             run(T, opts)
         ev = gpu_visible_ops(prof)
-        return len(ev), count_launches(ev), syncs[0]
+        top = sum(1 for e in ev if e.cpu_parent is None)  # called from Python: what the host pays dispatch for
+        return len(ev), top, count_launches(ev), syncs[0]
 
     res, rows = {}, []
     for label, opts in loops.items():
         run(4, opts)  # warm-up
         c1, c2 = counts(1, opts), counts(1 + steps, opts)
-        ops, launches, syncs = ((b - a) / steps for a, b in zip(c1, c2))
+        ops, top, launches, syncs = ((b - a) / steps for a, b in zip(c1, c2))
         t1, t2 = [], []
         for _ in range(repeats):
             for T, ts in ((1, t1), (1 + steps, t2)):
@@ -537,9 +538,10 @@ def _bench_decode(args, quick, torch, profile, ProfilerActivity, model_mod, samp
                 run(T, opts)
                 ts.append(time.perf_counter() - t0)
         ms = (median(t2) - median(t1)) / steps * 1e3
-        res[label] = dict(ops=ops, launches=launches, syncs=syncs, cpu_ms=ms if ms > 0 else float("nan"))
-        print(f"[decode] {label:10s}: {ops:7.1f} aten ops, {launches:6.1f} kernel launches, {syncs:5.2f} host syncs "
-              f"per step; {ms:.2f} CPU ms per step", flush=True)
+        res[label] = dict(ops=ops, top_ops=top, launches=launches, syncs=syncs,
+                          cpu_ms=ms if ms > 0 else float("nan"))
+        print(f"[decode] {label:10s}: {ops:7.1f} aten ops ({top:6.1f} called from Python), {launches:6.1f} kernel "
+              f"launches, {syncs:5.2f} host syncs per step; {ms:.2f} CPU ms per step", flush=True)
 
     # the model step alone (what a CUDA graph replays): profile one static decode step
     with torch.no_grad():
@@ -551,18 +553,19 @@ def _bench_decode(args, quick, torch, profile, ProfilerActivity, model_mod, samp
             sample._decode_step(m, cache, tok, pos + 1)
     cfg.mla_absorb = False
     ev = gpu_visible_ops(prof)
-    step_ops, step_launches = len(ev), count_launches(ev)
-    res["model_step"] = dict(ops=step_ops, launches=step_launches)
-    print(f"[decode] model step alone: {step_ops} aten ops, {step_launches} kernel launches")
+    step_ops, step_top, step_launches = len(ev), sum(1 for e in ev if e.cpu_parent is None), count_launches(ev)
+    res["model_step"] = dict(ops=step_ops, top_ops=step_top, launches=step_launches)
+    print(f"[decode] model step alone: {step_ops} aten ops ({step_top} called from Python), {step_launches} kernel "
+          f"launches")
 
     # projection at zero-small's rollout shape: prompts_per_step x group_size rows, max_new_tokens steps
     R, T_new, P = preset["prompts_per_step"] * preset["group_size"], preset["max_new_tokens"], 64
     b_dyn, fl = decode_bytes_flops(cfg, R, P + T_new / 2, P + T_new / 2)
     b_static, _ = decode_bytes_flops(cfg, R, P + T_new / 2, P + T_new)
     st, bf = res["static"], res["before"]
-    proj = {"before": project_decode_step(bf["ops"], bf["launches"], 0, b_dyn, fl, bf["syncs"]),
-            "static": project_decode_step(st["ops"], st["launches"], 0, b_static, fl, st["syncs"]),
-            "static + CUDA graph": project_decode_step(st["ops"] - step_ops + 1, st["launches"] - step_launches,
+    proj = {"before": project_decode_step(bf["top_ops"], bf["launches"], 0, b_dyn, fl, bf["syncs"]),
+            "static": project_decode_step(st["top_ops"], st["launches"], 0, b_static, fl, st["syncs"]),
+            "static + CUDA graph": project_decode_step(st["top_ops"] - step_top + 1, st["launches"] - step_launches,
                                                        step_launches, b_static, fl, st["syncs"])}
     res["projection"] = dict(rows=R, prompt=P, new_tokens=T_new, bytes_dynamic=b_dyn, bytes_static=b_static,
                              flops=fl, step_ms={k: v * 1e3 for k, v in proj.items()})
