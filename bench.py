@@ -379,14 +379,11 @@ def bench_sample(args):
 # the same difference, timed, median of repeats after a warm-up. Then project_decode_step() turns the counts into a
 # projected H200 time per step (a projection, with its assumptions printed).
 
-VIEW_OPS = {"aten::view", "aten::reshape", "aten::expand", "aten::as_strided", "aten::transpose", "aten::t",
-            "aten::unsqueeze", "aten::squeeze", "aten::slice", "aten::select", "aten::permute", "aten::split",
-            "aten::split_with_sizes", "aten::chunk", "aten::unbind", "aten::empty", "aten::empty_like",
-            "aten::empty_strided", "aten::_unsafe_view", "aten::alias", "aten::detach", "aten::lift_fresh",
-            "aten::resolve_conj", "aten::resolve_neg", "aten::result_type", "aten::_reshape_alias", "aten::flatten",
-            "aten::view_as", "aten::expand_as", "aten::narrow", "aten::contiguous", "aten::to", "aten::_to_copy",
-            "aten::is_nonzero", "aten::size", "aten::stride", "aten::numel", "aten::dim", "aten::item",
-            "aten::_local_scalar_dense", "aten::_has_compatible_shallow_copy_type", "aten::set_", "aten::unfold"}
+VIEW_OPS = {"aten::" + op for op in (  # ops that make views or metadata only: no kernel
+    "view reshape expand as_strided transpose t unsqueeze squeeze slice select permute split split_with_sizes chunk "
+    "unbind empty empty_like empty_strided _unsafe_view alias detach lift_fresh resolve_conj resolve_neg result_type "
+    "_reshape_alias flatten view_as expand_as narrow contiguous to _to_copy is_nonzero size stride numel dim item "
+    "_local_scalar_dense _has_compatible_shallow_copy_type set_ unfold").split()}
 HOST_S_PER_OP = 5e-6  # assumed host cost of one aten op called from Python on a GPU server (dispatch, launch), s
 KERNEL_MIN_S = 3e-6  # assumed device time of a tiny kernel launched eagerly (launch-latency bound), seconds
 KERNEL_MIN_GRAPH_S = 1.5e-6  # the same inside a CUDA graph (no per-launch CPU work), seconds
@@ -467,6 +464,16 @@ def project_decode_step(host_ops, launches, graph_launches, bytes_, flops, syncs
 
 def bench_decode(args):
     import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops: one thread avoids OpenMP contention on a shared host
+    try:
+        return _bench_decode(bool(getattr(args, "quick", False)))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench_decode(quick):
+    import torch
     from torch.profiler import ProfilerActivity, profile
 
     import model as model_mod
@@ -474,18 +481,6 @@ def bench_decode(args):
     from model import ModelConfig, Transformer
     from train import TRAIN_PRESETS
 
-    quick = bool(getattr(args, "quick", False))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops: one thread avoids OpenMP contention on a shared host (restored below)
-    try:
-        return _bench_decode(args, quick, torch, profile, ProfilerActivity, model_mod, sample, ModelConfig,
-                             Transformer, TRAIN_PRESETS)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _bench_decode(args, quick, torch, profile, ProfilerActivity, model_mod, sample, ModelConfig, Transformer,
-                  TRAIN_PRESETS):
     preset = TRAIN_PRESETS["zero-small"]
     cfg = ModelConfig.from_preset(preset["model"], vocab_size=preset["vocab_size"])
     torch.manual_seed(0)
