@@ -473,10 +473,19 @@ class MoE(nn.Module):
         xs = x[tok].to(mm_dtype)  # (N*K, C)
         counts = expert_counts(idx, self.cfg.n_routed_experts)  # (E,)
         if kernel == "grouped":  # one kernel for all experts; offsets never leave the device
+            if torch.is_grad_enabled():  # the weight gradient contracts over a slice: start slices at 8-row
+                E = self.cfg.n_routed_experts  # multiples (16 bytes in bf16), zero rows between (static shape)
+                padded = (counts + 7) // 8 * 8  # (E,)
+                first = (padded.cumsum(0) - padded)[idx.flatten()[order]]  # (N*K,) padded start of its expert
+                rank = torch.arange(N * K, device=x.device) - (counts.cumsum(0) - counts)[idx.flatten()[order]]
+                dest = first + rank  # (N*K,) row of each sorted pair in the padded layout
+                xs = xs.new_zeros(N * K + 8 * E, xs.shape[1]).index_copy(0, dest, xs)  # (N*K + 8E, C)
+                counts = padded
             offs = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's slice
             h = F.silu(torch._grouped_mm(xs, w1.transpose(1, 2), offs=offs)) \
                 * torch._grouped_mm(xs, w3.transpose(1, 2), offs=offs)  # (N*K, I)
             ys = torch._grouped_mm(h, w2.transpose(1, 2), offs=offs)  # (N*K, C)
+            ys = ys[dest] if torch.is_grad_enabled() else ys  # (N*K, C)
         else:  # one matmul per expert on its contiguous slice (.tolist() is a host sync: CPU only)
             outs = [(F.silu(xe @ w1[e].T) * (xe @ w3[e].T)) @ w2[e].T  # (n_e, C)
                     for e, xe in enumerate(xs.split(counts.tolist()))]
