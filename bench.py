@@ -202,6 +202,17 @@ def bench_model(args):
 # embedding table only when tied, as lm_head) + KV cache at the mean context length.
 
 def bench_sample(args):
+    import torch
+    threads = torch.get_num_threads()
+    if not torch.cuda.is_available():  # one thread: a second one on a shared host made the ratio swing 0.1x-17x
+        torch.set_num_threads(1)
+    try:
+        return _bench_sample(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench_sample(args):
     import tempfile
     import time
 
