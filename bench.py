@@ -1,29 +1,69 @@
 """
 bench.py: every performance goal measured against its baseline in one run, on this machine.
 
-    python bench.py                  # all sections
-    python bench.py kernels sample   # some sections
-    python bench.py --quick          # small shapes (CPU smoke run)
-    python bench.py --compile        # torch.compile where a section supports it (model)
+    python bench.py                        # all sections
+    python bench.py kernels sample         # some sections
+    python bench.py --quick                # small shapes (CPU smoke run)
+    python bench.py --compile              # torch.compile where a section supports it (model)
+    python bench.py decode --out_dir DIR   # also write the table to DIR/bench_decode.md and .json
 
 Sections (each prints the device and every number it measured beside its baseline):
   model    forward+backward tokens/s and MFU, dense vs MoE; KV-cache bytes per token, MLA vs GQA
   sample   decode tokens/s: our KV-cached sampler vs full recompute vs transformers generate; bandwidth bound
+  decode   aten ops, kernel launches and host syncs per decode step at zero-small's size, static loop vs eager
+           twin (torch.profiler), CPU ms per step, and the projected H200 decode-step time (a projection)
   kernels  fused log-prob/entropy/KL: Triton vs eager vs torch.compile; GB/s, % of copy bandwidth, memory (GPU)
   rewards  math checks/s and sandboxed programs/s
   data     tokenizer training time and synthetic-corpus MB/s
   fsdp     step time and peak memory, FSDP2 path vs plain training, ~1B model (GPU)
+At the end one table: each figure beside its baseline measured in the same run, and the device. A section that
+fails prints an error row; the others still run. Flags take underscores or dashes (--out_dir = --out-dir).
 
-Simplifications: 1. Numbers are medians of a few repeats, not a statistical study. 2. GPU targets are only
-claimed by the GPU run that measured them; on CPU a section reports CPU numbers or says it needs a GPU.
+Simplifications: 1. Numbers are medians of a few repeats after a warm-up, not a statistical study. 2. GPU targets
+are only claimed by the GPU run that measured them; on CPU a section reports CPU numbers or says it needs a GPU.
+3. Projections (bench_decode) are arithmetic on measured counts and stated assumptions, labelled as such.
 """
 import argparse
+import contextlib
 import glob
+import json
+import math
 import os
+import sys
 import sysconfig
 import tasks
 import time
 from tokenizer import Tokenizer
+
+# Dense bf16 tensor-core throughput assumed for H100/H200 SXM in MFU and projections: ~790 TFLOP/s is what large
+# cuBLAS bf16 GEMMs sustain on these parts at their power-limited clocks; the datasheet's 989e12 assumes the
+# 1.98 GHz boost clock throughout (989e12 = 132 SMs x 4 tensor cores x 1024 FLOP/clock x 1.83-1.98 GHz).
+H200_BF16_FLOPS = 790e12
+H200_HBM_BYTES_S = 4.8e12  # H200 SXM HBM3e datasheet bandwidth (the projection assumes 80% of it is reached)
+
+
+def per_s(count, seconds):
+    """count / seconds, or nan when the time is too small to divide by (the "2.5e11 tok/s" guard)."""
+    return count / seconds if seconds is not None and seconds > 1e-6 else float("nan")
+
+
+def ratio(a, b):
+    """a / b, or nan when either is missing, not finite, or b is not positive."""
+    ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in (a, b)) and b > 0
+    return a / b if ok else float("nan")
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2])
+
+
+def row(section, figure, value, unit, baseline=None, base_value=None, device="", higher_is_better=True):
+    """One line of the final table: a measured figure beside its baseline measured in the same run."""
+    r = ratio(value, base_value) if baseline else float("nan")
+    return dict(section=section, figure=figure, value=value, unit=unit, baseline=baseline or "",
+                base_value=base_value, ratio=r, better="higher" if higher_is_better else "lower", device=device)
+
 
 # ====================================================================================================
 # model
@@ -36,7 +76,7 @@ from tokenizer import Tokenizer
 # of width 704, first layer dense). CPU or args.quick: the same shapes shrunk (dim 128-256) so it runs in seconds.
 # FLOPs per token = 6 * N_active (all matmul weights a token touches: attention, active experts, router, lm_head;
 # not the input embedding lookup) + causal attention scores 6 * L * T/2 * H * (D_qk + D_v) (forward + backward).
-# MFU = FLOPs/s over the peak: 989e12 bf16 dense for H100/H200 (the datasheet number without sparsity);
+# MFU = FLOPs/s over the peak: H200_BF16_FLOPS (790e12 measured dense bf16, not the 989e12 datasheet figure);
 # on CPU only tokens/s is reported, since MFU needs a GPU peak. args.compile: torch.compile the model.
 # Prints the device and every measured number; returns them as a dict.
 
@@ -53,7 +93,7 @@ def bench_model(args):
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     gpu = torch.cuda.get_device_name() if cuda else ""
-    peak = 989e12 if cuda and any(k in gpu for k in ("H100", "H200")) else None
+    peak = H200_BF16_FLOPS if cuda and any(k in gpu for k in ("H100", "H200")) else None
     dtype = torch.bfloat16 if cuda else torch.float32
     name = gpu if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"[model] device: {name}; dtype {dtype}; torch.compile {compile_}; peak "
@@ -105,8 +145,8 @@ def bench_model(args):
                 step()
                 sync()
                 times.append(time.perf_counter() - t0)
-            dt = sorted(times)[len(times) // 2]  # median step: robust to a busy machine
-            tok_s = B * T / dt
+            dt = median(times)  # median step: robust to a busy machine
+            tok_s = per_s(B * T, dt)
             key = label if impl == "fast" else f"{label}-loop"
             r = {"params": count_params(cfg), "active_params": count_params(cfg, active=True),
                  "tokens_per_s": tok_s, "step_s": dt, "flops_per_token": flops_per_token(cfg)}
@@ -136,6 +176,17 @@ def bench_model(args):
         results["kv_bytes_per_token_per_layer_bf16"][label] = b
         print(f"[model] KV cache {label:16s}: {b:6d} bytes/token/layer bf16, {b * c.n_layers / 1024:8.1f} KiB/token "
               f"over {c.n_layers} layers")
+    rows = [row("model", "MoE fwd+bwd tokens/s (fast experts)", results["moe"]["tokens_per_s"], "tok/s",
+                "per-expert loop", results["moe-loop"]["tokens_per_s"], name),
+            row("model", "MoE fwd+bwd tokens/s", results["moe"]["tokens_per_s"], "tok/s",
+                "dense model, same active size", results["dense"]["tokens_per_s"], name)]
+    if peak:
+        rows += [row("model", f"MFU {k} (peak {peak / 1e12:.0f} TFLOP/s)", results[k]["mfu"], "", device=name)
+                 for k in ("dense", "moe")]
+    mla, mha = results["kv_bytes_per_token_per_layer_bf16"]["mla"], results["kv_bytes_per_token_per_layer_bf16"]["mha"]
+    rows.append(row("model", "KV cache bytes/token/layer, MLA", mla, "B", "MHA, same dim/heads", mha, name,
+                    higher_is_better=False))
+    results["rows"] = rows
     return results
 
 # ====================================================================================================
@@ -151,6 +202,17 @@ def bench_model(args):
 # embedding table only when tied, as lm_head) + KV cache at the mean context length.
 
 def bench_sample(args):
+    import torch
+    threads = torch.get_num_threads()
+    if not torch.cuda.is_available():  # one thread: a second one on a shared host made the ratio swing 0.1x-17x
+        torch.set_num_threads(1)
+    try:
+        return _bench_sample(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench_sample(args):
     import tempfile
     import time
 
@@ -182,16 +244,19 @@ def bench_sample(args):
         if cuda:
             torch.cuda.synchronize()
 
-    def timed(fn, repeat=3, warmup=True):
-        """Best of `repeat` timed runs after one warm-up (allocator, kernels, compile): robust to a busy host."""
-        out, best = fn() if warmup else None, float("inf")
+    def timed(fn, repeat=5 if not quick else 3, warmup=2):
+        """Median of `repeat` timed runs after `warmup` untimed ones (allocator, kernels, compile, caches):
+        both sides of every ratio get the same treatment, so the ratio is stable on a busy host."""
+        out, times = None, []
+        for _ in range(warmup):
+            out = fn()
         for _ in range(repeat):
             sync()
             t0 = time.perf_counter()
             out = fn()
             sync()
-            best = min(best, time.perf_counter() - t0)
-        return best, out
+            times.append(time.perf_counter() - t0)
+        return median(times), out
 
     # identical weights on both sides
     torch.manual_seed(0)
@@ -215,23 +280,32 @@ def bench_sample(args):
     res = {"device": name, "batch": B, "prompt": P, "new_tokens": T}
 
     # 1) ours: KV cache, prefill once, one token per step
-    def ours_run(n_new, compile=False):
-        return generate(ours, prompts, max_new_tokens=n_new, temperature=0, compile=compile)
+    def ours_run(n_new, compile=False, **kw):  # default loop: the static one on CUDA, the eager twin on CPU
+        return generate(ours, prompts, max_new_tokens=n_new, temperature=0, compile=compile, **kw)
     t_ours, gen = timed(lambda: ours_run(T))
     t_prefill, _ = timed(lambda: ours_run(1))
-    res["ours_tok_s"] = B * T / t_ours
-    res["ours_decode_tok_s"] = B * (T - 1) / max(t_ours - t_prefill, 1e-9)
+    res["ours_tok_s"] = per_s(B * T, t_ours)
+    res["ours_decode_tok_s"] = per_s(B * (T - 1), t_ours - t_prefill)  # nan if the difference is ~0
     print(f"[sample] ours (KV cache):      {t_ours:.3f} s, {res['ours_tok_s']:.1f} tok/s end-to-end, "
           f"{res['ours_decode_tok_s']:.1f} tok/s decode only (prefill {t_prefill:.3f} s)")
     if cuda:
         t_c, gen_c = timed(lambda: ours_run(T, compile=True))
         t_cp, _ = timed(lambda: ours_run(1, compile=True))
-        res["ours_compiled_tok_s"] = B * T / t_c
-        res["ours_compiled_decode_tok_s"] = B * (T - 1) / max(t_c - t_cp, 1e-9)
+        res["ours_compiled_tok_s"] = per_s(B * T, t_c)
+        res["ours_compiled_decode_tok_s"] = per_s(B * (T - 1), t_c - t_cp)
         res["compiled_tokens_equal"] = float((gen_c.tokens == gen.tokens).all(-1).float().mean())
         print(f"[sample] ours compile=True:    {t_c:.3f} s, {res['ours_compiled_tok_s']:.1f} tok/s end-to-end, "
               f"{res['ours_compiled_decode_tok_s']:.1f} tok/s decode only; rows equal to plain loop: "
               f"{res['compiled_tokens_equal']:.2f}")
+        t_g, gen_g = timed(lambda: ours_run(T, cuda_graph=True))
+        t_gp, _ = timed(lambda: ours_run(1, cuda_graph=True))
+        t_e, _ = timed(lambda: ours_run(T, static=False))
+        res["ours_graph_decode_tok_s"] = per_s(B * (T - 1), t_g - t_gp)
+        res["ours_graph_tok_s"], res["ours_eager_twin_tok_s"] = per_s(B * T, t_g), per_s(B * T, t_e)
+        res["graph_tokens_equal"] = float((gen_g.tokens == gen.tokens).all(-1).float().mean())
+        print(f"[sample] ours cuda_graph=True: {t_g:.3f} s, {res['ours_graph_tok_s']:.1f} tok/s end-to-end, "
+              f"{res['ours_graph_decode_tok_s']:.1f} tok/s decode only; eager twin {res['ours_eager_twin_tok_s']:.1f} "
+              f"tok/s; rows equal to the static loop: {res['graph_tokens_equal']:.2f}")
 
     # 2) no cache: recompute the whole sequence for every new token
     n_nc = T if quick else T // 4  # the no-cache loop is slow on big runs: time a quarter of the steps
@@ -244,8 +318,8 @@ def bench_sample(args):
             nxt = ours.lm_head(h).argmax(-1)  # (B,)
             seq = torch.cat([seq, nxt[:, None]], 1)  # (B, P+t)
         return seq
-    t_nc, seq_nc = timed(no_cache_part, repeat=1, warmup=False)  # the model is warm already
-    res["no_cache_tok_s"] = B * n_nc / t_nc
+    t_nc, seq_nc = timed(no_cache_part, repeat=1, warmup=0)  # slow: one run (the model is warm already)
+    res["no_cache_tok_s"] = per_s(B * n_nc, t_nc)
     print(f"[sample] no cache (recompute): {t_nc:.3f} s for {n_nc} tokens, {res['no_cache_tok_s']:.1f} tok/s"
           + ("" if n_nc == T else " (first quarter of the steps: an upper bound on its rate)"))
     res["no_cache_tokens_equal"] = float((seq_nc[:, P:] == gen.tokens[:, :n_nc]).all(-1).float().mean())
@@ -258,7 +332,7 @@ def bench_sample(args):
         return hf.generate(prompt, attention_mask=mask, max_new_tokens=T, min_new_tokens=T, do_sample=False,
                            pad_token_id=0, eos_token_id=None)
     t_hf, out_hf = timed(hf_run)
-    res["hf_tok_s"] = B * T / t_hf
+    res["hf_tok_s"] = per_s(B * T, t_hf)
     res["hf_tokens_equal"] = float((out_hf[:, P:] == gen.tokens).all(-1).float().mean())
     print(f"[sample] transformers generate: {t_hf:.3f} s, {res['hf_tok_s']:.1f} tok/s end-to-end")
     print(f"[sample] greedy rows identical to ours: transformers {res['hf_tokens_equal']:.2f}, "
@@ -269,7 +343,7 @@ def bench_sample(args):
     x = torch.empty(nbytes, dtype=torch.uint8, device=device)
     y = torch.empty_like(x)
     t_copy, _ = timed(lambda: y.copy_(x), repeat=10)
-    bw = 2 * nbytes / t_copy  # read + write
+    bw = per_s(2 * nbytes, t_copy)  # read + write
     params = {id(p): p for p in ours.parameters()}
     weight_bytes = sum(p.numel() * p.element_size() for p in params.values())
     if not cfg.tie_embeddings:  # an untied embedding table is only gathered (B rows), not streamed
@@ -277,15 +351,251 @@ def bench_sample(args):
     elt = torch.finfo(dtype).bits // 8
     kv_bytes = B * (P + T / 2) * cache_bytes_per_token(cfg, elt) * cfg.n_layers
     step_s = (weight_bytes + kv_bytes) / bw
-    res.update(copy_GB_s=bw / 1e9, weight_MB=weight_bytes / 1e6, kv_MB=kv_bytes / 1e6, bound_tok_s=B / step_s)
-    best = max(res["ours_decode_tok_s"], res.get("ours_compiled_decode_tok_s", 0.0))
-    res["ours_vs_hf"] = res["ours_tok_s"] / res["hf_tok_s"]
-    res["ours_vs_no_cache"] = res["ours_tok_s"] / res["no_cache_tok_s"]
-    res["bound_fraction"] = best / res["bound_tok_s"]
+    res.update(copy_GB_s=bw / 1e9, weight_MB=weight_bytes / 1e6, kv_MB=kv_bytes / 1e6, bound_tok_s=per_s(B, step_s))
+    rates = [res["ours_decode_tok_s"], res.get("ours_compiled_decode_tok_s"), res.get("ours_graph_decode_tok_s")]
+    best = max([v for v in rates if v is not None and math.isfinite(v)] or [float("nan")])
+    res["ours_vs_hf"] = ratio(res["ours_tok_s"], res["hf_tok_s"])
+    res["ours_vs_no_cache"] = ratio(res["ours_tok_s"], res["no_cache_tok_s"])
+    res["bound_fraction"] = ratio(best, res["bound_tok_s"])
     print(f"[sample] copy bandwidth {res['copy_GB_s']:.1f} GB/s; per step: weights {res['weight_MB']:.1f} MB + "
           f"KV cache {res['kv_MB']:.1f} MB (mean context) -> bound {res['bound_tok_s']:.1f} tok/s")
     print(f"[sample] ratios: ours/transformers {res['ours_vs_hf']:.2f}x, ours/no-cache "
           f"{res['ours_vs_no_cache']:.2f}x (end-to-end); best decode = {res['bound_fraction']:.2f} of the bound")
+    res["rows"] = [row("sample", "ours end-to-end", res["ours_tok_s"], "tok/s", "transformers generate",
+                       res["hf_tok_s"], name),
+                   row("sample", "ours end-to-end", res["ours_tok_s"], "tok/s", "no cache (recompute)",
+                       res["no_cache_tok_s"], name),
+                   row("sample", "ours decode only", best, "tok/s", "bandwidth bound", res["bound_tok_s"], name),
+                   row("sample", "greedy rows equal to transformers", res["hf_tokens_equal"], "frac", device=name)]
+    if cuda:
+        res["rows"] += [row("sample", "ours static loop + CUDA graph", res["ours_graph_tok_s"], "tok/s",
+                            "eager twin", res["ours_eager_twin_tok_s"], name),
+                        row("sample", "ours static loop", res["ours_tok_s"], "tok/s", "eager twin",
+                            res["ours_eager_twin_tok_s"], name)]
+    return res
+
+# ====================================================================================================
+# decode
+# bench_decode(args): what one decode step of sample.generate costs in launches and host syncs, at zero-small's
+# model size (model preset "zero-small", vocab from train.TRAIN_PRESETS["zero-small"]), for three loops:
+#   before      the eager twin (static=False: dynamic cache, a host check every step, stop strings checked on the
+#               host for every row) with the per-expert MoE (.tolist() per MoE layer): what the code ran before
+#   eager twin  the same loop with today's MoE fast path (torch._grouped_mm, offsets on the device)
+#   static      the static loop (static cache, stops on the device, one host check every 16 steps)
+# Counted on this CPU: aten ops (torch.profiler: every aten:: event, nested included, minus the CPU-only insides of
+# _grouped_mm), kernel launches (leaf aten ops that compute, i.e. not views; on a GPU each is one launch) and host
+# syncs (count_host_syncs: calls of .tolist() / .cpu() / .item() / .nonzero() / bool() / int() on device tensors,
+# each of which blocks on a GPU; the loops use no boolean-mask indexing). Per step = (generate(1 + S steps) -
+# generate(1 step)) / S, so prefill and set-up cancel. CPU ms per step:
+# the same difference, timed, median of repeats after a warm-up. Then project_decode_step() turns the counts into a
+# projected H200 time per step (a projection, with its assumptions printed).
+
+VIEW_OPS = {"aten::" + op for op in (  # ops that make views or metadata only: no kernel
+    "view reshape expand as_strided transpose t unsqueeze squeeze slice select permute split split_with_sizes chunk "
+    "unbind empty empty_like empty_strided _unsafe_view alias detach lift_fresh resolve_conj resolve_neg result_type "
+    "_reshape_alias flatten view_as expand_as narrow contiguous to _to_copy is_nonzero size stride numel dim item "
+    "_local_scalar_dense _has_compatible_shallow_copy_type set_ unfold").split()}
+HOST_S_PER_OP = 5e-6  # assumed host cost of one aten op called from Python on a GPU server (dispatch, launch), s
+KERNEL_MIN_S = 3e-6  # assumed device time of a tiny kernel launched eagerly (launch-latency bound), seconds
+KERNEL_MIN_GRAPH_S = 1.5e-6  # the same inside a CUDA graph (no per-launch CPU work), seconds
+HBM_EFFICIENCY = 0.8  # assumed fraction of H200_HBM_BYTES_S a decode step's reads reach
+
+
+def gpu_visible_ops(prof):
+    """The aten events of a CPU profile, minus the insides of aten::_grouped_mm: on CPU it loops over the experts
+    (reading the offsets on the host), on a Hopper GPU it is one kernel with the offsets on the device."""
+    def inside_grouped(e):
+        p = e.cpu_parent
+        while p is not None:
+            if p.name == "aten::_grouped_mm":
+                return True
+            p = p.cpu_parent
+        return False
+    return [e for e in prof.events() if e.name.startswith("aten::") and not inside_grouped(e)]
+
+
+@contextlib.contextmanager
+def count_host_syncs():
+    """Count the tensor methods that block on a GPU (.tolist(), .cpu(), .item(), .nonzero(), bool()/int()/float())
+    while inside; yields a one-element list holding the count. Calls on host copies (results of .cpu(), and their
+    views) are not counted: on a GPU they would not wait for it."""
+    import torch
+    names = ("tolist", "cpu", "item", "nonzero", "__bool__", "__int__", "__float__")
+    real, calls = {name: getattr(torch.Tensor, name) for name in names}, [0]
+
+    def wrap(name):
+        def f(self, *a, **k):
+            base = self._base if self._base is not None else self
+            if not getattr(base, "_host_copy", False):
+                calls[0] += 1
+            out = real[name](self, *a, **k)
+            if name == "cpu":
+                out._host_copy = True
+            return out
+        return f
+    for name in names:
+        setattr(torch.Tensor, name, wrap(name))
+    try:
+        yield calls
+    finally:
+        for name, f in real.items():
+            setattr(torch.Tensor, name, f)
+
+
+def count_launches(events):
+    """Kernel launches a GPU would make for these events: leaf ops that compute (not views), and each
+    _grouped_mm once."""
+    return sum(1 for e in events if (not e.cpu_children and e.name not in VIEW_OPS) or e.name == "aten::_grouped_mm")
+
+
+def decode_bytes_flops(cfg, rows, context, slots, dtype_bytes=2):
+    """Bytes read and FLOPs of one decode step for `rows` sequences: bf16 weights (all experts: at hundreds of rows
+    every expert is hit; the input embedding only gathers rows), KV cache over `slots` per row (the static cache
+    reads all its slots; the dynamic one the mean context), and 2 x active matmul params + absorbed-MLA attention
+    over `context` keys (FLOPs)."""
+    from model import cache_bytes_per_token, count_params
+    weights = (count_params(cfg) - cfg.vocab_size * cfg.dim) * dtype_bytes
+    kv = rows * slots * cache_bytes_per_token(cfg, dtype_bytes) * cfg.n_layers
+    H, R, Dr = cfg.n_heads, cfg.kv_lora_rank, cfg.qk_rope_head_dim
+    attn = 2 * H * context * (2 * R + Dr) + 2 * H * R * (cfg.qk_nope_head_dim + cfg.v_head_dim)  # per row and layer
+    flops = rows * (2 * (count_params(cfg, active=True) - cfg.vocab_size * cfg.dim) + cfg.n_layers * attn)
+    return weights + kv, flops
+
+
+def project_decode_step(host_ops, launches, graph_launches, bytes_, flops, syncs_per_step):
+    """Projected H200 seconds for one decode step (a projection, not a measurement). host = host_ops (aten ops
+    called from Python) x HOST_S_PER_OP; device = launches x KERNEL_MIN_S + graph_launches x KERNEL_MIN_GRAPH_S
+    + max(bytes at HBM_EFFICIENCY x H200_HBM_BYTES_S, flops at H200_BF16_FLOPS). With a host sync every step the
+    host waits for the device (host + device); without one it runs ahead (the slower of the two)."""
+    host = host_ops * HOST_S_PER_OP
+    device = launches * KERNEL_MIN_S + graph_launches * KERNEL_MIN_GRAPH_S \
+        + max(bytes_ / (HBM_EFFICIENCY * H200_HBM_BYTES_S), flops / H200_BF16_FLOPS)
+    return host + device if syncs_per_step >= 1 else max(host, device)
+
+
+def bench_decode(args):
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small ops: one thread avoids OpenMP contention on a shared host
+    try:
+        return _bench_decode(bool(getattr(args, "quick", False)))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench_decode(quick):
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import model as model_mod
+    import sample
+    from model import ModelConfig, Transformer
+    from train import TRAIN_PRESETS
+
+    preset = TRAIN_PRESETS["zero-small"]
+    cfg = ModelConfig.from_preset(preset["model"], vocab_size=preset["vocab_size"])
+    torch.manual_seed(0)
+    m = Transformer(cfg).eval()
+    device = f"CPU ({torch.get_num_threads()} threads)"
+    n_prompts, n, steps, repeats = (2, 2, 16, 3) if quick else (4, 4, 32, 5)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, cfg.vocab_size, (40 + 7 * i,), generator=g).tolist() for i in range(n_prompts)]
+
+    class CharTokenizer:  # one CJK character per id: "</answer>" can never complete, so every row runs every step
+        vocab_size, eos_id, pad_id, special_tokens = cfg.vocab_size, 1, 0, {}
+
+        def decode(self, ids):
+            return "".join(chr(0x4E00 + i) for i in ids)
+
+    kw = dict(n=n, temperature=1.0, stop_strings=["</answer>"], tokenizer=CharTokenizer(), seed=0)
+    loops = {"before": dict(static=False, moe="split"), "eager twin": dict(static=False),
+             "static": dict(static=True, check_every=16)}
+    print(f"[decode] device: {device}; zero-small model: dim {cfg.dim}, {cfg.n_layers} layers, "
+          f"{cfg.n_routed_experts} experts (top-{cfg.n_activated_experts}), vocab {cfg.vocab_size}; "
+          f"{n_prompts * n} rows, {steps} steps counted")
+
+    def run(T, opts):
+        real_kernel = model_mod.moe_kernel
+        if opts.get("moe"):
+            model_mod.moe_kernel = lambda device, dtype: opts["moe"]
+        try:
+            return sample.generate(m, prompts, max_new_tokens=T, static=opts["static"],
+                                   check_every=opts.get("check_every", 16), **kw)
+        finally:
+            model_mod.moe_kernel = real_kernel
+
+    def counts(T, opts):
+        """(aten ops, kernel launches, host syncs) of one generate() call of T steps."""
+        with count_host_syncs() as syncs, profile(activities=[ProfilerActivity.CPU]) as prof:
+            run(T, opts)
+        ev = gpu_visible_ops(prof)
+        top = sum(1 for e in ev if e.cpu_parent is None)  # called from Python: what the host pays dispatch for
+        return len(ev), top, count_launches(ev), syncs[0]
+
+    res, rows = {}, []
+    for label, opts in loops.items():
+        run(4, opts)  # warm-up
+        c1, c2 = counts(1, opts), counts(1 + steps, opts)
+        ops, top, launches, syncs = ((b - a) / steps for a, b in zip(c1, c2))
+        t1, t2 = [], []
+        for _ in range(repeats):
+            for T, ts in ((1, t1), (1 + steps, t2)):
+                t0 = time.perf_counter()
+                run(T, opts)
+                ts.append(time.perf_counter() - t0)
+        ms = (median(t2) - median(t1)) / steps * 1e3
+        res[label] = dict(ops=ops, top_ops=top, launches=launches, syncs=syncs,
+                          cpu_ms=ms if ms > 0 else float("nan"))
+        print(f"[decode] {label:10s}: {ops:7.1f} aten ops ({top:6.1f} called from Python), {launches:6.1f} kernel "
+              f"launches, {syncs:5.2f} host syncs per step; {ms:.2f} CPU ms per step", flush=True)
+
+    # the model step alone (what a CUDA graph replays): profile one static decode step
+    with torch.no_grad():
+        cache, logits, pos = sample._prefill(m, prompts, n, 8, 0, torch.device("cpu"))
+        cache.to_static()
+        tok = logits.argmax(-1)
+        sample._decode_step(m, cache, tok, pos)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            sample._decode_step(m, cache, tok, pos + 1)
+    cfg.mla_absorb = False
+    ev = gpu_visible_ops(prof)
+    step_ops, step_top, step_launches = len(ev), sum(1 for e in ev if e.cpu_parent is None), count_launches(ev)
+    res["model_step"] = dict(ops=step_ops, top_ops=step_top, launches=step_launches)
+    print(f"[decode] model step alone: {step_ops} aten ops ({step_top} called from Python), {step_launches} kernel "
+          f"launches")
+
+    # projection at zero-small's rollout shape: prompts_per_step x group_size rows, max_new_tokens steps
+    R, T_new, P = preset["prompts_per_step"] * preset["group_size"], preset["max_new_tokens"], 64
+    b_dyn, fl = decode_bytes_flops(cfg, R, P + T_new / 2, P + T_new / 2)
+    b_static, _ = decode_bytes_flops(cfg, R, P + T_new / 2, P + T_new)
+    st, bf = res["static"], res["before"]
+    proj = {"before": project_decode_step(bf["top_ops"], bf["launches"], 0, b_dyn, fl, bf["syncs"]),
+            "static": project_decode_step(st["top_ops"], st["launches"], 0, b_static, fl, st["syncs"]),
+            "static + CUDA graph": project_decode_step(st["top_ops"] - step_top + 1, st["launches"] - step_launches,
+                                                       step_launches, b_static, fl, st["syncs"])}
+    res["projection"] = dict(rows=R, prompt=P, new_tokens=T_new, bytes_dynamic=b_dyn, bytes_static=b_static,
+                             flops=fl, step_ms={k: v * 1e3 for k, v in proj.items()})
+    print(f"[decode] PROJECTION (not a measurement) of one zero-small decode step on an H200 at the rollout shape "
+          f"({R} rows, prompt {P} (assumed) + {T_new} new tokens, bf16): bytes read {b_dyn / 1e6:.0f} MB dynamic "
+          f"cache / {b_static / 1e6:.0f} MB static (all slots), {fl / 1e9:.1f} GFLOP; assumptions: "
+          f"{HOST_S_PER_OP * 1e6:.0f} us host per eager op, {KERNEL_MIN_S * 1e6:.1f} us per eager kernel, "
+          f"{KERNEL_MIN_GRAPH_S * 1e6:.1f} us per graph kernel, {HBM_EFFICIENCY:.0%} of "
+          f"{H200_HBM_BYTES_S / 1e12:.1f} TB/s, {H200_BF16_FLOPS / 1e12:.0f} TFLOP/s")
+    for k, v in proj.items():
+        print(f"[decode]   {k:20s}: {v * 1e3:6.2f} ms/step -> {v * T_new:5.2f} s per rollout batch of {T_new} steps")
+
+    for label in ("eager twin", "static"):
+        r = res[label]
+        rows += [row("decode", f"aten ops/step, {label}", r["ops"], "ops", "before", bf["ops"], device, False),
+                 row("decode", f"kernel launches/step, {label}", r["launches"], "launches", "before",
+                     bf["launches"], device, False),
+                 row("decode", f"host syncs/step, {label}", r["syncs"], "syncs", "before", bf["syncs"], device,
+                     False),
+                 row("decode", f"CPU ms/step, {label}", r["cpu_ms"], "ms", "before", bf["cpu_ms"], device, False)]
+    for k in ("static", "static + CUDA graph"):
+        rows.append(row("decode", f"PROJECTED H200 ms/step, {k}", proj[k] * 1e3, "ms", "before (projected)",
+                        proj["before"] * 1e3, "H200 (projection)", False))
+    res["rows"] = rows
     return res
 
 # ====================================================================================================
@@ -489,6 +799,19 @@ def bench_kernels(args):
         what = "h @ W.T, then token_logprobs" if label == "full" else "linear_token_logprobs"
         print(f"[kernels] N={N} C={C} V={V} bf16 fwd+bwd, {what:29s}: {ms:8.2f} ms, "
               f"peak extra {mem / 1e9:6.2f} GB (all logits would be {N * V * 2 / 1e9:.2f} GB)")
+    rows = []
+    for key, r in res.items():  # one row per vocab size and baseline: triton fwd+bwd time, lower is better
+        if key.startswith("V") and isinstance(r, dict) and "triton" in r:
+            for base in ("eager", "compiled"):
+                if base in r:
+                    rows.append(row("kernels", f"{key} fwd+bwd ms, triton", r["triton"]["fwd_bwd_ms"], "ms", base,
+                                    r[base]["fwd_bwd_ms"], name, higher_is_better=False))
+            rows.append(row("kernels", f"{key} fwd+bwd GB/s, triton", r["triton"]["fwd_bwd_GBps"], "GB/s",
+                            "D2D copy", copy_gbs, name))
+    if "linear_full" in res and "linear_chunked" in res:
+        rows.append(row("kernels", "fused-linear peak GB, chunked", res["linear_chunked"]["peak_GB"], "GB",
+                        "full logits", res["linear_full"]["peak_GB"], name, higher_is_better=False))
+    res["rows"] = rows
     return res
 
 # ====================================================================================================
@@ -692,22 +1015,97 @@ def bench_fsdp(args):
     return out
 
 
-SECTIONS = {"model": bench_model, "sample": bench_sample, "kernels": bench_kernels, "rewards": bench_rewards,
-            "data": bench_data, "fsdp": bench_fsdp}
+SECTIONS = {"model": bench_model, "sample": bench_sample, "decode": bench_decode, "kernels": bench_kernels,
+            "rewards": bench_rewards, "data": bench_data, "fsdp": bench_fsdp}
+FLAGS = {"--quick": "small shapes for a CPU smoke run", "--compile": "torch.compile where a section supports it",
+         "--out_dir DIR": "also write the table to DIR/bench_<sections>.md and .json", "--help": "this text"}
+
+
+def parse_args(argv):
+    """Sections and flags; dashes and underscores are the same (--out-dir = --out_dir). A bad name is a one-line
+    error listing the valid ones, before anything runs."""
+    args = argparse.Namespace(sections=[], quick=False, compile=False, out_dir=None)
+    argv = list(argv)
+    while argv:
+        a = argv.pop(0)
+        if a in ("-h", "--help"):
+            print(__doc__.strip() + "\n\nflags:\n" + "\n".join(f"  {k:14s} {v}" for k, v in FLAGS.items()))
+            sys.exit(0)
+        if a.startswith("--"):
+            name, _, value = a[2:].partition("=")
+            name = name.replace("-", "_")
+            if name in ("quick", "compile") and not value:
+                setattr(args, name, True)
+            elif name == "out_dir":
+                if not value and (not argv or argv[0].startswith("--")):
+                    sys.exit("bench.py: --out_dir needs a directory (--out_dir DIR)")
+                args.out_dir = value or argv.pop(0)
+            else:
+                sys.exit(f"bench.py: unknown flag {a!r}; valid: --quick, --compile, --out_dir DIR, --help")
+        elif a in SECTIONS:
+            args.sections.append(a)
+        else:
+            sys.exit(f"bench.py: unknown section {a!r}; valid: {', '.join(SECTIONS)}")
+    return args
+
+
+def _fmt(v):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
+def table(rows):
+    """Markdown table: figure | value | baseline | baseline value | ratio | device."""
+    lines = ["| section | figure | value | baseline | baseline value | value / baseline | device |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        unit = f" {r['unit']}" if r.get("unit") else ""
+        base = f"{_fmt(r['base_value'])}{unit}" if r.get("baseline") else ""
+        rat = f"{r['ratio']:.2f}x ({r['better']} is better)" if math.isfinite(r.get("ratio", float("nan"))) else ""
+        lines.append(f"| {r['section']} | {r['figure']} | {_fmt(r['value'])}{unit} | {r.get('baseline', '')} | "
+                     f"{base} | {rat} | {r.get('device', '')} |")
+    return "\n".join(lines)
+
+
+def _rows_of(section, res):
+    """A section's table rows: its own "rows", else one row per top-level number it returned (no baseline)."""
+    if isinstance(res, dict) and res.get("rows"):
+        return res["rows"]
+    items = res.items() if isinstance(res, dict) else []
+    return [row(section, k, v, "") for k, v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="nano-r1 benchmarks")
-    ap.add_argument("sections", nargs="*", help=f"any of {', '.join(SECTIONS)} (default: all)")
-    ap.add_argument("--quick", action="store_true", help="small shapes for a CPU smoke run")
-    ap.add_argument("--compile", action="store_true", help="torch.compile where supported")
-    args = ap.parse_args(argv)
-    for s in args.sections:
-        if s not in SECTIONS:
-            ap.error(f"unknown section {s!r}; valid: {', '.join(SECTIONS)}")
-    for s in args.sections or list(SECTIONS):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    sections = args.sections or list(SECTIONS)
+    rows, results = [], {}
+    for s in sections:
         print(f"\n===== bench {s} =====", flush=True)
-        SECTIONS[s](args)
+        t0 = time.perf_counter()
+        try:
+            res = SECTIONS[s](args)
+            results[s] = res
+            rows += _rows_of(s, res)
+        except (Exception, SystemExit) as e:  # one failing section never hides the others
+            msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+            print(f"[{s}] FAILED: {msg}", flush=True)
+            rows.append(dict(row(s, "ERROR", msg, ""), value=msg))
+            results[s] = {"error": msg}
+        print(f"[{s}] {time.perf_counter() - t0:.1f} s", flush=True)
+    md = table(rows)
+    print("\n===== bench table: each figure beside its baseline, measured in this run =====\n" + md)
+    if args.out_dir:
+        os.makedirs(args.out_dir, exist_ok=True)
+        stem = os.path.join(args.out_dir, "bench_" + "-".join(sections))
+        with open(stem + ".md", "w") as f:
+            f.write(md + "\n")
+        with open(stem + ".json", "w") as f:
+            json.dump({"rows": rows, "results": results}, f, indent=1, default=str)
+        print(f"wrote {stem}.md and {stem}.json")
+    return results
 
 
 if __name__ == "__main__":

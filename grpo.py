@@ -323,10 +323,11 @@ def response_logprobs(model, inputs, targets, cfg, return_entropy=False):
     of the full rows, without copying a (B, T, V) slice. With cfg.fused_head the lm_head runs inside
     the kernel on the loss tokens only (no logits for prompt or padding positions)."""
     kw = dict(temperature=cfg.temperature, return_entropy=return_entropy, ignore_index=IGNORE, impl=cfg.logprob_impl)
-    if not cfg.fused_head:
-        return token_logprobs(model(inputs), targets, **kw)  # logits (B, T, V)
-    hidden = model(inputs, return_hidden=True)  # (B, T, C)
     keep = targets != IGNORE  # (B, T)
+    load = {"load_mask": keep} if hasattr(model, "expert_load") else {}  # MoE load: count response tokens only
+    if not cfg.fused_head:
+        return token_logprobs(model(inputs, **load), targets, **kw)  # logits (B, T, V)
+    hidden = model(inputs, return_hidden=True, **load)  # (B, T, C)
     stats = linear_token_logprobs(hidden[keep], model.lm_head.weight, targets[keep], **kw)  # each (N,)
     zeros = torch.zeros(targets.shape, device=hidden.device)  # (B, T)
     return TokenStats(*(zeros.masked_scatter(keep, x) if x is not None else None for x in stats))  # (B, T) each

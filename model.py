@@ -13,10 +13,12 @@ Simplifications relative to the paper / production systems:
 1. No multi-token prediction (MTP) module; no tensor/expert parallelism (FSDP lives in train.py).
 2. Attention is torch's scaled_dot_product_attention with a boolean mask; no paged or FlashMLA kernels.
 3. The KV cache is one preallocated tensor pair per layer with a single shared length for the batch
-   (ragged prompts are left-padded and masked with `valid`), not a paged cache.
+   (ragged prompts are left-padded and masked with `valid`), not a paged cache. Its static mode keeps every
+   shape fixed (device-side slot, attention over all slots) so a decode step can be a CUDA graph.
 4. FP8 checkpoints are dequantised to the model dtype when loaded; there is no FP8 compute.
 5. Expert load for the bias update is counted only in forwards run with grad enabled (training forwards),
-   so sampling does not move the router bias; the sequence-wise aux loss ignores padding.
+   so sampling does not move the router bias, and only on the tokens of load_mask (the response tokens, not
+   prompt padding); the sequence-wise aux loss ignores padding.
 6. YaRN/Llama-3 scaling use static inverse frequencies (no dynamic NTK).
 
 Use:
@@ -375,10 +377,27 @@ class GQA(nn.Module):
 # DeepSeekMoE
 
 
-def expert_counts(idx, n_experts):
-    """Tokens routed to each expert: idx (N, K) -> (E,) int64 (static shape, unlike bincount: compiles cleanly)."""
+def expert_counts(idx, n_experts, mask=None):
+    """Tokens routed to each expert: idx (N, K) -> (E,) int64 (static shape, unlike bincount: compiles cleanly).
+    mask (N,) bool: count only these tokens (real response tokens, not prompt padding)."""
     flat = idx.flatten()  # (N*K,)
-    return torch.zeros(n_experts, dtype=torch.long, device=idx.device).scatter_add_(0, flat, torch.ones_like(flat))
+    ones = torch.ones_like(flat) if mask is None else mask[:, None].expand(idx.shape).flatten().long()  # (N*K,)
+    return torch.zeros(n_experts, dtype=torch.long, device=idx.device).scatter_add_(0, flat, ones)
+
+
+def moe_kernel(device, dtype):
+    """How MoE.experts_fast runs the experts here. "grouped": one torch._grouped_mm over expert slices whose offsets
+    stay on the device (bf16 on Hopper/Blackwell GPUs, where it has a native kernel; CPU inference). "dense": every
+    expert on every token, keeping the chosen (E/K times the FLOPs, but no host sync: other GPUs and dtypes, whose
+    _grouped_mm would copy the offsets to the host). "split": one matmul per expert slice (CPU training)."""
+    if not hasattr(torch, "_grouped_mm"):
+        return "dense" if device.type == "cuda" or torch.compiler.is_compiling() else "split"
+    if device.type == "cuda":
+        native = dtype == torch.bfloat16 and torch.cuda.get_device_capability(device)[0] in (9, 10)
+        return "grouped" if native else "dense"
+    if torch.compiler.is_compiling():  # torch.compile traces _grouped_mm for bf16 only
+        return "grouped" if dtype == torch.bfloat16 else "dense"
+    return "split" if torch.is_grad_enabled() else "grouped"
 
 
 class MoE(nn.Module):
@@ -436,38 +455,54 @@ class MoE(nn.Module):
         return y
 
     def experts_fast(self, x, weights, idx):
-        """Batched: sort the N*K (token, expert) pairs by expert so each expert's tokens are one contiguous
-        slice, run one matmul per expert (or one torch._grouped_mm in bf16), then scatter-add back. (N, C) -> (N, C)."""
+        """Batched, with no host sync on GPU: sort the N*K (token, expert) pairs by expert so each expert's tokens
+        are one contiguous slice, run the slices (see moe_kernel), scatter-add back. x (N, C) -> (N, C)."""
         N, K = idx.shape
-        order = idx.flatten().argsort(stable=True)  # (N*K,) pair ids sorted by expert
-        tok = order // K  # (N*K,) source token of each sorted pair
-        xs = x[tok]  # (N*K, C)
-        counts = expert_counts(idx, self.cfg.n_routed_experts)  # (E,)
         dev = x.device.type
         mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        if mm_dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm"):  # one kernel for all experts
+        w1, w2, w3 = (w.to(mm_dtype) for w in (self.w1, self.w2, self.w3))  # (E, I, C), (E, C, I), (E, I, C)
+        kernel = moe_kernel(x.device, mm_dtype)
+        if kernel == "dense":  # fixed shapes, no sorting: all E experts on all N tokens
+            xm = x.to(mm_dtype)  # (N, C)
+            h = F.silu(torch.einsum("nc,eic->eni", xm, w1)) * torch.einsum("nc,eic->eni", xm, w3)  # (E, N, I)
+            y_all = torch.einsum("eni,eci->enc", h, w2)  # (E, N, C)
+            ys = y_all[idx, torch.arange(N, device=x.device)[:, None]]  # (N, K, C) the chosen experts' outputs
+            return (ys * weights[..., None].to(ys.dtype)).sum(1).to(x.dtype)  # (N, C)
+        order = idx.flatten().argsort(stable=True)  # (N*K,) pair ids sorted by expert
+        tok = order // K  # (N*K,) source token of each sorted pair
+        xs = x[tok].to(mm_dtype)  # (N*K, C)
+        counts = expert_counts(idx, self.cfg.n_routed_experts)  # (E,)
+        if kernel == "grouped":  # one kernel for all experts; offsets never leave the device
+            if torch.is_grad_enabled():  # the weight gradient contracts over a slice: start slices at 8-row
+                E = self.cfg.n_routed_experts  # multiples (16 bytes in bf16), zero rows between (static shape)
+                padded = (counts + 7) // 8 * 8  # (E,)
+                first = (padded.cumsum(0) - padded)[idx.flatten()[order]]  # (N*K,) padded start of its expert
+                rank = torch.arange(N * K, device=x.device) - (counts.cumsum(0) - counts)[idx.flatten()[order]]
+                dest = first + rank  # (N*K,) row of each sorted pair in the padded layout
+                xs = xs.new_zeros(N * K + 8 * E, xs.shape[1]).index_copy(0, dest, xs)  # (N*K + 8E, C)
+                counts = padded
             offs = counts.cumsum(0).to(torch.int32)  # (E,) end of each expert's slice
-            xs, w1, w2, w3 = (t.to(mm_dtype) for t in (xs, self.w1, self.w2, self.w3))
             h = F.silu(torch._grouped_mm(xs, w1.transpose(1, 2), offs=offs)) \
                 * torch._grouped_mm(xs, w3.transpose(1, 2), offs=offs)  # (N*K, I)
-            ys = torch._grouped_mm(h, w2.transpose(1, 2), offs=offs).to(x.dtype)  # (N*K, C)
-        else:  # one matmul per expert on its contiguous slice (the .tolist() is a host sync)
-            outs, w1, w2, w3 = [], self.w1.unbind(0), self.w2.unbind(0), self.w3.unbind(0)
-            for e, xe in enumerate(xs.split(counts.tolist())):  # xe (n_e, C)
-                outs.append((F.silu(xe @ w1[e].T) * (xe @ w3[e].T)) @ w2[e].T)  # (n_e, C)
+            ys = torch._grouped_mm(h, w2.transpose(1, 2), offs=offs)  # (N*K, C)
+            ys = ys[dest] if torch.is_grad_enabled() else ys  # (N*K, C)
+        else:  # one matmul per expert on its contiguous slice (.tolist() is a host sync: CPU only)
+            outs = [(F.silu(xe @ w1[e].T) * (xe @ w3[e].T)) @ w2[e].T  # (n_e, C)
+                    for e, xe in enumerate(xs.split(counts.tolist()))]
             ys = torch.cat(outs)  # (N*K, C)
-        ys = ys * weights.flatten()[order, None].to(x.dtype)  # (N*K, C)
+        ys = ys.to(x.dtype) * weights.flatten()[order, None].to(x.dtype)  # (N*K, C)
         return torch.zeros_like(x).index_add_(0, tok, ys)  # (N, C)
 
-    def forward(self, x):  # x (B, T, C)
+    def forward(self, x, load_mask=None):  # x (B, T, C), load_mask (B, T) bool or None
         cfg = self.cfg
         B, T, C = x.shape
         xf = x.reshape(B * T, C)  # (N, C)
         weights, idx, scores = self.route(xf)  # (N, K), (N, K), (N, E)
         experts = self.experts_fast if cfg.moe_impl == "fast" else self.experts_loop
         y = experts(xf, weights, idx).view(B, T, C)  # (B, T, C)
-        if torch.is_grad_enabled():
-            self.load += expert_counts(idx, cfg.n_routed_experts).to(self.load)  # (E,)
+        if torch.is_grad_enabled():  # load for the bias update: only the tokens load_mask marks (default all)
+            mask = load_mask.reshape(B * T) if load_mask is not None else None  # (N,)
+            self.load += expert_counts(idx, cfg.n_routed_experts, mask).to(self.load)  # (E,)
         if cfg.aux_loss_alpha > 0 and torch.is_grad_enabled():
             self.aux_loss = self.sequence_aux_loss(scores.view(B, T, -1), idx.view(B, T * cfg.n_activated_experts))
         if self.shared is not None:
@@ -501,15 +536,28 @@ class MoE(nn.Module):
 
 class KVCache:
     """Per layer a pair of preallocated tensors: MLA (c_kv (B, S, R), k_pe (B, S, Dr)); GQA (k, v (B, S, Hkv, D)).
-    valid (B, S) marks slots holding real (non-padding) tokens. length: slots filled so far (same for all rows)."""
+    valid (B, S) marks slots holding real (non-padding) tokens. length: slots filled so far (same for all rows).
+    Dynamic (default): writes at slot `length` (a Python int) and attention sees slots 0 .. length-1, so shapes grow
+    by one per step. Static (to_static()): the next slot is a device tensor and attention always sees all S slots
+    (masked by valid), so every decode step has the same shapes and addresses: capturable in a CUDA graph."""
 
     def __init__(self, kv, valid):
         self.kv, self.valid, self.length = kv, valid, 0
+        self.static, self.slot, self.slots = False, None, None
+
+    def to_static(self):
+        """Switch to fixed shapes (after the prefill): slot (), the next free slot, lives on the device."""
+        self.static, self.slot = True, torch.full((), self.length, dtype=torch.long, device=self.valid.device)
+        return self
 
     def update(self, layer, a, b):
-        """Write a, b (B, T, ...) at slots length .. length+T-1 of `layer`; return slots 0 .. length+T-1."""
-        L, T = self.length, a.shape[1]
+        """Write a, b (B, T, ...) at slots length .. length+T-1 of `layer`; return slots 0 .. length+T-1
+        (static: the slots in self.slots (T,), set by Transformer.forward; return all S slots)."""
         ca, cb = self.kv[layer]
+        if self.static:
+            ca.index_copy_(1, self.slots, a.to(ca.dtype)), cb.index_copy_(1, self.slots, b.to(cb.dtype))
+            return ca, cb  # (B, S, ...) each
+        L, T = self.length, a.shape[1]
         ca[:, L:L + T], cb[:, L:L + T] = a, b
         return ca[:, :L + T], cb[:, :L + T]  # (B, S, ...) each
 
@@ -528,9 +576,10 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = MoE(cfg) if cfg.is_moe_layer(layer) else MLP(cfg.dim, cfg.inter_dim)
 
-    def forward(self, x, cos, sin, mask, cache, layer):  # x (B, T, C)
+    def forward(self, x, cos, sin, mask, cache, layer, load_mask=None):  # x (B, T, C)
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, layer)  # (B, T, C)
-        return x + self.ffn(self.ffn_norm(x))  # (B, T, C)
+        h = self.ffn_norm(x)  # (B, T, C)
+        return x + (self.ffn(h, load_mask) if isinstance(self.ffn, MoE) else self.ffn(h))  # (B, T, C)
 
 
 class Transformer(nn.Module):
@@ -562,9 +611,11 @@ class Transformer(nn.Module):
                 nn.init.normal_(w, std=0.02)
 
     def make_cache(self, batch_size, max_len, dtype=None, device=None):
-        """An empty KVCache for batch_size rows of up to max_len tokens (dtype/device default to the weights')."""
+        """An empty KVCache for batch_size rows of up to max_len tokens (dtype defaults to the autocast dtype if
+        autocast is on, else the weights'; device to the weights')."""
         cfg, p = self.cfg, self.embed.weight
-        dtype, device = dtype or p.dtype, device or p.device
+        device = device or p.device
+        dtype = dtype or (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else p.dtype)
         if cfg.attn == "mla":
             shapes = [(batch_size, max_len, cfg.kv_lora_rank), (batch_size, max_len, cfg.qk_rope_head_dim)]
         else:
@@ -572,16 +623,19 @@ class Transformer(nn.Module):
         kv = [tuple(torch.zeros(s, dtype=dtype, device=device) for s in shapes) for _ in range(cfg.n_layers)]
         return KVCache(kv, torch.zeros(batch_size, max_len, dtype=torch.bool, device=device))
 
-    def forward(self, tokens, cache=None, pos=None, valid=None, return_hidden=False):
+    def forward(self, tokens, cache=None, pos=None, valid=None, return_hidden=False, load_mask=None):
         """tokens (B, T) -> logits (B, T, V) float32, or the final-normed hidden (B, T, C) if return_hidden.
         pos (B, T): RoPE positions (default cache.length + arange(T)). valid (B, T): False marks (left) padding
-        no query may attend to. With a cache, K/V go to slots cache.length.., then cache.length += T."""
+        no query may attend to. With a cache, K/V go to slots cache.length.., then cache.length += T.
+        load_mask (B, T) bool: the tokens MoE layers count as expert load (default all; pass the response mask)."""
         B, T = tokens.shape
         start = cache.length if cache is not None else 0
         if cache is not None and start + T > cache.valid.shape[1]:
             raise ValueError(f"KV cache full: length {start} + {T} new tokens > max_len {cache.valid.shape[1]}")
+        static = cache is not None and cache.static
+        slots = torch.arange(T, device=tokens.device) + (cache.slot if static else start)  # (T,) slots written
         if pos is None:
-            pos = torch.arange(start, start + T, device=tokens.device).expand(B, T)  # (B, T)
+            pos = slots.expand(B, T)  # (B, T)
         angles = pos[..., None].float() * self.inv_freq  # (B, T, D/2)
         cos = (angles.cos() * self.rope_factor).unsqueeze(2)  # (B, T, 1, D/2)
         sin = (angles.sin() * self.rope_factor).unsqueeze(2)  # (B, T, 1, D/2)
@@ -591,18 +645,23 @@ class Transformer(nn.Module):
         if cache is not None or valid is not None:
             if valid is None:
                 valid = torch.ones(B, T, dtype=torch.bool, device=tokens.device)  # (B, T)
-            if cache is not None:
+            if static:  # device-side slot: same shapes every step; attend over all S slots
+                cache.slots = slots
+                valid = cache.valid.index_copy_(1, slots, valid)  # (B, S)
+            elif cache is not None:
                 cache.valid[:, start:start + T] = valid
                 valid = cache.valid[:, :start + T]  # (B, S)
-            q_slot = torch.arange(start, start + T, device=tokens.device)[:, None]  # (T, 1)
-            k_slot = torch.arange(start + T, device=tokens.device)[None, :]  # (1, S)
+            q_slot = slots[:, None]  # (T, 1)
+            k_slot = torch.arange(valid.shape[1], device=tokens.device)[None, :]  # (1, S)
             # a query sees earlier real tokens, and always itself (so padding rows never have an empty softmax)
             mask = ((k_slot <= q_slot) & valid[:, None, :]) | (k_slot == q_slot)  # (B, T, S)
             mask = mask.unsqueeze(1)  # (B, 1, T, S)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, cache, i)  # (B, T, C)
+            x = layer(x, cos, sin, mask, cache, i, load_mask)  # (B, T, C)
         if cache is not None:
             cache.length += T
+            if static:
+                cache.slot.add_(T)
         self.aux_loss = torch.zeros((), device=x.device)  # sequence-wise balance loss, add it to the training loss
         if self.cfg.aux_loss_alpha > 0 and torch.is_grad_enabled():
             self.aux_loss = self.aux_loss + sum(l.ffn.aux_loss for l in self.layers if isinstance(l.ffn, MoE))

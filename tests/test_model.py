@@ -41,13 +41,20 @@ def test_mla_cache_smaller_than_gqa():
 
 @pytest.mark.parametrize("name", ["tiny-mla", "tiny-gqa", "tiny-moe"])
 @pytest.mark.parametrize("absorb", [False, True])
-def test_cached_decode_equals_full_forward(name, absorb):
+@pytest.mark.parametrize("static", [False, True])
+def test_cached_decode_equals_full_forward(name, absorb, static):
+    """Dynamic cache, and static cache (fixed shapes: device-side slot, attention over all 16 slots) after the
+    prefill: both equal one full forward."""
     m = tiny(name, mla_absorb=absorb)
     tok = torch.randint(0, 512, (2, 12))
     with torch.no_grad():
         full = m(tok)  # (B, T, V)
         cache = m.make_cache(2, 16)
-        outs = [m(tok[:, :7], cache=cache)] + [m(tok[:, t:t + 1], cache=cache) for t in range(7, 12)]
+        outs = [m(tok[:, :7], cache=cache)]
+        if static:
+            cache.to_static()
+        outs += [m(tok[:, t:t + 1], cache=cache) for t in range(7, 12)]
+        assert cache.kv[0][0].shape[1] == 16 and (not static or int(cache.slot) == 12)
     assert cache.length == 12
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=0)
 
@@ -311,3 +318,23 @@ def test_checkpoint_errors_are_actionable(tmp_path):
         Transformer.from_pretrained(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="not a directory"):
         Transformer.from_pretrained(str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("name", ["tiny-mla", "tiny-moe"])
+def test_bf16_autocast_and_bf16_weights_forward_backward(name):
+    """Under torch.autocast(bf16) (fp32 weights) and with bf16 weights, logits stay close to fp32 and the
+    backward runs (the MoE fast path casts to the autocast dtype; the cache follows autocast's dtype)."""
+    m = tiny(name).train()
+    tok = torch.randint(0, 512, (2, 10))
+    ref = m(tok).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = m(tok)
+        assert m.make_cache(1, 4).kv[0][0].dtype == torch.bfloat16
+    amp.float().square().mean().backward()
+    assert all(p.grad is None or p.grad.isfinite().all() for p in m.parameters())
+    bf = tiny(name).to(torch.bfloat16).train()
+    out = bf(tok)
+    out.float().square().mean().backward()
+    for got in (amp, out):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.detach(), ref, atol=0.05, rtol=0)
