@@ -283,7 +283,7 @@ def test_problem_files_are_checked_before_any_work(tmp_path, monkeypatch):
     good = json.dumps({"question": "1+1?", "answer": "so #### 2"})
     cases = [
         ([good, "{not json"], [], "bad.jsonl:2: invalid JSON"),
-        ([], [], "holds no problems"),
+        ([], [], "no problems"),
         ([good] * 3, [], "leaves 1 training problems.*--prompts_per_step=2"),
         ([good] * 2, [], "has 2 problems; need more than --eval_problems=2"),
         ([good] * 4, ["--problems_kind=math"], "bad.jsonl:1: expected an object with fields"),
