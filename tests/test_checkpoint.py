@@ -192,6 +192,20 @@ def test_loader_errors_are_one_line(tmp_path, tok):
         checkpoint.load(str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="config.json not found"):
         checkpoint.load(str(tmp_path))
-    (tmp_path / "config.json").write_text(json.dumps({"model": {"dim": 8}}))
-    with pytest.raises(ValueError, match="old nano-r1 checkpoint"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ValueError, match="unsupported model_type 'gpt2'; supported: .*deepseek_v3"):
         checkpoint.load(str(tmp_path))
+
+
+def test_previous_layout_still_loads(tmp_path, tok):
+    """config.json {"model": ModelConfig fields, "step"}, model.safetensors under our names, tokenizer/."""
+    import dataclasses
+    from safetensors.torch import save_file
+    model = random_model("tiny-moe", tok)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"model": dataclasses.asdict(model.cfg), "step": 7}))
+    tok.save(str(tmp_path / "tokenizer"))
+    back, tok2, meta = checkpoint.load(str(tmp_path))
+    ids = torch.randint(0, tok.vocab_size, (1, 9))
+    with torch.no_grad():
+        assert meta == {"step": 7} and torch.equal(back(ids), model(ids)) and tok2.encode(TEXTS[0]) == tok.encode(TEXTS[0])
