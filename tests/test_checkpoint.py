@@ -17,7 +17,8 @@ TEXTS = ["What is 17 * 23? <think> 17 * 23 = 391 </think> <answer> 391 </answer>
          "Café naïve 中文 😀 <|eos|><|pad|>", "count the r in strawberry: s t r a w b e r r y", ""]
 
 
-QWEN2_PAT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+QWEN2_PAT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+             r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
 
 
 def train_tok(pattern=None):
@@ -208,4 +209,5 @@ def test_previous_layout_still_loads(tmp_path, tok):
     back, tok2, meta = checkpoint.load(str(tmp_path))
     ids = torch.randint(0, tok.vocab_size, (1, 9))
     with torch.no_grad():
-        assert meta == {"step": 7} and torch.equal(back(ids), model(ids)) and tok2.encode(TEXTS[0]) == tok.encode(TEXTS[0])
+        assert meta == {"step": 7} and torch.equal(back(ids), model(ids))
+    assert tok2.encode(TEXTS[0]) == tok.encode(TEXTS[0])
