@@ -81,14 +81,18 @@ def copy_full_(target, value) -> None:
 # Building a model without initialising it (meta device), then filling it from a checkpoint
 
 
-def empty_model(cfg: ModelConfig, dtype=torch.float32, device="cpu") -> Transformer:
+def empty_model(cfg: ModelConfig, dtype=torch.float32, device="cpu", shard=None) -> Transformer:
     """A Transformer with uninitialised weights allocated once on device (no random init to overwrite) and its
-    computed buffers (RoPE frequencies, fp32 router bias and load counts) set."""
+    computed buffers (RoPE frequencies, fp32 router bias and load counts) set. shard (e.g. train.shard): applied
+    on the meta device first, so each FSDP rank allocates only its slice."""
     with torch.device("meta"):
         model = Transformer(cfg)
-    model = model.to(dtype).to_empty(device=device)
-    if cfg.tie_embeddings:  # to_empty replaces each module's parameters separately: tie them again
-        model.lm_head.weight = model.embed.weight
+    model = model.to(dtype)
+    if shard is not None:
+        model = shard(model)
+    model = model.to_empty(device=device)
+    if cfg.tie_embeddings and model.lm_head.weight is not model.embed.weight:  # to_empty re-creates parameters
+        model.lm_head.weight = model.embed.weight  # module by module: tie them again
     model.inv_freq = rope_frequencies(*_rope_args(cfg))[0].to(device)  # (D/2,)
     model.aux_loss = torch.zeros((), device=device)
     for layer in model.layers:
@@ -120,10 +124,27 @@ def model_config(path: str, **overrides) -> ModelConfig:
                                 f"{sorted(os.listdir(path))}")
     with open(cfg_path) as f:
         hf = json.load(f)
-    if isinstance(hf.get("model"), dict):  # the layout before checkpoints became Hugging Face directories
-        raise ValueError(f"{path} is an old nano-r1 checkpoint (config.json with a 'model' key); re-create it "
-                         "with this version (train.py re-runs the stage)")
+    if isinstance(hf.get("model"), dict):  # our layout before checkpoints became Hugging Face directories
+        return ModelConfig(**{**hf["model"], **overrides})
     return config_from_hf(hf, **overrides)
+
+
+def _load_legacy(model, path: str) -> tuple[Tokenizer, dict]:
+    """Our earlier layout: config.json {"model": ModelConfig fields, ...}, model.safetensors under our own
+    names, tokenizer/ (tokenizer.tiktoken). Read-only support so older runs still load."""
+    from safetensors import safe_open
+    state = model.state_dict(keep_vars=True)
+    with safe_open(os.path.join(path, "model.safetensors"), "pt") as f:
+        names = [k.removeprefix("_orig_mod.") for k in f.keys()]
+        missing = set(state) - set(names) - ({"lm_head.weight"} if model.cfg.tie_embeddings else set())
+        if missing or set(names) - set(state):
+            raise KeyError(f"checkpoint {path} does not match its config: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(set(names) - set(state))[:5]}")
+        for key, name in zip(f.keys(), names):
+            copy_full_(state[name], f.get_tensor(key))
+    with open(os.path.join(path, "config.json")) as f:
+        meta = {k: v for k, v in json.load(f).items() if k != "model"}
+    return Tokenizer.load(os.path.join(path, "tokenizer")), meta
 
 
 def load_weights(model, path: str) -> None:
@@ -133,11 +154,15 @@ def load_weights(model, path: str) -> None:
     load_hf_weights(model, path, ckpt_interleave, assign=copy_full_)
 
 
-def load(path: str, device="cpu", dtype=torch.float32, **overrides):
+def load(path: str, device="cpu", dtype=torch.float32, shard=None, **overrides):
     """(model in eval mode, tokenizer, meta) from one of our checkpoints or a Hugging Face directory (meta {}).
+    shard: see empty_model (FSDP: each rank reads the tensors one by one and keeps its slice).
     overrides: ModelConfig fields (e.g. mla_absorb=True)."""
     cfg = model_config(path, **overrides)
-    model = empty_model(cfg, dtype, device)
+    model = empty_model(cfg, dtype, device, shard)
+    if os.path.exists(os.path.join(path, "tokenizer", "tokenizer.tiktoken")) and not read_meta(path):
+        tokenizer, meta = _load_legacy(model, path)
+        return model.eval(), tokenizer, meta
     load_weights(model, path)
     return model.eval(), Tokenizer.from_pretrained(path), read_meta(path)
 

@@ -464,7 +464,7 @@ def stage_pretrain(cfg: TrainConfig, tok: Tokenizer, device, log) -> Transformer
     """Returns the base model (sharded under FSDP). Cached: a finished base with the same config hash is reused."""
     if cfg.init:
         log(f"[pretrain] skipped: starting from {cfg.init}")
-        return shard(Transformer.from_pretrained(cfg.init).to(device).train())
+        return checkpoint.load(cfg.init, device, shard=shard)[0].train()  # sharded before allocation
     mcfg = model_config(cfg, tok)
     key = config_hash(dataclasses.asdict(mcfg), cfg.pretrain_steps, cfg.batch_size, cfg.seq_len, cfg.lr,
                       cfg.warmup, cfg.weight_decay, cfg.corpus_mix, cfg.seed, cfg.vocab_size, cfg.tokenizer_mb,
