@@ -616,7 +616,8 @@ def _fsdp_memory_rank(rank: int, mode: str, preset: str, over: dict, out: str, p
     peak resident memory (GiB, ru_maxrss: the peak so far) after each phase. mode "streamed": this code
     (sharded before allocation, sampling copy refreshed one gathered parameter at a time, streamed save);
     "gathered": the earlier code, kept here as the baseline (full model before sharding, a full fp32 state
-    dict gathered for every refresh into a randomly initialised copy, full model + optimizer dicts to save)."""
+    dict gathered for every refresh into a randomly initialised copy, full model + optimizer dicts to save).
+    Each phase reports its own peak (Linux VmHWM, reset between phases)."""
     import json
     import resource
     import time
@@ -633,8 +634,16 @@ def _fsdp_memory_rank(rank: int, mode: str, preset: str, over: dict, out: str, p
                                                          get_optimizer_state_dict)
 
     train.dist_init("cpu")
-    peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # noqa: E731  KiB -> GiB
+
+    def peak():  # GiB: the peak resident memory since the last reset (VmHWM), then reset it
+        with open("/proc/self/status") as f:
+            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2**20  # KiB -> GiB
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # Linux: reset the peak to the current resident size
+        return hwm
+
     cfg, rows, t0 = ModelConfig.from_preset(preset, **over), [], time.time()
+    peak()
 
     def phase(name):
         train.barrier()
@@ -773,9 +782,10 @@ def _bench_fsdp_cpu(args):
     for over, modes in runs:
         n = count_params(ModelConfig.from_preset(preset, **over))
         print(f"fsdp: CPU, 2 ranks (gloo, 1 thread each), {preset} {over or ''} ({n / 1e6:.1f}M params, vocab "
-              f"{cfg.vocab_size}), random weights, 32 tokens per rank; peak resident memory per rank (GiB), "
-              f"cumulative; 4N = one fp32 copy = {4 * n / 2**30:.2f} GiB")
+              f"{cfg.vocab_size}), random weights, 32 tokens per rank; peak resident memory per rank (GiB) "
+              f"during each phase; 4N = one fp32 copy = {4 * n / 2**30:.2f} GiB")
         tmp = tempfile.mkdtemp(prefix="bench_fsdp_")
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)  # ranks: freed buffers >= 1 MiB leave the RSS at once
         try:
             for i, mode in enumerate(modes):
                 mp.spawn(_fsdp_memory_rank, args=(mode, preset, over, tmp, 29600 + i + os.getpid() % 200, 32),
@@ -857,6 +867,61 @@ def _param_shapes(cfg):
     from model import Transformer
     with torch.device("meta"):
         return [p.shape for p in Transformer(cfg).parameters()]
+
+
+def _head_memory_run(path: str, N: int, V: int, C: int, chunk: int, q) -> None:
+    """One fresh process of bench_fused_head_memory: extra peak resident memory (bytes) of one forward + backward
+    of the log-prob head over N tokens (logits path or fused with chunk), lm_head frozen, hidden trainable."""
+    import resource
+
+    import torch
+
+    import kernels
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    weight = torch.randn(V, C) * 0.02  # (V, C) the lm_head
+    hidden = torch.randn(N, C, requires_grad=True)  # (N, C)
+    targets = torch.randint(0, V, (N,))  # (N,)
+    rss = lambda: int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()  # noqa: E731
+    before = rss()
+    kw = dict(temperature=0.7, return_entropy=True, impl="torch")  # GRPO's call: entropy logged, no KL
+    if path == "logits":
+        stats = kernels.token_logprobs(hidden @ weight.t(), targets, **kw)  # logits (N, V)
+    else:
+        stats = kernels.linear_token_logprobs(hidden, weight, targets, chunk_size=chunk, **kw)
+    stats.logp.sum().backward()
+    q.put((max(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - before))
+
+
+def bench_fused_head_memory(args):
+    """Peak extra memory of the fused lm_head + log-prob path (kernels.linear_token_logprobs, PyTorch twin) per
+    chunk size, beside the plain logits path, at Qwen2.5-0.5B's head (V 151936, C 896) over 512 loss tokens
+    (--quick: V 32768, 256 tokens). CPU resident memory, each run in a fresh process; the lm_head is frozen so
+    that only the (tokens, V) buffers count (a trainable head adds one (V, C) fp32 gradient on both paths)."""
+    import torch.multiprocessing as mp
+
+    quick = bool(getattr(args, "quick", False))
+    N, V, C = (256, 32768, 896) if quick else (512, 151936, 896)
+    ctx = mp.get_context("spawn")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)  # children: freed buffers >= 1 MiB leave the RSS at once
+    rows = []
+    for path, chunk in [("logits", N), ("fused", 128), ("fused", 256), ("fused", 512), ("fused", 1024)]:
+        q = ctx.Queue()
+        p = ctx.Process(target=_head_memory_run, args=(path, N, V, C, chunk, q))
+        p.start()
+        p.join()
+        if p.exitcode != 0:
+            raise RuntimeError(f"head memory run {path} chunk {chunk} failed (exit code {p.exitcode})")
+        extra = q.get()
+        n = min(chunk, N)
+        rows.append((path, chunk, extra, extra / (n * V * 4)))
+    print(f"head memory: CPU, {N} loss tokens, V {V}, C {C}, fp32, temperature 0.7, entropy on; peak extra "
+          "resident memory of forward + backward")
+    print("| path | chunk | peak extra MiB | in (min(chunk, tokens) x V) fp32 buffers |\n|---|---|---|---|")
+    for path, chunk, extra, k in rows:
+        print(f"| {'logits + token_logprobs' if path == 'logits' else 'linear_token_logprobs'} | "
+              f"{chunk if path == 'fused' else '-'} | {extra / 2**20:.0f} | {k:.1f} |")
+    return {f"{p}_{c}": e for p, c, e, _ in rows}
 
 
 SECTIONS = {"model": bench_model, "sample": bench_sample, "kernels": bench_kernels, "rewards": bench_rewards,
