@@ -211,3 +211,24 @@ def test_previous_layout_still_loads(tmp_path, tok):
     with torch.no_grad():
         assert meta == {"step": 7} and torch.equal(back(ids), model(ids))
     assert tok2.encode(TEXTS[0]) == tok.encode(TEXTS[0])
+
+
+def test_tokenizer_json_gives_our_ids(tmp_path):
+    """save_hf at a vocabulary with many merges: transformers' tokenizer gives our ids on held-out corpus text,
+    special tokens, random unicode, and decodes back."""
+    transformers = pytest.importorskip("transformers")
+    import itertools
+    import random
+    from tokenizer import save_hf
+    docs = list(itertools.islice(tasks.corpus_stream(seed=0), 600))
+    tok = Tokenizer.train(["".join(docs[:400])], 1024)
+    save_hf(tok, str(tmp_path))
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    rng = random.Random(0)
+    noise = ["".join(chr(rng.choice([rng.randint(32, 126), rng.randint(160, 0x2FF), rng.randint(0x4E00, 0x4FFF)]))
+                     for _ in range(80)) for _ in range(20)]
+    for t in docs[400:] + TEXTS + noise:
+        ids = tok.encode(t)
+        assert hf.encode(t, add_special_tokens=False) == ids, t[:80]
+        assert hf.decode(ids) == tok.decode(ids)
+    assert len(hf) == tok.vocab_size and hf.convert_tokens_to_ids("<answer>") == tok.token_id("<answer>")
