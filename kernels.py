@@ -377,7 +377,8 @@ def linear_token_logprobs(hidden, weight, targets, temperature=1.0, ref_logprobs
     twin (CPU) holds about 8 (n, V) fp32 buffers at once (logits, scaled logits, probabilities and
     the backward's temporaries; measured 7.1-8.2 by bench.bench_fused_head_memory), so a chunk at
     least as long as the input saves nothing over the plain logits path; the Triton kernels hold
-    the (n, V) logits and dlogits blocks (~2). A trainable weight adds its (V, C) fp32 gradient."""
+    the (n, V) logits and dlogits blocks (~2; by construction, not measured on a GPU). A trainable
+    weight adds its (V, C) fp32 gradient."""
     if hidden.shape[:-1] != targets.shape or weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(f"need hidden (..., C), weight (V, C), targets (...); got hidden "
                          f"{tuple(hidden.shape)}, weight {tuple(weight.shape)}, targets "
