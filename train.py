@@ -433,11 +433,9 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 
 
 def make_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.95)):
-    """AdamW, fused (one kernel for all parameters) where torch has the kernel: CUDA, and CPU since torch 2.4."""
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-    device = next(model.parameters()).device.type
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay,
-                             fused=device in _get_fused_kernels_supported_devices())
+    """AdamW, fused (one kernel over all parameters) where torch has the kernel: CUDA, and CPU since torch 2.4."""
+    fused = next(model.parameters()).device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
 
 
 def pretrain_step(model, opt, batch: torch.Tensor, lr: float, fwd=None) -> float:
