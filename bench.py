@@ -619,7 +619,6 @@ def _fsdp_memory_rank(rank: int, mode: str, preset: str, over: dict, out: str, p
     dict gathered for every refresh into a randomly initialised copy, full model + optimizer dicts to save).
     Each phase reports its own peak (Linux VmHWM, reset between phases)."""
     import json
-    import resource
     import time
 
     import torch
@@ -691,7 +690,7 @@ def _fsdp_memory_rank(rank: int, mode: str, preset: str, over: dict, out: str, p
         if train.RANK == 0:
             save_file({k: v.contiguous() for k, v in sd.items() if k != "lm_head.weight"},
                       os.path.join(out, "old.safetensors"))
-        del sd, osd
+        del sd, osd  # both were alive at once on rank 0, as in the earlier save
     phase("+ final checkpoint (weights + optimizer)")
     with open(os.path.join(out, f"{mode}_rank{rank}.json"), "w") as f:
         json.dump(rows, f)

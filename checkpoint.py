@@ -5,7 +5,7 @@ ours and foreign ones alike (train.py's resume and cached stages, sample.py, dis
 A checkpoint directory:
     config.json               transformers' config (model_type deepseek_v3 for our MLA+MoE models, qwen2/llama
                               for GQA ones; see model.config_to_hf) + bos/eos/pad ids
-    model.safetensors         the weights under transformers' tensor names (model.hf_state_names)
+    model.safetensors         the weights under transformers' tensor names (model.hf_tensors)
     generation_config.json    R1's sampling settings (T=0.6, top_p=0.95) and the stop ids
     tokenizer.json            byte-level BPE that transformers.AutoTokenizer loads to the same ids as ours
     tokenizer_config.json     (tokenizer.save_hf)
@@ -15,10 +15,13 @@ A checkpoint directory:
                               groups as JSON in the file's metadata
 
 So `transformers.AutoModelForCausalLM.from_pretrained(dir)` and `AutoTokenizer.from_pretrained(dir)` load an
-RL result directly, and `checkpoint.load(dir)` loads any qwen2/llama/deepseek_v3/deepseek_v2 directory.
+RL result directly, and `checkpoint.load(dir)` loads any qwen2/llama/deepseek_v3/deepseek_v2 directory (and our
+earlier layout: config.json {"model": ...}, tokenizer/). One caveat: for model_type qwen2, transformers v5 builds
+its own Qwen2Tokenizer, which re-imposes Qwen2's split regex; ids then match ours when the tokenizer uses that
+regex (every Qwen checkpoint's does); PreTrainedTokenizerFast.from_pretrained(dir) always matches.
 
 Simplifications:
- 1. One safetensors file, never sharded (our models are small; model.Transformer.save_pretrained shards).
+ 1. One safetensors file, never sharded (model.Transformer.save_pretrained shards, for export).
  2. Writes are atomic per directory (DIR.tmp, then rename); there is no async or distributed (DCP) writer.
  3. Under FSDP the full tensors are gathered one parameter at a time and rank 0 streams them into the file
     (its header is computed from the shapes first), so no rank ever holds a full state dict; loading reads one

@@ -43,7 +43,6 @@ import argparse
 import functools
 import json
 import math
-import os
 import sys
 from collections import Counter
 from dataclasses import dataclass
