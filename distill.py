@@ -5,13 +5,14 @@ strong reasoner's outputs beats large-scale RL on the same small model.
 
 The pipeline, all in main():
   1. teacher: one of our checkpoints or a Hugging Face model dir (--teacher=DIR), or, by default, trained here by
-     train.py with the recipe --teacher_preset into OUT/teacher (the smoke recipe for distill-smoke, ...), or
-     --teacher=oracle: the task's reference solutions (an upper bound that needs no training).
+     train.py with the recipe --teacher_preset into OUT/teacher (zero-tiny for distill-tiny, ...), or
+     --teacher=oracle: the task's reference solutions (an upper bound that needs no training; distill-smoke's).
   2. student base: a smaller model preset pretrained from scratch with the same recipe and the teacher's tokenizer
      (train.stage_pretrain with --student_model), or --student=DIR.
   3. rejection sampling: k samples per training problem from the teacher at T=--temperature; keep those that are
      correct and well formatted (rewards.score) and readable (not truncated, within length limits, no looping
-     n-grams, one language by rewards.language_consistency); deduplicate; write OUT/traces.jsonl.
+     n-grams, one language by rewards.language_consistency); deduplicate; write OUT/traces.jsonl. The rules are
+     TraceFilter + judge + rejection_sample, importable on their own.
   4. (a) distilled: the student base fine-tuned on the kept traces (train.sft, loss on completion tokens only).
   5. (b) GRPO: the same student base trained with GRPO (the stage_rl loop: rollouts, grpo.rl_step) until it
      has spent the compute of the distillation (counted in tokens and FLOPs, teacher sampling included by default).
@@ -59,8 +60,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+import checkpoint
 import grpo
 import rewards
+import runlog
 import sample
 import tasks
 import train
@@ -93,7 +96,7 @@ class DistillConfig:
     max_new_tokens: int = 0            # response cap for sampling, GRPO and evaluation; 0 -> the recipe's
     batch_size: int = 64               # sequences per generate() call
     min_tokens: int = 4                # kept completions have between min_tokens and max_tokens tokens
-    max_tokens: int = 0                # 0 -> max_new_tokens (truncated completions are always dropped)
+    max_tokens: int = 0                # 0 -> max_new_tokens, none for the oracle (truncated ones always dropped)
     repeat_ngram: int = 4              # word n-gram size of the repetition filter
     max_repeat: float = 0.5            # drop if more than this fraction of the reasoning's n-grams are repeats
     min_language: float = 0.9          # drop if rewards.language_consistency of the reasoning is lower
@@ -112,7 +115,9 @@ class DistillConfig:
 
 
 DISTILL_PRESETS = {
-    "distill-smoke": dict(teacher_preset="smoke", student_model="tiny-mla", student_overrides={"dim": 32},
+    # smoke: the oracle teacher (no teacher training; its traces are kept, so SFT runs) and a smoke-sized student
+    "distill-smoke": dict(teacher="oracle", teacher_preset="smoke", student_model="tiny-mla",
+                          student_overrides={"dim": 32},
                           n_problems=4, k=4, batch_size=16, min_tokens=1, sft_steps=4,
                           sft_batch_size=4, rl_max_steps=2, eval_problems=2, eval_k=2),
     "distill-tiny": dict(teacher_preset="zero-tiny", student_model="tiny-mla", n_problems=256, k=8,
@@ -170,6 +175,17 @@ def validate(cfg: DistillConfig) -> None:
     need(0 <= cfg.max_repeat <= 1 and 0 <= cfg.min_language <= 1, "--max_repeat and --min_language are in [0, 1]")
     need(cfg.sft_lr > 0 and cfg.rl_budget >= 0, "--sft_lr must be > 0 and --rl_budget >= 0")
     need(cfg.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda (got {cfg.device!r})")
+    # the files, read now: a bad line is reported before any teacher is trained or loaded
+    try:
+        if cfg.dataset:
+            read_jsonl(cfg.dataset)
+        problems = cfg.teacher_args.get("problems")
+        if problems:
+            need(os.path.exists(problems), f"--teacher_args problems file {problems!r} does not exist")
+            kind = cfg.teacher_args.get("problems_kind", train.TrainConfig.problems_kind)
+            need(tasks.load_jsonl(problems, kind=kind), f"{problems}: no problems (an empty file)")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def recipe(cfg: DistillConfig) -> train.TrainConfig:
@@ -207,11 +223,28 @@ def language_share(text: str) -> float:
     return rewards.language_consistency(text, "en") if re.search(r"[^\W\d_]", text) else 1.0
 
 
-def judge(sample_: dict, problem, cfg: DistillConfig) -> tuple[str, dict]:
+@dataclass
+class TraceFilter:
+    """The rejection-sampling rules, on their own so other pipelines (R1's SFT data) can reuse them."""
+    min_tokens: int = 4        # kept completions have between min_tokens and max_tokens tokens
+    max_tokens: int = 0        # 0: no upper limit
+    repeat_ngram: int = 4      # word n-gram size of the repetition filter
+    max_repeat: float = 0.5    # drop if more than this fraction of the reasoning's n-grams are repeats
+    min_language: float = 0.9  # drop if rewards.language_consistency of the reasoning is lower
+    max_per_problem: int = 4   # distinct traces kept per problem
+
+
+def trace_filter(cfg: DistillConfig, oracle: bool = False) -> TraceFilter:
+    """The filter of a distill run. A sampled teacher's traces are capped at the response cap (--max_tokens,
+    else --max_new_tokens); the oracle's reference solutions are never cut by the student's length limit."""
+    cap = cfg.max_tokens or (0 if oracle else cfg.max_new_tokens)
+    return TraceFilter(cfg.min_tokens, cap, cfg.repeat_ngram, cfg.max_repeat, cfg.min_language, cfg.max_per_problem)
+
+
+def judge(sample_: dict, problem, f: TraceFilter) -> tuple[str, dict]:
     """One teacher sample {"completion", "length", "truncated"} -> (reason it is dropped or "keep", score)."""
     text = sample_["completion"]
     score = rewards.score(text, problem)
-    max_tokens = cfg.max_tokens or cfg.max_new_tokens
     think = reasoning_text(text)
     if sample_.get("truncated"):
         return "truncated", score
@@ -219,33 +252,33 @@ def judge(sample_: dict, problem, cfg: DistillConfig) -> tuple[str, dict]:
         return "format", score
     if score["accuracy"] < 1:
         return "wrong", score
-    if not cfg.min_tokens <= sample_["length"] <= max_tokens:
+    if sample_["length"] < f.min_tokens or (f.max_tokens and sample_["length"] > f.max_tokens):
         return "length", score
-    if repeat_fraction(think, cfg.repeat_ngram) > cfg.max_repeat:
+    if repeat_fraction(think, f.repeat_ngram) > f.max_repeat:
         return "repetitive", score
-    if language_share(think) < cfg.min_language:
+    if language_share(think) < f.min_language:
         return "mixed_language", score
     return "keep", score
 
 
-def rejection_sample(problems, sampler, cfg: DistillConfig) -> tuple[list[dict], dict]:
+def rejection_sample(problems, sampler, k: int, seed: int, f: TraceFilter) -> tuple[list[dict], dict]:
     """sampler(problems, k, seed) -> k sample dicts per problem, problem-major. Returns the kept records
     (one JSON-able dict per trace) and counts: samples, kept, teacher accuracy/format, drops by reason."""
-    samples = sampler(problems, cfg.k, cfg.seed)
-    if len(samples) != len(problems) * cfg.k:
-        raise ValueError(f"sampler returned {len(samples)} samples for {len(problems)} problems x k={cfg.k}")
+    samples = sampler(problems, k, seed)
+    if len(samples) != len(problems) * k:
+        raise ValueError(f"sampler returned {len(samples)} samples for {len(problems)} problems x k={k}")
     records, seen, per_problem = [], set(), {}
     drops = dict.fromkeys(["truncated", "format", "wrong", "length", "repetitive", "mixed_language",
                            "duplicate", "over_cap"], 0)
     acc = fmt = 0.0
     for j, s in enumerate(samples):
-        p = problems[j // cfg.k]
-        reason, score = judge(s, p, cfg)
+        p = problems[j // k]
+        reason, score = judge(s, p, f)
         acc, fmt = acc + score["accuracy"], fmt + score["format"]
         key = (p.question, " ".join(s["completion"].split()))
         if reason == "keep" and key in seen:
             reason = "duplicate"
-        if reason == "keep" and per_problem.get(p.question, 0) >= cfg.max_per_problem:
+        if reason == "keep" and per_problem.get(p.question, 0) >= f.max_per_problem:
             reason = "over_cap"
         if reason != "keep":
             drops[reason] += 1
@@ -254,7 +287,7 @@ def rejection_sample(problems, sampler, cfg: DistillConfig) -> tuple[list[dict],
         per_problem[p.question] = per_problem.get(p.question, 0) + 1
         records.append({"prompt": tasks.r1_zero_prompt(p.question), "completion": s["completion"],
                         "question": p.question, "answer": p.answer, "task": p.task, "bucket": p.bucket,
-                        "meta": p.meta, "length": int(s["length"]), "sample": j % cfg.k,
+                        "meta": p.meta, "length": int(s["length"]), "sample": j % k,
                         "teacher_score": {k: v for k, v in score.items() if isinstance(v, (int, float, str))}})
     n = max(1, len(samples))
     stats = {"problems": len(problems), "samples": len(samples), "kept": len(records),
@@ -292,19 +325,18 @@ def teacher_sampler(model, tok, cfg: DistillConfig):
     return sampler
 
 
-def oracle_sampler(tok, cfg: DistillConfig):
+def oracle_sampler(tok):
     """--teacher=oracle: the task's reference solutions (tasks.render_response in the long modes, with and without
     a verification step that catches an injected slip) stand in for a teacher. An upper bound for distillation,
-    and a teacher that needs no training (CPU demonstrations)."""
+    and a teacher that needs no training (CPU demonstrations). Never truncated: the student's response cap
+    (max_new_tokens) limits the student, not the reference."""
     def sampler(problems, k, seed):
         rng = random.Random(seed)
         out = []
         for p in problems:
             for _ in range(k):
                 text = tasks.render_response(p, rng.choice(["L", "LV"]), rng)
-                n = len(tok.encode(text))
-                out.append({"completion": text, "length": min(n, cfg.max_new_tokens),
-                            "truncated": n > cfg.max_new_tokens})
+                out.append({"completion": text, "length": len(tok.encode(text)), "truncated": False})
         return out
     return sampler
 
@@ -312,8 +344,8 @@ def oracle_sampler(tok, cfg: DistillConfig):
 def oracle_eval(problems, tok, cfg: DistillConfig, k: int) -> dict:
     """The metrics of train.evaluate for the reference solutions (what --teacher=oracle would score)."""
     samples = []
-    for p, s in zip([p for p in problems for _ in range(k)], oracle_sampler(tok, cfg)(problems, k, cfg.seed)):
-        sc = rewards.score(s["completion"], p) if not s["truncated"] else {"accuracy": 0, "format": 0, "answer": None}
+    for p, s in zip([p for p in problems for _ in range(k)], oracle_sampler(tok)(problems, k, cfg.seed)):
+        sc = rewards.score(s["completion"], p)
         samples.append({"bucket": p.bucket, "correct": sc["accuracy"] > 0, "pred": sc["answer"],
                         "format": sc["format"], "length": s["length"], "truncated": s["truncated"]})
     res = sample.summarize(samples, k)
@@ -331,13 +363,22 @@ def write_jsonl(path: str, records: list[dict]) -> None:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    for i, r in enumerate(records):
-        missing = {"prompt", "completion"} - set(r)
-        if missing:
-            raise ValueError(f"{path} line {i + 1}: missing fields {sorted(missing)}; a trace needs prompt and "
-                             "completion")
+    """The traces of a JSONL file; ValueError "PATH:LINE: what is wrong" on the first bad line or an empty file."""
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not (isinstance(r, dict) and isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str)):
+                raise ValueError(f"{path}:{lineno}: a trace needs string fields 'prompt' and 'completion'; got "
+                                 f"{sorted(r) if isinstance(r, dict) else type(r).__name__}")
+            records.append(r)
+    if not records:
+        raise ValueError(f"{path}: no traces (an empty file)")
     return records
 
 
@@ -387,19 +428,21 @@ def get_teacher(cfg: DistillConfig, device, log):
         tc = train.TrainConfig(**copy.deepcopy(train.TRAIN_PRESETS[cfg.teacher_preset]))  # presets may change
         key = {"argv": argv, "config": dataclasses.asdict(dataclasses.replace(tc, **cfg.teacher_args))}
         if not (os.path.exists(stamp) and json.load(open(stamp)) == json.loads(json.dumps(key))):
+            if runlog.existing_run(tdir):  # a teacher of another config: train.py moves it aside, deletes nothing
+                argv.append("--overwrite")
             log(f"[teacher] training with train.py {' '.join(argv)}")
             train.main(argv)
             json.dump(key, open(stamp, "w"))
         path = train.latest_rl_checkpoint(tdir) or os.path.join(tdir, "base")  # the base if rl_steps=0
         log(f"[teacher] {path}")
-    model, tok = sample.load_checkpoint(path, device=device)
+    model, tok, _ = checkpoint.load(path, device=device)
     return model, tok, path
 
 
 def get_student_base(cfg: DistillConfig, rc: train.TrainConfig, tok, device, log):
     """(model, tokenizer): --student, or student_model pretrained with the teacher's recipe and tokenizer."""
     if cfg.student:
-        return sample.load_checkpoint(cfg.student, device=device)
+        return checkpoint.load(cfg.student, device=device)[:2]
     sc = dataclasses.replace(rc, out_dir=os.path.join(cfg.out_dir, "student"), model=cfg.student_model,
                              model_overrides=dict(cfg.student_overrides))
     os.makedirs(sc.out_dir, exist_ok=True)
@@ -411,11 +454,7 @@ def get_student_base(cfg: DistillConfig, rc: train.TrainConfig, tok, device, log
 def grpo_baseline(model, tok, rc: train.TrainConfig, budget: float, cfg: DistillConfig, device, log):
     """Returns (model, compute dict, per-step rewards)."""
     opt = torch.optim.AdamW(model.parameters(), lr=rc.rl_lr, betas=(0.9, 0.99), weight_decay=0.0)
-    gcfg = grpo.GRPOConfig(group_size=rc.group_size, clip_low=rc.clip_low, clip_high=rc.clip_high, beta=rc.beta,
-                           std_norm=rc.std_norm, token_level=rc.token_level, const_norm=rc.const_norm,
-                           drop_equal_groups=rc.drop_equal_groups, mask_truncated=rc.mask_truncated, mu=rc.mu,
-                           micro_batch=rc.micro_batch, temperature=rc.rollout_temperature,
-                           max_grad_norm=rc.max_grad_norm, fused_head=rc.fused_head)
+    gcfg = train.grpo_config(rc)
     ref_model = copy.deepcopy(model).requires_grad_(False).eval() if rc.beta > 0 else None  # frozen base for KL
     pool = tasks.make_problems(cfg.task, max(cfg.n_problems, rc.prompts_per_step * max(1, cfg.rl_max_steps)),
                                split="train", seed=cfg.seed, buckets=rc.buckets.split(","))
@@ -486,7 +525,7 @@ def make_dataset(cfg: DistillConfig, rc: train.TrainConfig, teacher, ttok, log) 
     Returns the kept records, their statistics and the teacher's sampling compute."""
     if cfg.dataset:
         records = read_jsonl(cfg.dataset)
-        questions = {r["question"] for r in records}
+        questions = {r.get("question", r["prompt"]) for r in records}
         stats = {"problems": len(questions), "samples": len(records), "kept": len(records),
                  "problems_with_trace": len(questions), "teacher_accuracy": float("nan"),
                  "teacher_format": float("nan"), "generated_tokens": 0, "dropped": {}, "source": cfg.dataset}
@@ -495,8 +534,8 @@ def make_dataset(cfg: DistillConfig, rc: train.TrainConfig, teacher, ttok, log) 
     t = time.time()
     problems = tasks.make_problems(cfg.task, cfg.n_problems, split="train", seed=cfg.seed + 1,
                                    buckets=rc.buckets.split(","))
-    sampler = oracle_sampler(ttok, cfg) if teacher is None else teacher_sampler(teacher.eval(), ttok, cfg)
-    records, stats = rejection_sample(problems, sampler, cfg)
+    sampler = oracle_sampler(ttok) if teacher is None else teacher_sampler(teacher.eval(), ttok, cfg)
+    records, stats = rejection_sample(problems, sampler, cfg.k, cfg.seed, trace_filter(cfg, oracle=teacher is None))
     prompt_tokens = sum(len(ids) for ids in train.prompt_ids(ttok, problems))  # prefilled once per problem
     log(f"[data] kept {stats['kept']} of {stats['samples']} teacher samples ({time.time() - t:.0f}s); "
         f"dropped {stats['dropped']}")

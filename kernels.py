@@ -424,7 +424,12 @@ def linear_token_logprobs(hidden, weight, targets, temperature=1.0, ref_logprobs
                           impl="auto") -> TokenStats:
     """Like token_logprobs(hidden @ weight.T, targets, ...) without ever holding all logits:
     hidden (..., C), weight (V, C) (the lm_head), targets (...). Differentiable w.r.t. hidden and
-    weight; peak extra memory ~ 2 * chunk_size * V logits-dtype elements."""
+    weight; chunk_size tokens at a time. Peak extra memory, n = min(chunk_size, tokens): the PyTorch
+    twin (CPU) holds about 8 (n, V) fp32 buffers at once (logits, scaled logits, probabilities and
+    the backward's temporaries; measured 7.1-8.2 by bench.bench_fused_head_memory), so a chunk at
+    least as long as the input saves nothing over the plain logits path; the Triton kernels hold
+    the (n, V) logits and dlogits blocks (~2; by construction, not measured on a GPU). A trainable
+    weight adds its (V, C) fp32 gradient."""
     if hidden.shape[:-1] != targets.shape or weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(f"need hidden (..., C), weight (V, C), targets (...); got hidden "
                          f"{tuple(hidden.shape)}, weight {tuple(weight.shape)}, targets "

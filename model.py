@@ -862,8 +862,15 @@ def _expected_hf_tensors(model):
     return out
 
 
-def load_hf_weights(model, path, ckpt_interleave=None):
-    """Copy every tensor of the checkpoint at `path` into `model`, shard by shard. Raises KeyError listing
+def _copy(target, value):
+    with torch.no_grad():
+        target.copy_(value)
+
+
+def load_hf_weights(model, path, ckpt_interleave=None, assign=_copy):
+    """Copy every tensor of the checkpoint at `path` into `model`, shard by shard. assign(target, full value)
+    does the copy (checkpoint.copy_full_ keeps each FSDP rank's slice); the experts of a stacked parameter are
+    collected into one full tensor first when assign is not the plain copy. Raises KeyError listing
     missing/unexpected names and ValueError naming any shape mismatch."""
     import re
     from safetensors import safe_open
@@ -883,7 +890,7 @@ def load_hf_weights(model, path, ckpt_interleave=None):
 
     expected, unexpected = _expected_hf_tensors(model), []
     relayout = ckpt_interleave is not None and ckpt_interleave != model.cfg.rope_interleave
-    todo = set(expected)
+    todo, staged = set(expected), {}
     n_layers = model.cfg.n_layers
     for name in sorted(weight_map, key=lambda k: weight_map[k]):  # shard by shard
         layer = re.match(r"model\.layers\.(\d+)\.", name)
@@ -908,12 +915,20 @@ def load_hf_weights(model, path, ckpt_interleave=None):
             if relayout:
                 value = permute_rope_rows(value, hf, model.cfg, to_half=ckpt_interleave)
             target, e = expected[hf]
-            target = target if e is None else target[e]
-            if value.shape != target.shape:
-                raise ValueError(f"shape mismatch for {hf}: checkpoint {tuple(value.shape)} vs model "
-                                 f"{tuple(target.shape)}")
-            with torch.no_grad():
-                target.copy_(value)
+            shape = target.shape if e is None else target.shape[1:]
+            if value.shape != shape:
+                raise ValueError(f"shape mismatch for {hf}: checkpoint {tuple(value.shape)} vs model {tuple(shape)}")
+            if e is None:
+                assign(target, value)
+            elif assign is _copy:
+                _copy(target[e], value)
+            else:  # stage the experts of one stacked parameter (E, ...), assign it whole once all have arrived
+                whole, left = staged.get(id(target), (torch.empty(target.shape, dtype=target.dtype), set()))
+                whole[e] = value
+                left = (left or set(range(target.shape[0]))) - {e}
+                staged[id(target)] = (whole, left)
+                if not left:
+                    assign(target, staged.pop(id(target))[0])
             todo.discard(hf)
     if todo or unexpected:
         def show(names):
@@ -955,19 +970,20 @@ def dequant_fp8(w, scale_inv, block=128):
     return w.float() * s  # (M, N)
 
 
+def hf_tensors(cfg, name, t):
+    """One of our state-dict tensors -> [(Hugging Face name, tensor)]: experts split one per expert as on the
+    hub, GQA rope rows in the half-split layout HF expects; [] for tensors HF files do not hold (a tied head,
+    V2's absent selection bias). Works on meta tensors too (checkpoint.py computes file headers with it)."""
+    if (name == "lm_head.weight" and cfg.tie_embeddings) or (name.endswith("ffn.bias") and cfg.score_func == "softmax"):
+        return []
+    hf = hf_name(name)
+    if cfg.attn == "gqa" and cfg.rope_interleave:  # Qwen2/Llama files are half-split
+        t = permute_rope_rows(t, hf, cfg, to_half=True)
+    if "{e}" in hf:
+        return [(hf.format(e=e), t[e].contiguous()) for e in range(t.shape[0])]
+    return [(hf, t.contiguous())]
+
+
 def hf_state_dict(model):
     """Our weights under Hugging Face names, experts split per expert as on the hub."""
-    out = {}
-    for name, t in model.state_dict().items():
-        if name == "lm_head.weight" and model.cfg.tie_embeddings:
-            continue
-        if name.endswith("ffn.bias") and model.cfg.score_func == "softmax":
-            continue
-        hf = hf_name(name)
-        if model.cfg.attn == "gqa" and model.cfg.rope_interleave:  # Qwen2/Llama files are half-split
-            t = permute_rope_rows(t, hf, model.cfg, to_half=True)
-        if "{e}" in hf:
-            out.update({hf.format(e=e): t[e].contiguous() for e in range(t.shape[0])})
-        else:
-            out[hf] = t.contiguous()
-    return out
+    return {k: v for name, t in model.state_dict().items() for k, v in hf_tensors(model.cfg, name, t)}

@@ -799,31 +799,11 @@ def evaluate(model, tokenizer, problems, k=8, temperature=0.6, top_p=0.95, max_n
 # ----------------------------------------------------------------------------- checkpoints + CLI
 
 def load_checkpoint(path, device="cpu", dtype=torch.float32):
-    """Load (model, tokenizer) from our checkpoint dir (config.json with a "model" dict,
-    model.safetensors, tokenizer/) or from a Hugging Face model dir (config.json + *.safetensors +
-    tokenizer.json)."""
-    from model import ModelConfig, Transformer
-    from tokenizer import Tokenizer
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"{cfg_path} not found: --ckpt must be a checkpoint or HF model directory")
-    with open(cfg_path) as f:
-        meta = json.load(f)
-    if isinstance(meta.get("model"), dict):  # ours
-        from safetensors.torch import load_file
-        model = Transformer(ModelConfig(**meta["model"]))
-        state = load_file(os.path.join(path, "model.safetensors"))
-        state = {k.removeprefix("_orig_mod."): v for k, v in state.items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not (model.cfg.tie_embeddings and k.startswith("lm_head"))]
-        if missing or unexpected:  # a tied lm_head may be stored once; anything else is an error
-            raise KeyError(f"checkpoint {path} does not match its config: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
-        tokenizer = Tokenizer.load(os.path.join(path, "tokenizer"))
-    else:  # Hugging Face
-        model = Transformer.from_pretrained(path, dtype=dtype)
-        tokenizer = Tokenizer.from_pretrained(path)
-    return model.to(device=device, dtype=dtype).eval(), tokenizer
+    """(model, tokenizer) from one of our checkpoints or a Hugging Face model dir (checkpoint.load; its
+    nano_r1.json, {} for a foreign dir, is checkpoint.read_meta(path))."""
+    import checkpoint
+    model, tokenizer, _ = checkpoint.load(path, device=device, dtype=dtype)
+    return model, tokenizer
 
 
 def _stream(tokenizer):

@@ -524,3 +524,62 @@ def _from_tokenizer_json(tj: dict, config: dict, path: str) -> Tokenizer:
     if len(splits) == 1:  # one regex: tiktoken splits natively (Qwen2, Llama-3, GPT-2)
         return Tokenizer(ranks, added, splits[0], None, bool(norms), name, bos, eos, pad)
     return Tokenizer(ranks, added, splits[0], splits, bool(norms), name, bos, eos, pad)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing a Hugging Face tokenizer.json (so `transformers.AutoTokenizer` loads our vocabularies)
+
+
+def hf_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """BPE merges (left, right) derived from tiktoken ranks, in priority order.
+
+    tiktoken merges, at each step, the adjacent pair whose concatenation has the lowest rank; a HF BPE merges
+    the listed pair that comes first. So every split of a token into two vocabulary tokens becomes a merge,
+    ordered by the rank of the token it makes (ties: shorter left piece first)."""
+    merges = []
+    for tok, rank in ranks.items():
+        for i in range(1, len(tok)):
+            if tok[:i] in ranks and tok[i:] in ranks:
+                merges.append((rank, i, tok[:i], tok[i:]))
+    merges.sort()
+    return [(a, b) for _, _, a, b in merges]
+
+
+def save_hf(tok: "Tokenizer", path_dir: str, model_max_length: int = 0) -> None:
+    """Write tokenizer.json + tokenizer_config.json for `tok` (ours or one read from a tokenizer.json).
+
+    Byte-level BPE: the vocabulary in GPT-2's byte alphabet, merges from hf_merges, the pre-tokenizer as
+    isolating Split regexes followed by ByteLevel (no regex of its own), ignore_merges (a piece that is itself a
+    token stays whole, as in tiktoken), the special tokens as added tokens. AutoTokenizer then gives our ids."""
+    os.makedirs(path_dir, exist_ok=True)
+    alphabet = bytes_to_unicode()
+
+    def show(b: bytes) -> str:
+        return "".join(alphabet[x] for x in b)
+
+    split = lambda p: {"type": "Split", "pattern": {"Regex": p}, "behavior": "Isolated", "invert": False}
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    tj = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": True}
+                         for s, i in sorted(tok.special_tokens.items(), key=lambda kv: kv[1])],
+        "normalizer": {"type": "NFC"} if tok.nfc else None,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [split(p) for p in tok.splits or [tok.pattern]]
+                          + [byte_level]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
+                  "vocab": {show(b): i for b, i in sorted(tok.ranks.items(), key=lambda kv: kv[1])},
+                  "merges": [[show(a), show(b)] for a, b in hf_merges(tok.ranks)]},
+    }
+    with open(os.path.join(path_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
+        json.dump(tj, f, ensure_ascii=False)
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+              "add_bos_token": False, "add_eos_token": False,
+              "model_max_length": model_max_length or 1_000_000_000_000_000_019_884_624_838_656}
+    config.update({f"{k}_token": v for k, v in (("bos", tok.bos_token), ("eos", tok.eos_token),
+                                                 ("pad", tok.pad_token)) if v in tok.special_tokens})
+    with open(os.path.join(path_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=1, ensure_ascii=False)

@@ -13,7 +13,8 @@ appear: held-out accuracy and response length rising through RL alone.
 
 Outputs of a run go under --out_dir (default runs/<preset>); see runlog.py for the bookkeeping:
     tokenizer/  base/        cached stages (re-used by a later run whose stage config and source files hash the same)
-    rl/step_NNNNNN/          RL checkpoints (model + optimizer, config.json with step, task and preset), atomic
+    rl/step_NNNNNN/          RL checkpoints: Hugging Face dirs (transformers loads them) + nano_r1.json (step,
+                             task, preset, config) + optimizer.safetensors, written atomically (checkpoint.py)
     metrics.jsonl  log.txt   one JSON line per RL step and per evaluation; every console line
     transcripts.md           full sampled responses every --transcript_every steps (read the "aha" here)
     plots.png                accuracy, length, format, reflection words, entropy, KL, expert load
@@ -59,6 +60,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+import checkpoint
 import grpo
 import rewards
 import runlog
@@ -326,65 +328,33 @@ def barrier() -> None:
         dist.barrier()
 
 # -----------------------------------------------------------------------------
-# Checkpoints: safetensors + JSON, written to a temp dir then renamed (atomic). The full (gathered) state is
-# saved, so a checkpoint written by N ranks loads in any number of processes, one included.
+# Checkpoints: Hugging Face directories (checkpoint.py) that transformers loads, written atomically; under FSDP
+# gathered one tensor at a time and streamed by rank 0, so a checkpoint written by N ranks loads in any number
+# of processes, one included.
 
-def full_model_state(model) -> dict:
-    """The full state dict on rank 0 (CPU tensors); a collective under FSDP, so every rank must call it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if model.cfg.tie_embeddings:
-        sd.pop("lm_head.weight", None)  # the same tensor as the embedding; stored once
-    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+def run_meta(cfg: TrainConfig) -> dict:
+    """What a checkpoint records about its run: task, preset (from OUT/train_config.json) and the TrainConfig."""
+    p = os.path.join(cfg.out_dir, "train_config.json")
+    preset = json.load(open(p)).get("preset", "") if os.path.exists(p) else ""
+    return {"task": cfg.task, "preset": preset, "train": dataclasses.asdict(cfg)}
 
 
-def save_checkpoint(path: str, model, optimizer=None, state: dict | None = None, tok: Tokenizer | None = None) -> None:
-    """DIR/model.safetensors, DIR/config.json ({"model": ModelConfig fields, ...state}), DIR/tokenizer/ and,
-    for resumable checkpoints, DIR/optimizer.safetensors. sample.load_checkpoint reads the same layout.
-    Every rank calls it (the state is gathered); rank 0 writes."""
-    from safetensors.torch import save_file
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-    weights = full_model_state(model)
-    if optimizer is not None:
-        osd = get_optimizer_state_dict(model, optimizer,
-                                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if RANK == 0:
-        tmp = path + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        if tok is not None:
-            tok.save(os.path.join(tmp, "tokenizer"))
-        save_file(weights, os.path.join(tmp, "model.safetensors"))
-        meta = {"model": dataclasses.asdict(model.cfg), **(state or {})}
-        if optimizer is not None:  # {param name::state name: tensor} + the param groups as JSON
-            flat = {f"{name}::{k}": (v if torch.is_tensor(v) else torch.tensor(v)).contiguous().cpu()
-                    for name, st in osd["state"].items() for k, v in st.items()}
-            save_file(flat, os.path.join(tmp, "optimizer.safetensors"))
-            meta["optimizer_groups"] = osd["param_groups"]
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(meta, f, indent=1, default=str)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    barrier()
+def save_checkpoint(path: str, model, optimizer=None, state: dict | None = None, tok: Tokenizer | None = None,
+                    cfg: TrainConfig | None = None) -> None:
+    """checkpoint.save: the HF directory + nano_r1.json ({**run_meta(cfg), **state}) + optimizer.safetensors
+    when an optimizer is given (resumable). Every rank calls it (tensors are gathered one by one); rank 0 writes."""
+    checkpoint.save(path, model, tok, {**(run_meta(cfg) if cfg else {}), **(state or {})}, optimizer)
 
 
 def load_optimizer(model, opt, path: str) -> None:
     """Restore an optimizer saved by save_checkpoint, whatever the number of ranks that wrote it."""
-    from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    meta = json.load(open(os.path.join(path, "config.json")))
-    state: dict = {}
-    for key, v in load_file(os.path.join(path, "optimizer.safetensors")).items():
-        name, k = key.split("::", 1)
-        state.setdefault(name, {})[k] = v
-    set_optimizer_state_dict(model, opt, {"state": state, "param_groups": meta["optimizer_groups"]},
-                             options=StateDictOptions(full_state_dict=True))
+    checkpoint.load_optimizer(model, opt, path)
 
 
 def load_model(path: str, device) -> tuple[Transformer, dict]:
-    """(model in train mode on device, the checkpoint's config.json)."""
-    model, _ = sample.load_checkpoint(path, device=device)
-    return model.train(), json.load(open(os.path.join(path, "config.json")))
+    """(model in train mode on device, the checkpoint's nano_r1.json)."""
+    model, _, meta = checkpoint.load(path, device=device)
+    return model.train(), meta
 
 
 def latest_rl_checkpoint(out_dir: str) -> str | None:
@@ -471,7 +441,9 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
 
 
 def make_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.95)):
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    """AdamW, fused (one kernel over all parameters) where torch has the kernel: CUDA, and CPU since torch 2.4."""
+    fused = next(model.parameters()).device.type in ("cuda", "cpu")
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
 
 
 def pretrain_step(model, opt, batch: torch.Tensor, lr: float, fwd=None) -> float:
@@ -498,7 +470,7 @@ def stage_pretrain(cfg: TrainConfig, tok: Tokenizer, device, log) -> Transformer
     """Returns the base model (sharded under FSDP). Cached: a finished base with the same config hash is reused."""
     if cfg.init:
         log(f"[pretrain] skipped: starting from {cfg.init}")
-        return shard(Transformer.from_pretrained(cfg.init).to(device).train())
+        return checkpoint.load(cfg.init, device, shard=shard)[0].train()  # sharded before allocation
     mcfg = model_config(cfg, tok)
     key = config_hash(dataclasses.asdict(mcfg), cfg.pretrain_steps, cfg.batch_size, cfg.seq_len, cfg.lr,
                       cfg.warmup, cfg.weight_decay, cfg.corpus_mix, cfg.seed, cfg.vocab_size, cfg.tokenizer_mb,
@@ -544,8 +516,8 @@ def stage_pretrain(cfg: TrainConfig, tok: Tokenizer, device, log) -> Transformer
             log(f"[pretrain] step {step:5d} loss {loss:.4f} lr {opt.param_groups[0]['lr']:.2e} "
                 f"{tokens_seen / (time.time() - t0):,.0f} tok/s")
         if (step + 1) % 200 == 0 and step + 1 < cfg.pretrain_steps:
-            save_checkpoint(partial, model, opt, {"hash": key, "step": step + 1}, tok)
-    save_checkpoint(path, model, None, {"hash": key, "done": True, "step": cfg.pretrain_steps, **run_tags(cfg)}, tok)
+            save_checkpoint(partial, model, opt, {"hash": key, "step": step + 1}, tok, cfg)
+    save_checkpoint(path, model, None, {"hash": key, "done": True, "step": cfg.pretrain_steps}, tok, cfg)
     if RANK == 0:
         shutil.rmtree(partial, ignore_errors=True)
     return model
@@ -746,7 +718,7 @@ def stage_rl(cfg: TrainConfig, tok: Tokenizer, base: Transformer, device, resume
     train_pool, eval_set = problems or load_problems(cfg)
     prompts, score = prompts or problem_sampler(train_pool, cfg), score or rule_rewards
     model, gcfg = base, grpo_config(cfg)
-    ref_model = reference_model(base, device) if cfg.beta > 0 else None  # frozen base for the KL term
+    ref_model = frozen_copy(base) if cfg.beta > 0 else None  # frozen base for the KL term
     opt = make_optimizer(model, cfg.rl_lr, 0.0, betas=(0.9, 0.99))
     if not resume and runlog.checkpoints(cfg.out_dir):
         raise SystemExit(f"error: {cfg.out_dir} already holds RL checkpoints; resume or move them aside first")
@@ -798,23 +770,14 @@ def run_tags(cfg: TrainConfig) -> dict:
     return {"task": cfg.problems_kind if cfg.problems else cfg.task, "preset": cfg.preset}
 
 
-def reference_model(base: Transformer, device) -> Transformer:
-    """A frozen copy of the base for the KL term (sharded like it)."""
-    ref = Transformer(base.cfg).to(device)
-    ref.load_state_dict(full_model_state_all(base), strict=False)
-    return shard(ref.requires_grad_(False).eval())
-
-
 def resume_rl(model, opt, ckpt: str | None, log) -> int:
-    """Load the weights and optimizer state of an RL checkpoint; returns its step."""
+    """Load the weights (one tensor at a time; each rank keeps its slice) and optimizer state of an RL checkpoint;
+    returns its step."""
     if ckpt is None:
         raise SystemExit("error: --resume but there is no RL checkpoint to resume from")
-    from safetensors.torch import load_file
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-    set_model_state_dict(model, load_file(os.path.join(ckpt, "model.safetensors")),
-                         options=StateDictOptions(full_state_dict=True, strict=False))
+    checkpoint.load_weights(model, ckpt)
     load_optimizer(model, opt, ckpt)
-    step = json.load(open(os.path.join(ckpt, "config.json")))["step"]
+    step = checkpoint.read_meta(ckpt)["step"]
     log(f"[rl] resumed from {ckpt} at step {step}")
     return step
 
@@ -875,9 +838,12 @@ def global_normaliser(batch: dict, gcfg) -> float | None:
 
 
 class Replica:
-    """The weights the sampler uses. A single process samples from the training model itself; under FSDP each
-    rank samples from a full (gathered) copy refreshed after every update, so ranks can decode different
-    numbers of steps without waiting on each other's all-gathers."""
+    """The weights the sampler uses. A single process samples from the training model itself. Under FSDP each
+    rank samples from its own full copy (bf16 on GPU; fp32 on CPU, where bf16 matmuls are slow without AMX and
+    sampling then matches the one-process run), so ranks can decode different numbers of steps without waiting
+    on each other's all-gathers. The copy is allocated once without initialisation (meta device) and refreshed
+    after every update one parameter at a time: gather it (in the copy's dtype), copy it in, free it. No full
+    state dict is ever built."""
 
     def __init__(self, model):
         self.model, self.copy = model, None
@@ -885,19 +851,38 @@ class Replica:
     def get(self) -> Transformer:
         if WORLD == 1:
             return self.model
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True))
-        if self.copy is None:  # bf16 on GPU: half the memory of the fp32 master weights
-            device = next(iter(sd.values())).device
-            self.copy = Transformer(self.model.cfg).to(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-        self.copy.load_state_dict(sd, strict=False)
+        device = next(self.model.parameters()).to_local().device
+        if self.copy is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+            self.copy = checkpoint.empty_model(self.model.cfg, dtype, device)
+        mine = self.copy.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for name, t in self.model.state_dict(keep_vars=True).items():
+                if name == "lm_head.weight" and self.model.cfg.tie_embeddings:
+                    continue  # the embedding, already copied
+                mine[name].copy_(checkpoint.full(t, mine[name].dtype))  # collective: every rank, same order
         return self.copy.eval()
 
 
-def full_model_state_all(model) -> dict:
-    """The full state dict on every rank (the model's own state_dict in a single process)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+def frozen_copy(model) -> Transformer:
+    """A frozen copy of model (the KL reference), sharded like it. Under FSDP it is built on the meta device,
+    sharded, allocated, and each rank copies its own shards: nothing is gathered."""
+    if WORLD == 1:
+        import copy
+        return copy.deepcopy(model).requires_grad_(False).eval()
+    device = next(model.parameters()).to_local().device
+    with torch.device("meta"):
+        ref = Transformer(model.cfg)
+    ref = shard(ref).to_empty(device=device)
+    ours, theirs = dict(ref.named_parameters()), dict(model.named_parameters())
+    assert ours.keys() == theirs.keys(), "frozen_copy: parameters differ after sharding"
+    with torch.no_grad():
+        for name, p in theirs.items():
+            ours[name].to_local().copy_(p.to_local())
+        refbufs = dict(ref.named_buffers())
+        for name, b in model.named_buffers():
+            refbufs[name].copy_(b)
+    return ref.requires_grad_(False).eval()
 
 # -----------------------------------------------------------------------------
 

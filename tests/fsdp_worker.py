@@ -2,7 +2,8 @@
 ranks (torchrun --nproc_per_node N fsdp_worker.py ...) through train.py's FSDP code path, on CPU with gloo.
 
     fsdp_worker.py train OUT     two pretraining steps + one GRPO step on fixed global batches, then a
-                                 checkpoint, then one more GRPO step; writes OUT/result.json, OUT/state.safetensors
+                                 checkpoint, then one more GRPO step; writes OUT/result.json, OUT/state.safetensors;
+                                 checks the sampling replica and the frozen reference against the model
     fsdp_worker.py resume OUT    load OUT/ckpt (written by any number of ranks), run the last GRPO step again;
                                  writes OUT/resumed.json, OUT/resumed.safetensors
 """
@@ -14,6 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import grpo  # noqa: E402
+import checkpoint  # noqa: E402
 import train  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
 
@@ -45,6 +47,16 @@ def grpo_step(model, opt, gcfg, seed: int) -> float:
     return train.all_mean(diag["loss"])  # each rank holds its share of the global loss, times WORLD
 
 
+def full_state(model) -> dict:
+    """The whole state dict (gathered tensor by tensor under FSDP), for comparisons."""
+    return {n: checkpoint.full(t).clone() for n, t in model.state_dict().items()}
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
 def main():
     mode, out = sys.argv[1], sys.argv[2]
     train.dist_init("cpu")
@@ -57,23 +69,27 @@ def main():
         g = torch.Generator().manual_seed(1)
         batch = torch.randint(0, V, (4, 17), generator=g)  # (B, T+1) the global pretraining batch
         losses = [train.pretrain_step(model, opt, batch[train.RANK::train.WORLD], 1e-2) for _ in range(2)]
+        ref = train.frozen_copy(model)  # the KL reference, copied shard by shard
+        replica = train.Replica(model)
+        diffs = [max_diff(full_state(replica.get()), full_state(model))]
         grpo_losses = [grpo_step(model, opt, gcfg, seed=2)]
+        diffs.append(max_diff(full_state(replica.get()), full_state(model)))  # refreshed after the update
         train.save_checkpoint(os.path.join(out, "ckpt"), model, opt, {"step": 3})
         grpo_losses.append(grpo_step(model, opt, gcfg, seed=3))
-        state = train.full_model_state(model)
+        diffs.append(max_diff(full_state(replica.get()), full_state(model)))
+        state = full_state(model)
+        ref_moved = max_diff(full_state(ref), state)  # the reference stays at the pretrained weights
         if train.RANK == 0:
-            json.dump({"pretrain": losses, "grpo": grpo_losses, "world": train.WORLD},
+            json.dump({"pretrain": losses, "grpo": grpo_losses, "world": train.WORLD, "replica_diff": diffs,
+                       "ref_vs_model": ref_moved, "fused": opt.defaults.get("fused")},
                       open(os.path.join(out, "result.json"), "w"))
             save_file(state, os.path.join(out, "state.safetensors"))
     elif mode == "resume":
-        from safetensors.torch import load_file
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
         ckpt = os.path.join(out, "ckpt")
-        set_model_state_dict(model, load_file(os.path.join(ckpt, "model.safetensors")),
-                             options=StateDictOptions(full_state_dict=True))
+        checkpoint.load_weights(model, ckpt)
         train.load_optimizer(model, opt, ckpt)
         loss = grpo_step(model, opt, gcfg, seed=3)
-        state = train.full_model_state(model)
+        state = full_state(model)
         if train.RANK == 0:
             json.dump({"grpo": [loss], "world": train.WORLD}, open(os.path.join(out, "resumed.json"), "w"))
             save_file(state, os.path.join(out, "resumed.safetensors"))

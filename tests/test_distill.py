@@ -23,6 +23,10 @@ def cfg(**kw):
                                     "min_tokens": 1, **kw})
 
 
+def rs(problems, sampler, c, oracle=False):
+    return distill.rejection_sample(problems, sampler, c.k, c.seed, distill.trace_filter(c, oracle))
+
+
 def good(p, rng=None):
     return tasks.render_response(p, "L", rng or random.Random(0))
 
@@ -47,7 +51,7 @@ def fake_sampler(problems, k, seed):
 
 def test_rejection_sampling_keeps_only_correct_readable_new_traces():
     problems = [p for p in tasks.make_problems("multiplication", 6, seed=3) if p.answer != "7"][:4]
-    records, stats = distill.rejection_sample(problems, fake_sampler, cfg())
+    records, stats = rs(problems, fake_sampler, cfg())
     assert stats["samples"] == 32 and stats["kept"] == 8 and stats["problems_with_trace"] == 4
     assert stats["dropped"] == {"truncated": 4, "format": 4, "wrong": 4, "length": 0, "repetitive": 4,
                                 "mixed_language": 4, "duplicate": 4, "over_cap": 0}
@@ -58,13 +62,13 @@ def test_rejection_sampling_keeps_only_correct_readable_new_traces():
         assert mine[0]["prompt"] == tasks.r1_zero_prompt(p.question) and mine[0]["answer"] == p.answer
         assert all(r["teacher_score"]["accuracy"] == 1 and r["teacher_score"]["format"] == 1 for r in mine)
     # the per-problem cap and the length limit are filters too
-    records, stats = distill.rejection_sample(problems, fake_sampler, cfg(max_per_problem=1))
+    records, stats = rs(problems, fake_sampler, cfg(max_per_problem=1))
     assert stats["kept"] == 4 and all(r["sample"] == 0 for r in records) and stats["dropped"]["over_cap"] == 4
-    records, stats = distill.rejection_sample(problems, fake_sampler, cfg(max_tokens=20))
+    records, stats = rs(problems, fake_sampler, cfg(max_tokens=20))
     assert stats["kept"] == 4 and all(r["sample"] == 1 for r in records)
     assert stats["dropped"]["length"] == 12  # the long trace, its duplicate and the loop
     with pytest.raises(ValueError, match="sampler returned"):
-        distill.rejection_sample(problems, lambda ps, k, s: [], cfg())
+        rs(problems, lambda ps, k, s: [], cfg())
 
 
 def test_repeat_fraction_and_language_share():
@@ -77,7 +81,7 @@ def test_repeat_fraction_and_language_share():
 
 def test_jsonl_round_trip(tmp_path):
     problems = [p for p in tasks.make_problems("multiplication", 5, seed=1) if p.answer != "7"][:3]
-    records, _ = distill.rejection_sample(problems, fake_sampler, cfg())
+    records, _ = rs(problems, fake_sampler, cfg())
     path = str(tmp_path / "traces.jsonl")
     distill.write_jsonl(path, records)
     back = distill.read_jsonl(path)
@@ -97,7 +101,7 @@ def tiny_tokenizer():
 def test_sft_lowers_the_loss_on_kept_traces():
     tok = tiny_tokenizer()
     problems = [p for p in tasks.make_problems("multiplication", 10, seed=2, buckets=["E"]) if p.answer != "7"][:8]
-    records, _ = distill.rejection_sample(problems, fake_sampler, cfg())
+    records, _ = rs(problems, fake_sampler, cfg())
     examples = distill.to_examples(records, tok)
     assert all(c[-1] == tok.eos_id and tok.decode(c[:-1]) == r["completion"] for (_, c), r in zip(examples, records))
     assert all(tok.decode(p) == r["prompt"] for (p, _), r in zip(examples, records))
@@ -132,7 +136,7 @@ def test_distill_smoke_end_to_end(tmp_path):
     teacher = Transformer(ModelConfig.from_preset("tiny-mla", vocab_size=tok.vocab_size))
     train.save_checkpoint(str(tmp_path / "teacher"), teacher, tok=tok)
     problems = [p for p in tasks.make_problems("multiplication", 6, seed=5, buckets=["E", "M"]) if p.answer != "7"][:4]
-    records, _ = distill.rejection_sample(problems, fake_sampler, cfg())
+    records, _ = rs(problems, fake_sampler, cfg())
     distill.write_jsonl(str(tmp_path / "given.jsonl"), records)
     out = tmp_path / "run"
     result = distill.main(["--preset", "distill-smoke", f"--out_dir={out}", f"--teacher={tmp_path / 'teacher'}",
@@ -166,7 +170,7 @@ def test_teacher_sampler_on_a_real_model():
     assert len(samples) == 6 and all(1 <= s["length"] <= 8 for s in samples)
     assert all(s["truncated"] == (s["length"] == 8) for s in samples)
     assert samples == distill.teacher_sampler(model, tok, c)(problems, 2, 0)  # seeded
-    records, stats = distill.rejection_sample(problems, distill.teacher_sampler(model, tok, c), c)
+    records, stats = rs(problems, distill.teacher_sampler(model, tok, c), c)
     assert stats["samples"] == 6 and stats["kept"] == len(records) == 0  # an untrained model is never right
 
 
@@ -174,8 +178,49 @@ def test_oracle_teacher_traces_are_correct_and_kept():
     tok = tiny_tokenizer()
     problems = tasks.make_problems("multiplication", 6, seed=4, buckets=["E"])
     c = cfg(k=3, max_new_tokens=400)
-    records, stats = distill.rejection_sample(problems, distill.oracle_sampler(tok, c), c)
+    records, stats = rs(problems, distill.oracle_sampler(tok), c, oracle=True)
     assert stats["teacher_accuracy"] == 1.0 and stats["problems_with_trace"] == 6
     assert stats["kept"] + stats["dropped"]["duplicate"] == 18 and stats["kept"] > 6
     ev = distill.oracle_eval(problems, tok, cfg(max_new_tokens=400), k=2)
     assert ev["pass@1"] == 1.0 and ev["pass@1/E"] == 1.0 and ev["length"] > 10
+
+
+def test_bad_trace_and_problem_files_fail_in_one_line_before_any_work(tmp_path):
+    good_line = json.dumps({"prompt": "p", "completion": "c"})
+    out = tmp_path / "run"
+    for lines, msg in [([good_line, good_line, '{"prompt": "p", "completion": '], ":3: invalid JSON"),
+                       ([good_line, json.dumps({"prompt": "p"})], ":2: a trace needs string fields 'prompt' and "
+                                                                  "'completion'; got \\['prompt'\\]"),
+                       ([""], ": no traces")]:
+        path = tmp_path / "traces.jsonl"
+        path.write_text("\n".join(lines) + "\n")
+        with pytest.raises(SystemExit, match=f"^error: {path}{msg}"):
+            distill.main(["--preset", "distill-smoke", f"--out_dir={out}", f"--dataset={path}"])
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n" + "not json\n")
+    with pytest.raises(SystemExit, match=f"^error: {problems}:2: invalid JSON"):
+        distill.main(["--preset", "distill-smoke", f"--out_dir={out}",
+                      f'--teacher_args={{"problems": "{problems}"}}'])
+    assert not out.exists()  # nothing was trained, loaded or written
+
+
+def test_oracle_is_never_truncated_by_the_student_length_limit():
+    tok = tiny_tokenizer()
+    problems = tasks.make_problems("multiplication", 4, seed=4, buckets=["M"])
+    c = cfg(k=2, max_new_tokens=8)  # a student cap far below the reference solutions' length
+    records, stats = rs(problems, distill.oracle_sampler(tok), c, oracle=True)
+    assert stats["dropped"]["truncated"] == 0 and stats["dropped"]["length"] == 0
+    assert stats["kept"] > 0 and min(r["length"] for r in records) > 8
+    assert distill.oracle_eval(problems, tok, c, k=2)["pass@1"] == 1.0
+    _, real = rs(problems, distill.oracle_sampler(tok), c, oracle=False)  # a sampled teacher is capped
+    assert real["kept"] == 0 and real["dropped"]["length"] == real["samples"]
+
+
+def test_distill_smoke_keeps_traces_and_runs_sft(tmp_path):
+    result = distill.main(["--preset", "distill-smoke", f"--out_dir={tmp_path}"])
+    assert result["teacher"] == "oracle" and result["data"]["kept"] > 0
+    assert len(distill.read_jsonl(str(tmp_path / "traces.jsonl"))) == result["data"]["kept"]
+    sft = result["rows"]["distilled (SFT)"]
+    assert len(sft["sft_losses"]) == distill.DISTILL_PRESETS["distill-smoke"]["sft_steps"]
+    assert sft["compute"]["trained_tokens"] > 0
+    assert result["rows"]["teacher"]["eval"]["pass@1"] == 1.0

@@ -44,6 +44,16 @@ def test_two_ranks_match_one_process(runs):
     assert_states_close(load_file(one / "state.safetensors"), load_file(two / "state.safetensors"), atol=1e-4)
 
 
+def test_sampling_replica_and_reference_follow_the_shards(runs):
+    """Under FSDP the sampling copy is refreshed one gathered parameter at a time: equal to the model before
+    and after each update. The KL reference, copied shard by shard, equals the weights it was copied from
+    (the model has moved since)."""
+    _, two = runs
+    r = json.load(open(two / "result.json"))
+    assert r["world"] == 2 and r["replica_diff"] == [0.0, 0.0, 0.0]
+    assert r["ref_vs_model"] > 1e-4
+
+
 def test_checkpoint_from_two_ranks_continues_in_one_process(runs):
     _, two = runs
     run([sys.executable, WORKER, "resume", str(two)])  # one process loads what 2 ranks saved
@@ -92,13 +102,19 @@ def test_zero_full_from_a_hugging_face_checkpoint(tmp_path):
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]
     assert all(0.0 <= r["format"] <= 1.0 and r["tokens"] > 0 for r in rows if r["kind"] == "train")
     ck = out / "rl" / "step_000002"
-    meta = json.load(open(ck / "config.json"))
+    meta = json.load(open(ck / "nano_r1.json"))
     assert meta["step"] == 2 and meta["model"]["attn"] == "gqa" and meta["model"]["qkv_bias"]
-    # the RL checkpoint is ours: it loads back through the sampler's loader with its tokenizer
+    assert meta["task"] == "multiplication" and meta["train"]["rl_steps"] == 2 and meta["preset"] == "zero-full"
+    # the RL checkpoint loads back through the sampler's loader with its tokenizer, and in transformers
     import sample
     model, tok = sample.load_checkpoint(str(ck))
     assert tok.encode("3 + 4") == train.Tokenizer.from_pretrained(str(ckpt)).encode("3 + 4")
     assert model.cfg.vocab_size == meta["model"]["vocab_size"]
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(ck)).eval()
+    ids = torch.tensor([tok.encode("What is 3 + 4?")])
+    with torch.no_grad():
+        assert (hf(ids).logits - model(ids)).abs().max() <= 1e-4
 
 
 def test_zero_full_needs_init():

@@ -60,7 +60,7 @@ def smoke_run(tmp_path_factory):
 def test_smoke_runs_every_stage(smoke_run):
     out, summary = smoke_run
     for f in ("tokenizer/stage.json", "base/model.safetensors", "metrics.jsonl", "plots.png", "transcripts.md",
-              "summary.json", "log.txt", "rl/step_000004/optimizer.safetensors", "rl/step_000004/tokenizer"):
+              "summary.json", "log.txt", "rl/step_000004/optimizer.safetensors", "rl/step_000004/tokenizer.json"):
         assert os.path.exists(os.path.join(out, f)), f
     rows = metrics(out)
     train_rows = [r for r in rows if r["kind"] == "train"]
