@@ -333,10 +333,9 @@ def barrier() -> None:
 # of processes, one included.
 
 def run_meta(cfg: TrainConfig) -> dict:
-    """What a checkpoint records about its run: task, preset (from OUT/train_config.json) and the TrainConfig."""
-    p = os.path.join(cfg.out_dir, "train_config.json")
-    preset = json.load(open(p)).get("preset", "") if os.path.exists(p) else ""
-    return {"task": cfg.task, "preset": preset, "train": dataclasses.asdict(cfg)}
+    """What a checkpoint records about its run (sample.py reads the task to evaluate on): task, preset, config."""
+    return {"task": cfg.problems_kind if cfg.problems else cfg.task, "preset": cfg.preset,
+            "train": dataclasses.asdict(cfg)}
 
 
 def save_checkpoint(path: str, model, optimizer=None, state: dict | None = None, tok: Tokenizer | None = None,
@@ -757,17 +756,12 @@ def stage_rl(cfg: TrainConfig, tok: Tokenizer, base: Transformer, device, resume
             run_eval(step + 1)
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.rl_steps:
             save_checkpoint(os.path.join(cfg.out_dir, "rl", f"step_{step + 1:06d}"), model, opt,
-                            {"step": step + 1, **run_tags(cfg)}, tok)
+                            {"step": step + 1}, tok, cfg)
             if RANK == 0:
                 runlog.prune_checkpoints(cfg.out_dir, keep=2)
         if cfg.halt_after and step + 1 - start >= cfg.halt_after and step + 1 < cfg.rl_steps:
             return {"halted": True, "step": step + 1}
     return run.finish()
-
-
-def run_tags(cfg: TrainConfig) -> dict:
-    """What a checkpoint records about its run (sample.py reads the task to evaluate on)."""
-    return {"task": cfg.problems_kind if cfg.problems else cfg.task, "preset": cfg.preset}
 
 
 def resume_rl(model, opt, ckpt: str | None, log) -> int:

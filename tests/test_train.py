@@ -76,7 +76,7 @@ def test_smoke_runs_every_stage(smoke_run):
     log = open(os.path.join(out, "log.txt")).read().splitlines()
     assert sum(l.startswith("[rl] step") for l in log) == 4  # a console line per step, TTY or not
     assert "final checkpoint" in log[-1] and "rl/step_000004" in log[-1] and "plots.png" in log[-1]
-    meta = json.load(open(os.path.join(out, "rl/step_000004/config.json")))
+    meta = json.load(open(os.path.join(out, "rl/step_000004/nano_r1.json")))
     assert meta["task"] == "multiplication" and meta["preset"] == "smoke" and meta["step"] == 4
 
 
@@ -295,7 +295,7 @@ def test_problem_files_are_checked_before_any_work(tmp_path, monkeypatch):
         with pytest.raises(SystemExit, match=msg):
             train.main(SMALL + ["--out_dir", str(tmp_path / "out"), f"--problems={path}"] + extra)
     path = write(tmp_path / "ok.jsonl", [good] * 5)
-    with pytest.raises(SystemExit, match="empty.jsonl holds no problems"):
+    with pytest.raises(SystemExit, match="empty.jsonl: no problems"):
         train.main(SMALL + [f"--problems={path}", f"--eval_path={write(tmp_path / 'empty.jsonl', [])}"])
     pool, held = train.load_problems(train.parse_args(SMALL + [f"--problems={path}"])[0])
     assert len(pool) == 3 and len(held) == 2 and pool[0].answer == "2"
