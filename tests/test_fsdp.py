@@ -104,7 +104,7 @@ def test_zero_full_from_a_hugging_face_checkpoint(tmp_path):
     ck = out / "rl" / "step_000002"
     meta = json.load(open(ck / "nano_r1.json"))
     assert meta["step"] == 2 and meta["model"]["attn"] == "gqa" and meta["model"]["qkv_bias"]
-    assert meta["task"] == "multiplication" and meta["train"]["rl_steps"] == 2 and meta["preset"] == "zero-full"
+    assert meta["task"] == "gsm8k" and meta["train"]["rl_steps"] == 2 and meta["preset"] == "zero-full"
     # the RL checkpoint loads back through the sampler's loader with its tokenizer, and in transformers
     import sample
     model, tok = sample.load_checkpoint(str(ck))
