@@ -31,16 +31,22 @@ Simplifications relative to the paper (DeepSeek-R1, arXiv 2501.12948):
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
 import hashlib
 import importlib.util
+import inspect
 import json
 import math
 import os
+import queue
 import random
 import re
+import shlex
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -50,6 +56,7 @@ import torch.nn.functional as F
 
 import grpo
 import rewards
+import runlog
 import sample
 import tasks
 from model import ModelConfig, Transformer, PRESETS as MODEL_PRESETS
@@ -60,60 +67,67 @@ from tokenizer import Tokenizer
 
 @dataclass
 class TrainConfig:
-    out_dir: str = ""                  # default runs/<preset>
-    seed: int = 0
+    # run
+    preset: str = "zero-tiny"          # the preset these defaults came from (--preset NAME; see presets above)
+    out_dir: str = ""                  # where the run writes (default runs/<preset>)
+    seed: int = 0                      # seeds the corpus, problems, sampling and initialisation
     device: str = "auto"               # auto | cpu | cuda
-    compile: bool = False              # torch.compile the model for training
+    compile: bool = False              # torch.compile the model for pretraining
     threads: int = 0                   # CPU threads for torch (0: torch's default)
-    # tokenizer
-    vocab_size: int = 512
-    tokenizer_mb: float = 2.0          # MB of corpus text the BPE is trained on
-    # model: a preset of model.py, plus overrides given as --model.FIELD=value
-    model: str = "zero-tiny"
-    model_overrides: dict = field(default_factory=dict)
-    # pretraining on the synthetic corpus
-    pretrain_steps: int = 600
-    batch_size: int = 32
-    seq_len: int = 256
-    lr: float = 3e-3
-    warmup: int = 50
-    weight_decay: float = 0.1
-    corpus_mix: dict = field(default_factory=dict)   # overrides of tasks.corpus_stream's mix
-    # RL (GRPO) on the R1-Zero template
+    # model
+    model: str = "zero-tiny"           # a model.py preset; override its fields with --model.FIELD=value
+    model_overrides: dict = field(default_factory=dict)  # set by --model.FIELD=value
     init: str = ""                     # a Hugging Face checkpoint dir (with tokenizer.json): skip tokenizer + pretraining
+    # data
+    vocab_size: int = 512              # BPE vocabulary trained on the corpus
+    tokenizer_mb: float = 2.0          # MB of corpus text the BPE is trained on
+    corpus_mix: dict = field(default_factory=dict)   # overrides of tasks.corpus_stream's mix (JSON)
+    task: str = "multiplication"       # synthetic task (tasks.py) for RL and evaluation
+    buckets: str = "E,M,H,VH"          # difficulty buckets of the training problems
     problems: str = ""                 # a JSONL problem file (else the synthetic --task)
     problems_kind: str = "gsm8k"       # gsm8k | math | generic (see tasks.load_jsonl)
     eval_path: str = ""                # held-out JSONL (else the first --eval_problems lines of --problems)
-    task: str = "multiplication"
-    buckets: str = "E,M,H,VH"          # training problem buckets
-    rl_steps: int = 60
-    prompts_per_step: int = 32
-    group_size: int = 8
-    max_new_tokens: int = 160
-    rl_lr: float = 1e-4
-    rollout_temperature: float = 1.0
-    clip_low: float = 0.2
-    clip_high: float = 0.28
+    # pretraining
+    pretrain_steps: int = 600          # next-token steps on the synthetic corpus (0 with --init)
+    batch_size: int = 32               # rows per pretraining step
+    seq_len: int = 256                 # tokens per pretraining row
+    lr: float = 3e-3                   # peak pretraining learning rate (cosine to 10%)
+    warmup: int = 50                   # linear warmup steps
+    weight_decay: float = 0.1          # AdamW weight decay in pretraining
+    # RL
+    rl_steps: int = 60                 # GRPO steps
+    prompts_per_step: int = 32         # problems per step, each sampled group_size times
+    group_size: int = 8                # G responses per problem (the group the advantages compare)
+    max_new_tokens: int = 160          # response length cap in rollouts and evaluation
+    rl_lr: float = 1e-4                # GRPO learning rate (constant)
+    rollout_temperature: float = 1.0   # sampling temperature of the rollouts
+    clip_low: float = 0.2              # ratio clipped below at 1 - clip_low (0 <= clip_low < 1)
+    clip_high: float = 0.28            # ratio clipped above at 1 + clip_high (DAPO clip-higher)
     beta: float = 0.0                  # KL coefficient (paper: 0.001); 0 builds no reference model
-    std_norm: bool = True
-    token_level: bool = True
-    const_norm: int = 0
-    drop_equal_groups: bool = False
-    mask_truncated: bool = True
-    mu: int = 1
-    micro_batch: int = 64
-    max_grad_norm: float = 1.0
+    std_norm: bool = True              # divide advantages by the group std (Dr. GRPO: false)
+    token_level: bool = True           # DAPO token-level aggregation (false: the paper's per-response mean)
+    const_norm: int = 0                # Dr. GRPO constant normaliser (needs --token_level=false)
+    drop_equal_groups: bool = False    # groups whose rewards are all equal leave the loss
+    drop_truncated: bool = True        # responses cut at max_new_tokens leave the loss (was mask_truncated)
+    mu: int = 1                        # optimizer updates per batch of rollouts
+    micro_batch: int = 64              # rows per forward/backward
+    max_grad_norm: float = 1.0         # gradient clipping (0: off)
     fused_head: bool = False           # lm_head fused into the log-prob kernel (never holds (B, T, V) logits)
-    # evaluation and logging
-    eval_every: int = 20
+    # eval
+    eval_every: int = 20               # evaluate every this many RL steps (and at step 0 and the end)
     eval_problems: int = 32            # held-out problems per bucket
     eval_k: int = 4                    # samples per problem (pass@1 over k, cons@k)
-    eval_batch: int = 256              # sequences per sampler call during evaluation
+    eval_batch: int = 0                # sequences per sampler call (0: all in one call on GPU, 256 on CPU)
     probe: bool = True                 # step-0 forced-mode probe (direct vs long scratchpad)
-    transcript_every: int = 20
-    ckpt_every: int = 20
-    halt_after: int = 0                # stop the process after this many RL steps of this run (simulates a kill)
+    # logging
+    transcript_every: int = 20         # write sampled responses to transcripts.md every this many steps
+    ckpt_every: int = 20               # save a resumable checkpoint every this many steps (and at the end)
+    halt_after: int = 0                # stop after this many RL steps of this process (simulates a kill)
     wandb_project: str = ""            # also log metrics to Weights & Biases under this project (pip install wandb)
+
+
+RENAMED = {"mask_truncated": "drop_truncated"}  # old flag name -> field
+
 
 TRAIN_PRESETS = {
     "smoke": dict(vocab_size=300, tokenizer_mb=0.2, model="tiny-mla", pretrain_steps=6, batch_size=4, seq_len=64,
@@ -131,7 +145,7 @@ TRAIN_PRESETS = {
     # aggregation, symmetric clip 0.2. Launch with torchrun across GPUs (see README).
     "zero-full": dict(init="REQUIRED", problems="", task="multiplication", pretrain_steps=0, rl_steps=1000,
                       prompts_per_step=32, group_size=16, max_new_tokens=1024, rl_lr=1e-6, beta=0.001,
-                      clip_high=0.2, token_level=False, mask_truncated=False, micro_batch=8, fused_head=True,
+                      clip_high=0.2, token_level=False, drop_truncated=False, micro_batch=8, fused_head=True,
                       eval_every=50, eval_problems=256, eval_k=8, transcript_every=10, ckpt_every=50, probe=False),
     # TinyZero-style: Countdown from a real base model.
     "zero-full-countdown": dict(init="REQUIRED", task="countdown", buckets="E,M,H", pretrain_steps=0, rl_steps=500,
@@ -143,73 +157,106 @@ TRAIN_PRESETS = {
                        max_new_tokens=320, rl_lr=5e-5, micro_batch=256, eval_every=20, eval_problems=64, eval_k=8),
 }
 
-REFLECTIVE_WORDS = ["wait", "mistake", "however", "but", "retry", "error", "verify", "wrong", "evaluate", "check"]
-
-
-def parse_args(argv: list[str]) -> tuple[str, TrainConfig, bool]:
-    """--preset NAME, --resume, --help and --FIELD=value (or --FIELD value); --model.FIELD=value for the model."""
-    if "--help" in argv or "-h" in argv:
-        print_help(__doc__, TRAIN_PRESETS, TrainConfig)
-        print("  --model.FIELD=value   any ModelConfig field:", ", ".join(f.name for f in dataclasses.fields(ModelConfig)))
-        sys.exit(0)
-    pairs, switches = split_flags(argv, switches=("resume",))
-    resume, preset = "resume" in switches, "zero-tiny"
-    for k, v in pairs:
-        if k == "preset":
-            preset = v
+def parse_args(argv: list[str]) -> tuple[TrainConfig, set[str]]:
+    """(config, switches) from --preset NAME, --FIELD=value (or --FIELD value, dashes or underscores),
+    --model.FIELD=value and the switches --resume / --overwrite; --help (with --preset: that preset's values).
+    Every mistake is a one-line error naming the bad value and the valid ones."""
+    wants_help = "--help" in argv or "-h" in argv
+    pairs, switches = split_flags([a for a in argv if a not in ("--help", "-h")], switches=("resume", "overwrite"))
+    preset = dict(pairs).get("preset", "zero-tiny")
     if preset not in TRAIN_PRESETS:
         raise SystemExit(f"error: unknown preset {preset!r}; valid presets: {', '.join(TRAIN_PRESETS)}")
-    cfg = TrainConfig(**TRAIN_PRESETS[preset])
+    if wants_help:
+        print_help(__doc__, TRAIN_PRESETS, TrainConfig, preset if "preset" in dict(pairs) else None)
+        print("  --model.FIELD=value   any ModelConfig field:", ", ".join(f.name for f in dataclasses.fields(ModelConfig)))
+        print("  --resume              continue the run in --out_dir from its last checkpoint")
+        print("  --overwrite           move the run in --out_dir aside (to old_run_N) and start over")
+        sys.exit(0)
+    cfg = TrainConfig(**copy.deepcopy(TRAIN_PRESETS[preset]), preset=preset)
     names = {f.name: f for f in dataclasses.fields(TrainConfig)}
     model_names = {f.name: f for f in dataclasses.fields(ModelConfig)}
     for k, v in pairs:
-        if k == "preset":
-            continue
+        if k in RENAMED:
+            if os.environ.get("RANK", "0") == "0":
+                print(f"note: --{k} is now called --{RENAMED[k]}; reading it as --{RENAMED[k]}={v}")
+            k = RENAMED[k]
         if k.startswith("model."):
             mk = k[len("model."):]
             if mk not in model_names:
-                raise SystemExit(f"error: unknown model field {mk!r}; valid: {', '.join(model_names)}")
+                raise SystemExit(f"error: unknown model field {mk!r}{did_you_mean(mk, model_names)}; "
+                                 f"valid: {', '.join(model_names)}")
             cfg.model_overrides = {**cfg.model_overrides, mk: convert_flag(v, model_names[mk].type, k)}
         elif k in names:
             setattr(cfg, k, convert_flag(v, names[k].type, k))
         else:
-            raise SystemExit(f"error: unknown field {k!r}; valid fields: {', '.join(names)} (and --model.FIELD=...)")
+            raise SystemExit(f"error: unknown field {k!r}{did_you_mean(k, names)}; valid fields: {', '.join(names)} "
+                             f"(and --model.FIELD=...)")
     cfg.out_dir = cfg.out_dir or os.path.join("runs", preset)
     if cfg.init == "REQUIRED":
         raise SystemExit(f"error: preset {preset} starts from a real checkpoint: give --init PATH (a Hugging Face "
                          f"directory with config.json, *.safetensors and tokenizer.json)")
+    if {"resume", "overwrite"} <= switches:
+        raise SystemExit("error: --resume continues the run in --out_dir and --overwrite moves it aside; give one")
     validate(cfg)
-    return preset, cfg, resume
+    return cfg, switches
 
 
-def print_help(doc: str, presets: dict, config_cls) -> None:
-    """The module docstring, the presets, and every field of the config dataclass with its default."""
+def did_you_mean(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def field_help(config_cls) -> list[tuple[str, list[tuple[str, str]]]]:
+    """[(group, [(field, description)])] read from the dataclass source: a `# group` comment line starts a
+    group, and each field's trailing comment is its description (the source stays the one documentation)."""
+    groups = [("run", [])]
+    for line in inspect.getsource(config_cls).splitlines():
+        if re.match(r"    # ", line):
+            groups.append((line.strip()[2:], []))
+        elif m := re.match(r"    (\w+): [^#]*?(?:#\s*(.*))?$", line):
+            groups[-1][1].append((m.group(1), m.group(2) or ""))
+    return [g for g in groups if g[1]]
+
+
+def print_help(doc: str, presets: dict, config_cls, preset: str | None = None) -> None:
+    """The module docstring, the preset names, and every field grouped with its description and default (with
+    `preset`: that preset's values, the ones it sets marked *)."""
     print(doc)
-    print("presets:", ", ".join(presets))
-    for name, over in presets.items():
-        print(f"  {name}: {over}")
-    print("\nfields (dataclass defaults; presets override some):")
-    for f in dataclasses.fields(config_cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        print(f"  --{f.name}={default}")
+    print(f"presets (--preset NAME; --preset NAME --help shows its values): {', '.join(presets)}")
+    over = presets[preset] if preset else {}
+    defaults = {f.name: (over[f.name] if f.name in over else f.default if f.default is not dataclasses.MISSING
+                         else f.default_factory()) for f in dataclasses.fields(config_cls)}
+    defaults["preset"] = preset or defaults.get("preset")
+    print(f"\nflags (--FIELD=value or --FIELD value; dashes work too), with the defaults of "
+          f"{'preset ' + preset + ' (* set by the preset)' if preset else 'the dataclass (presets override some)'}:")
+    for group, items in field_help(config_cls):
+        print(f"\n{group}:")
+        for name, desc in items:
+            value = defaults[name]
+            shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+            line = f"  {'*' if name in over else ' '}--{name}={shown}"
+            print(f"{line:<36} {desc}" if len(line) < 36 else f"{line}\n{'':<36} {desc}")
 
 
 def split_flags(argv: list[str], switches=()) -> tuple[list[tuple[str, str]], set[str]]:
-    """[(field, value)] from --field=value or --field value, and the bare --switches named in `switches`."""
+    """[(field, value)] from --field=value or --field value (dashes in a name read as underscores), and the
+    bare --switches named in `switches`."""
     pairs, seen, i = [], set(), 0
     while i < len(argv):
         a = argv[i]
         if not a.startswith("--"):
             raise SystemExit(f"error: unexpected argument {a!r}; flags look like --field=value")
-        if a[2:] in switches:
-            seen.add(a[2:])
-        elif "=" in a:
-            pairs.append(tuple(a[2:].split("=", 1)))
+        name, eq, value = a[2:].partition("=")
+        name = name.replace("-", "_")
+        if name in switches and not eq:
+            seen.add(name)
+        elif eq:
+            pairs.append((name, value))
         elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            pairs.append((a[2:], argv[i + 1]))
+            pairs.append((name, argv[i + 1]))
             i += 1
         else:
-            raise SystemExit(f"error: flag {a} needs a value (--field=value)")
+            raise SystemExit(f"error: flag {a} needs a value (--{name}=value)")
         i += 1
     return pairs, seen
 
@@ -233,16 +280,16 @@ def convert_flag(v: str, typ, name: str):
             return v
         return json.loads(v)  # e.g. "int | None", "dict | None"
     except (ValueError, json.JSONDecodeError):
-        raise SystemExit(f"error: --{name}={v!r} is not a valid {typ}")
+        raise SystemExit(f"error: --{name}={v!r} is not a valid {typ}" + (" (true or false)" if typ == "bool" else ""))
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Catch bad values before any work starts."""
+    """Catch bad values before any work starts (the problem files are checked by load_problems, also first)."""
     def need(cond, msg):
         if not cond:
             raise SystemExit(f"error: {msg}")
     need(cfg.model in MODEL_PRESETS, f"--model={cfg.model!r} is not a model preset; valid: {', '.join(MODEL_PRESETS)}")
-    for k in ("pretrain_steps", "rl_steps", "halt_after", "const_norm", "warmup", "threads"):
+    for k in ("pretrain_steps", "rl_steps", "halt_after", "const_norm", "warmup", "threads", "eval_batch"):
         need(getattr(cfg, k) >= 0, f"--{k} must be >= 0 (got {getattr(cfg, k)})")
     for k in ("batch_size", "seq_len", "prompts_per_step", "max_new_tokens", "mu", "micro_batch", "eval_every",
               "eval_problems", "eval_k", "transcript_every", "ckpt_every"):
@@ -251,7 +298,14 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.vocab_size >= 256 + 16, f"--vocab_size must be >= 272 (256 bytes + special tokens), got {cfg.vocab_size}")
     need(cfg.lr > 0 and cfg.rl_lr > 0, "--lr and --rl_lr must be > 0")
     need(cfg.rollout_temperature > 0, "--rollout_temperature must be > 0 (RL needs exploration)")
-    need(cfg.beta >= 0 and cfg.clip_low >= 0 and cfg.clip_high >= 0, "--beta, --clip_low, --clip_high must be >= 0")
+    need(0 <= cfg.clip_low < 1, f"--clip_low={cfg.clip_low} must be in [0, 1): the ratio is clipped at 1 - clip_low")
+    need(cfg.beta >= 0 and cfg.clip_high >= 0, "--beta and --clip_high must be >= 0")
+    need(not (cfg.const_norm and cfg.token_level), f"--const_norm={cfg.const_norm} needs --token_level=false "
+         f"(token-level aggregation is on{' in this preset' if cfg.preset else ''}; they are two normalisers)")
+    try:
+        grpo_config(cfg)
+    except ValueError as e:  # anything grpo.GRPOConfig rejects that the checks above missed
+        need(False, f"invalid GRPO settings: {e}")
     need(cfg.device in ("auto", "cpu", "cuda"), f"--device must be auto, cpu or cuda (got {cfg.device!r})")
     need(cfg.device != "cuda" or torch.cuda.is_available(), "--device=cuda but no CUDA device is available")
     need(cfg.task in tasks.BUCKETS, f"--task={cfg.task!r} unknown; valid: {', '.join(tasks.BUCKETS)}")
@@ -264,7 +318,16 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.problems_kind in ("gsm8k", "math", "generic"), "--problems_kind must be gsm8k, math or generic")
     need(not cfg.wandb_project or importlib.util.find_spec("wandb") is not None,
          "--wandb_project needs the wandb package (pip install wandb), which is not installed")
-    need(cfg.group_size * cfg.eval_k >= 1 and cfg.eval_batch >= cfg.eval_k, "--eval_batch must be >= --eval_k")
+    need(cfg.eval_batch == 0 or cfg.eval_batch >= cfg.eval_k, "--eval_batch must be 0 (automatic) or >= --eval_k")
+
+
+def grpo_config(cfg: TrainConfig) -> grpo.GRPOConfig:
+    """The GRPO settings of a train.py config."""
+    return grpo.GRPOConfig(group_size=cfg.group_size, clip_low=cfg.clip_low, clip_high=cfg.clip_high, beta=cfg.beta,
+                           std_norm=cfg.std_norm, token_level=cfg.token_level, const_norm=cfg.const_norm,
+                           drop_equal_groups=cfg.drop_equal_groups, mask_truncated=cfg.drop_truncated, mu=cfg.mu,
+                           micro_batch=cfg.micro_batch, temperature=cfg.rollout_temperature,
+                           max_grad_norm=cfg.max_grad_norm, fused_head=cfg.fused_head)
 
 
 def config_hash(*parts, code: tuple[str, ...] = ()) -> str:
@@ -455,6 +518,39 @@ def pretrain_batch(cfg: TrainConfig, tok: Tokenizer, step: int) -> torch.Tensor:
     return torch.tensor(ids[:need]).view(cfg.batch_size, cfg.seq_len + 1)  # (B, T+1)
 
 
+def prefetch(make, steps, depth: int = 2):
+    """Yield make(step) for each step, built up to `depth` steps ahead on a background thread, so the
+    accelerator never waits for the CPU's corpus generation and tokenisation. Same items, same order as
+    [make(s) for s in steps]; an exception in make is raised here, at the step it belongs to."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work():
+        for s in steps:
+            try:
+                item = (make(s), None)
+            except BaseException as e:  # handed to the consumer, raised at this step
+                item = (None, e)
+            while not stop.is_set():
+                try:
+                    items.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    pass
+            if item[1] is not None or stop.is_set():
+                return
+
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        for _ in steps:
+            item, error = items.get()
+            if error is not None:
+                raise error
+            yield item
+    finally:
+        stop.set()  # the consumer stopped (done, error or Ctrl-C): the worker exits too
+
+
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     if step < warmup:
         return peak * (step + 1) / warmup
@@ -519,8 +615,14 @@ def stage_pretrain(cfg: TrainConfig, tok: Tokenizer, device, log) -> Transformer
         f"{cfg.pretrain_steps} steps x {cfg.batch_size}x{cfg.seq_len} tokens on {device} x{WORLD}")
     fwd = torch.compile(model) if cfg.compile else model
     t0, tokens_seen = time.time(), 0
-    for step in range(start, cfg.pretrain_steps):
-        batch = pretrain_batch(cfg, tok, step)[RANK::WORLD].to(device)  # (B/W, T+1) this rank's rows
+    pin = device.type == "cuda"  # pinned host memory: the copy to the GPU does not block the host
+
+    def rows(step):  # (B/W, T+1) this rank's rows of the step's global batch, built on the prefetch thread
+        batch = pretrain_batch(cfg, tok, step)[RANK::WORLD]
+        return batch.pin_memory() if pin else batch
+    steps = range(start, cfg.pretrain_steps)
+    for step, batch in zip(steps, prefetch(rows, steps)):
+        batch = batch.to(device, non_blocking=pin)  # (B/W, T+1)
         loss = pretrain_step(model, opt, batch, lr_at(step, cfg.pretrain_steps, cfg.lr, cfg.warmup), fwd)
         if not math.isfinite(loss):
             raise SystemExit(f"error: pretraining loss is {loss} at step {step}; the last good checkpoint is kept "
@@ -531,7 +633,7 @@ def stage_pretrain(cfg: TrainConfig, tok: Tokenizer, device, log) -> Transformer
                 f"{tokens_seen / (time.time() - t0):,.0f} tok/s")
         if (step + 1) % 200 == 0 and step + 1 < cfg.pretrain_steps:
             save_checkpoint(partial, model, opt, {"hash": key, "step": step + 1}, tok)
-    save_checkpoint(path, model, None, {"hash": key, "done": True, "step": cfg.pretrain_steps}, tok)
+    save_checkpoint(path, model, None, {"hash": key, "done": True, "step": cfg.pretrain_steps, **run_tags(cfg)}, tok)
     if RANK == 0:
         shutil.rmtree(partial, ignore_errors=True)
     return model
@@ -570,16 +672,20 @@ def sft_loss(model, tokens: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def sft(model, examples, steps: int, batch_size: int, lr: float, pad_id: int, seed: int = 0, log=print,
         warmup: int = 10) -> list[float]:
-    """Fine-tune on (prompt ids, completion ids) pairs for `steps` steps; returns the loss per step."""
+    """Fine-tune on (prompt ids, completion ids) pairs for `steps` steps; returns the loss per step (the mean
+    over ranks). Under torchrun every rank draws the same global batch of batch_size examples and trains on its
+    own slice of it (rows RANK, RANK + WORLD, ...), as pretraining does."""
     if not examples:
         raise ValueError("sft needs at least one (prompt, completion) example")
+    if batch_size % WORLD:
+        raise ValueError(f"sft batch_size ({batch_size}) must be divisible by the number of processes ({WORLD})")
     device = next(model.parameters()).device
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = random.Random(seed)
     losses = []
     model.train()
     for step in range(steps):
-        batch = [examples[rng.randrange(len(examples))] for _ in range(batch_size)]
+        batch = [examples[rng.randrange(len(examples))] for _ in range(batch_size)][RANK::WORLD]  # this rank's slice
         tokens, target = (x.to(device) for x in sft_batch(batch, pad_id))
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, lr, min(warmup, max(1, steps // 10)))
@@ -593,75 +699,209 @@ def sft(model, examples, steps: int, batch_size: int, lr: float, pad_id: int, se
         opt.step()
         if hasattr(model, "update_router_bias"):
             model.update_router_bias()
-        losses.append(loss.item())
+        losses.append(all_mean(loss.item()))
         if step % 25 == 0 or step == steps - 1:
-            log(f"[sft] step {step:5d} loss {loss.item():.4f}")
+            log(f"[sft] step {step:5d} loss {losses[-1]:.4f}")
     return losses
 
 # -----------------------------------------------------------------------------
-# Stage 3: R1-Zero. Pure RL with GRPO on the R1-Zero template, rule-based rewards only.
+# Stage 3: R1-Zero. Pure RL with GRPO on the R1-Zero template. The loop (stage_rl) takes what a stage varies:
+# a prompt source (step -> problems) and a reward function (texts, problems -> score dicts). R1-Zero uses the
+# training pool and the rule rewards; R1's later stages pass a language-consistency term or a learned reward.
 
 def prompt_ids(tok: Tokenizer, problems) -> list[list[int]]:
     return [tok.encode(tasks.r1_zero_prompt(p.question)) for p in problems]
 
 
+def rule_rewards(texts: list[str], problems) -> list[dict]:
+    """The paper's rule-based reward, one dict per response: accuracy + format (rewards.score). Any reward
+    function returns such dicts: "reward" (what GRPO optimises) and any other numbers (logged as metrics)."""
+    return [rewards.score(text, p) for text, p in zip(texts, problems)]
+
+
+def problem_sampler(pool: list, cfg: TrainConfig):
+    """The default prompt source: step -> cfg.prompts_per_step distinct problems of the pool, seeded by the step
+    (so a resumed run draws the same ones)."""
+    return lambda step: random.Random(cfg.seed * 1_000_003 + step).sample(pool, cfg.prompts_per_step)
+
+
+def read_problems(path: str, kind: str) -> list:
+    """A JSONL problem file, every line checked: one-line errors with file:line for a malformed line, an empty
+    file, or a gold answer the rule reward cannot match (a response giving exactly that answer scores 0, so no
+    response could ever be rewarded)."""
+    try:
+        problems = tasks.load_jsonl(path, kind=kind)
+    except ValueError as e:  # tasks.load_jsonl names path:line
+        raise SystemExit(f"error: {e} (--problems_kind={kind})")
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"error: {path} is not UTF-8 text ({e.reason} at byte {e.start})")
+    if not problems:
+        raise SystemExit(f"error: {path} holds no problems (an empty file)")
+    for p in problems:
+        if rewards.score(f"<think>check</think> <answer>{p.answer}</answer>", p)["accuracy"] != 1:
+            raise SystemExit(f"error: {p.meta['source']}: the rule reward cannot match the answer {p.answer!r} "
+                             f"(a response giving exactly it scores 0); fix or drop this line")
+    return problems
+
+
+def load_problems(cfg: TrainConfig) -> tuple[list, list]:
+    """(training pool, held-out set): a synthetic task's train/test splits, or a user's JSONL file whose
+    first eval_problems lines are held out (or a separate --eval_path file). Called before any work: every
+    property of the problems that could fail a step later is checked here."""
+    if not cfg.problems:
+        buckets = cfg.buckets.split(",")
+        pool = tasks.make_problems(cfg.task, 20000, split="train", seed=cfg.seed, buckets=buckets)
+        held = tasks.make_problems(cfg.task, cfg.eval_problems * len(buckets), split="test", seed=cfg.seed,
+                                   buckets=buckets)
+        return pool, held
+    pool = read_problems(cfg.problems, cfg.problems_kind)
+    if cfg.eval_path:
+        held = read_problems(cfg.eval_path, cfg.problems_kind)[:cfg.eval_problems]
+    elif len(pool) <= cfg.eval_problems:
+        raise SystemExit(f"error: {cfg.problems} has {len(pool)} problems; need more than --eval_problems="
+                         f"{cfg.eval_problems} (they are held out) or give --eval_path")
+    else:
+        pool, held = pool[cfg.eval_problems:], pool[:cfg.eval_problems]
+    if len(pool) < cfg.prompts_per_step:
+        raise SystemExit(f"error: {cfg.problems} leaves {len(pool)} training problems"
+                         f"{'' if cfg.eval_path else f' after holding out --eval_problems={cfg.eval_problems}'}, "
+                         f"fewer than --prompts_per_step={cfg.prompts_per_step} (distinct problems per step); "
+                         f"lower --prompts_per_step or give more problems")
+    return pool, held
+
+
 def rollout(model, tok: Tokenizer, problems, cfg: TrainConfig, seed: int, temperature: float, n: int,
             top_p: float = 1.0, prefixes: list[str] | None = None):
-    """Sample n responses per problem (optionally forced to start with a per-problem prefix) and score them.
-    Returns (prompt ids, the Generation, response texts, score dicts), rows prompt-major."""
+    """Sample n responses per problem (optionally forced to start with a per-problem prefix), bf16 on GPU.
+    Returns (prompt ids, the Generation moved to the host, response texts), rows prompt-major. The Generation
+    is copied to the host once (one copy per tensor, not one per row)."""
     prefixes = prefixes or [""] * len(problems)
     prompts = [ids + tok.encode(pre) for ids, pre in zip(prompt_ids(tok, problems), prefixes)]
     stop_tokens, stop_strings = sample.stops_for(tok)
-    gen = sample.generate(model, prompts, max_new_tokens=cfg.max_new_tokens, temperature=temperature,
-                          top_p=top_p, n=n, stop_tokens=stop_tokens, stop_strings=stop_strings, tokenizer=tok,
-                          pad_id=tok.pad_id, seed=seed)
-    texts, scores = [], []
-    for row in range(gen.tokens.shape[0]):
-        ids = gen.tokens[row, :gen.lengths[row]].tolist()
-        text = prefixes[row // n] + tok.decode([t for t in ids if t != tok.eos_id])
-        texts.append(text)
-        scores.append(rewards.score(text, problems[row // n]))
-    return prompts, gen, texts, scores
+    with autocast(next(model.parameters()).device):
+        gen = sample.generate(model, prompts, max_new_tokens=cfg.max_new_tokens, temperature=temperature,
+                              top_p=top_p, n=n, stop_tokens=stop_tokens, stop_strings=stop_strings, tokenizer=tok,
+                              pad_id=tok.pad_id, seed=seed)
+    gen = sample.Generation(**{f.name: getattr(gen, f.name).cpu() for f in dataclasses.fields(gen)})
+    responses = [ids[:length] for ids, length in zip(gen.tokens.tolist(), gen.lengths.tolist())]
+    texts = [prefixes[r // n] + tok.decode([t for t in ids if t != tok.eos_id]) for r, ids in enumerate(responses)]
+    return prompts, gen, texts
 
 
 def build_rollouts(prompts, gen, scores, n: int, pad_id: int) -> dict:
-    """Concatenate prompt and response per row, right-padded: what grpo.rl_step consumes."""
-    rows, starts = [], []
-    for r in range(gen.tokens.shape[0]):
-        p = prompts[r // n]
-        rows.append(p + gen.tokens[r, :gen.lengths[r]].tolist())
-        starts.append(len(p))
+    """Concatenate prompt and response per row, right-padded: what grpo.rl_step consumes (host tensors)."""
+    lengths = gen.lengths.tolist()
+    rows = [prompts[r // n] + ids[:length] for r, (ids, length) in enumerate(zip(gen.tokens.tolist(), lengths))]
     L = max(len(x) for x in rows)
-    tokens = torch.full((len(rows), L), pad_id, dtype=torch.long)  # (B, L)
-    mask = torch.zeros(len(rows), L, dtype=torch.bool)  # (B, L) True on response tokens
-    for i, (x, s0) in enumerate(zip(rows, starts)):
-        tokens[i, :len(x)] = torch.tensor(x)
-        mask[i, s0:len(x)] = True
+    tokens = torch.tensor([x + [pad_id] * (L - len(x)) for x in rows], dtype=torch.long)  # (B, L)
+    starts = torch.tensor([len(prompts[r // n]) for r in range(len(rows))])  # (B,)
+    pos = torch.arange(L)[None, :]  # (1, L)
+    mask = (pos >= starts[:, None]) & (pos < (starts + torch.tensor(lengths))[:, None])  # (B, L) response tokens
     return {"tokens": tokens, "response_mask": mask, "truncated": gen.truncated.cpu().clone(),
             "rewards": torch.tensor([s["reward"] for s in scores], dtype=torch.float32)}
 
 
-def reflection_rate(texts: list[str]) -> float:
-    """Reflective words (the R1 paper's list) per 100 words of response, over the whole batch."""
-    words = [w for t in texts for w in re.findall(r"[a-z]+", t.lower())]
-    hits = sum(1 for w in words if w in REFLECTIVE_WORDS)
-    return 100.0 * hits / max(1, len(words))
+def grpo_step(model, sampler, opt, problems, score, tok: Tokenizer, cfg: TrainConfig, gcfg, seed: int,
+              ref_model=None) -> tuple[dict, list[dict]]:
+    """One GRPO step on this rank's problems: sample a group of responses per problem, score them, and
+    grpo.rl_step turns the rewards into group-relative advantages and takes the clipped policy-gradient update.
+    Returns (rl_step's diagnostics, one dict per response for the metrics)."""
+    G, device, t0 = cfg.group_size, next(model.parameters()).device, time.time()
+    prompts, gen, texts = rollout(sampler, tok, problems, cfg, seed, cfg.rollout_temperature, n=G)  # sample
+    t_sample = time.time() - t0
+    targets = [problems[r // G] for r in range(len(texts))]
+    scores = score(texts, targets)  # score
+    batch = {k: v.to(device) for k, v in build_rollouts(prompts, gen, scores, G, tok.pad_id).items()}
+    model.train()
+    with autocast(device):  # advantages, then the update
+        diag = grpo.rl_step(model, opt, batch, gcfg, ref_model=ref_model, normaliser=global_normaliser(batch, gcfg))
+    diag["sample_seconds"] = t_sample
+    rows = [{"bucket": p.bucket, "text": text, "long": long_mode(p, text), **s, "length": length, "truncated": trunc}
+            for p, text, s, length, trunc in zip(targets, texts, scores, gen.lengths.tolist(),
+                                                 gen.truncated.float().tolist())]
+    return diag, rows
 
 
-def step_metrics(rows: list[dict]) -> dict:
-    """Training-rollout metrics from per-response records {bucket, text, reward, accuracy, format, length,
-    truncated}: overall, per bucket, and the lengths of correct and wrong answers separately."""
-    def mean(xs):
-        return sum(xs) / len(xs) if xs else float("nan")
-    m = {k: mean([r[k] for r in rows]) for k in ("reward", "accuracy", "format", "length", "truncated")}
-    m["length_correct"] = mean([r["length"] for r in rows if r["accuracy"] > 0])
-    m["length_wrong"] = mean([r["length"] for r in rows if r["accuracy"] == 0])
-    m["reflection"] = reflection_rate([r["text"] for r in rows])
-    for b in sorted({r["bucket"] for r in rows}):
-        m[f"length/{b}"] = mean([r["length"] for r in rows if r["bucket"] == b])
-        m[f"accuracy/{b}"] = mean([r["accuracy"] for r in rows if r["bucket"] == b])
-        m[f"long/{b}"] = mean([r["long"] for r in rows if r["bucket"] == b and r["long"] is not None])
-    return m
+def stage_rl(cfg: TrainConfig, tok: Tokenizer, base: Transformer, device, resume: bool, log,
+             prompts=None, score=None, problems: tuple[list, list] | None = None) -> dict:
+    """GRPO from `base` (R1-Zero by default), resumable, logged by runlog.RunLog under cfg.out_dir.
+    prompts: step -> the step's problems (default: problem_sampler over the training pool).
+    score: (texts, problems) -> [{"reward": float, ...}] (default: rule_rewards).
+    problems: (training pool, held-out set), already loaded and checked (default: load_problems(cfg)).
+    Returns {"first": first eval, "last": last eval}, or {"halted": True, "step": n} after --halt_after."""
+    train_pool, eval_set = problems or load_problems(cfg)
+    prompts, score = prompts or problem_sampler(train_pool, cfg), score or rule_rewards
+    model, gcfg = base, grpo_config(cfg)
+    ref_model = reference_model(base, device) if cfg.beta > 0 else None  # frozen base for the KL term
+    opt = make_optimizer(model, cfg.rl_lr, 0.0, betas=(0.9, 0.99))
+    if not resume and runlog.checkpoints(cfg.out_dir):
+        raise SystemExit(f"error: {cfg.out_dir} already holds RL checkpoints; resume or move them aside first")
+    start = resume_rl(model, opt, latest_rl_checkpoint(cfg.out_dir), log) if resume else 0
+    run = runlog.RunLog(cfg.out_dir, log, RANK, cfg.wandb_project, dataclasses.asdict(cfg))
+    run.open_metrics(start)
+    replica = Replica(model)  # the weights the sampler uses (a gathered copy under FSDP)
+
+    def run_eval(step: int):
+        sampler, t0 = replica.get(), time.time()  # collective under FSDP: every rank refreshes its copy
+        if RANK == 0:
+            ev = evaluate(sampler, tok, eval_set, cfg, seed=cfg.seed)
+            if step == 0 and cfg.probe and not cfg.problems:
+                ev.update(forced_mode_probe(sampler, tok, eval_set, cfg, seed=cfg.seed))
+            run.eval_step(step, ev, time.time() - t0)
+        barrier()
+
+    if start == 0:
+        run_eval(0)
+    per_rank = cfg.prompts_per_step // WORLD
+    for step in range(start, cfg.rl_steps):
+        t0 = time.time()
+        mine = prompts(step)[RANK * per_rank:(RANK + 1) * per_rank]  # this rank's share: whole groups
+        diag, rows = grpo_step(model, replica.get(), opt, mine, score, tok, cfg, gcfg,
+                               seed=(cfg.seed * 7919 + step) * 64 + RANK, ref_model=ref_model)
+        diag = {k: all_mean(float(v)) for k, v in diag.items()}
+        if not (math.isfinite(diag["loss"]) and math.isfinite(diag["grad_norm"])):
+            raise SystemExit(f"error: non-finite GRPO loss at step {step + 1}; the last good checkpoint is "
+                             f"{latest_rl_checkpoint(cfg.out_dir)}. Try a lower --rl_lr or --beta.")
+        run.train_step(step + 1, [r for part in all_gather(rows) for r in part], diag, time.time() - t0,
+                       runlog.expert_imbalance(model))
+        if (step + 1) % cfg.transcript_every == 0 or step == 0:
+            run.transcripts(step + 1, mine, [r["text"] for r in rows], rows, cfg.group_size)
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.rl_steps:
+            run_eval(step + 1)
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.rl_steps:
+            save_checkpoint(os.path.join(cfg.out_dir, "rl", f"step_{step + 1:06d}"), model, opt,
+                            {"step": step + 1, **run_tags(cfg)}, tok)
+            if RANK == 0:
+                runlog.prune_checkpoints(cfg.out_dir, keep=2)
+        if cfg.halt_after and step + 1 - start >= cfg.halt_after and step + 1 < cfg.rl_steps:
+            return {"halted": True, "step": step + 1}
+    return run.finish()
+
+
+def run_tags(cfg: TrainConfig) -> dict:
+    """What a checkpoint records about its run (sample.py reads the task to evaluate on)."""
+    return {"task": cfg.problems_kind if cfg.problems else cfg.task, "preset": cfg.preset}
+
+
+def reference_model(base: Transformer, device) -> Transformer:
+    """A frozen copy of the base for the KL term (sharded like it)."""
+    ref = Transformer(base.cfg).to(device)
+    ref.load_state_dict(full_model_state_all(base), strict=False)
+    return shard(ref.requires_grad_(False).eval())
+
+
+def resume_rl(model, opt, ckpt: str | None, log) -> int:
+    """Load the weights and optimizer state of an RL checkpoint; returns its step."""
+    if ckpt is None:
+        raise SystemExit("error: --resume but there is no RL checkpoint to resume from")
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    set_model_state_dict(model, load_file(os.path.join(ckpt, "model.safetensors")),
+                         options=StateDictOptions(full_state_dict=True, strict=False))
+    load_optimizer(model, opt, ckpt)
+    step = json.load(open(os.path.join(ckpt, "config.json")))["step"]
+    log(f"[rl] resumed from {ckpt} at step {step}")
+    return step
 
 
 def long_mode(problem, text: str) -> float | None:
@@ -674,14 +914,18 @@ def long_mode(problem, text: str) -> float | None:
 
 
 def evaluate(model, tok, problems, cfg: TrainConfig, seed: int) -> dict:
-    """Held-out pass@1 over k samples at T=0.6, top-p 0.95 (the paper's protocol), cons@k, per bucket."""
-    res = sample.evaluate(model, tok, problems, k=cfg.eval_k, temperature=0.6, top_p=0.95,
-                          max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch, seed=seed)
+    """Held-out pass@1 over k samples at T=0.6, top-p 0.95 (the paper's protocol), cons@k, per bucket. On GPU
+    every sequence goes in one sampler call by default (one decode loop, not one per 256 sequences)."""
+    device = next(model.parameters()).device
+    batch = cfg.eval_batch or (len(problems) * cfg.eval_k if device.type == "cuda" else 256)
+    with autocast(device):
+        res = sample.evaluate(model, tok, problems, k=cfg.eval_k, temperature=0.6, top_p=0.95,
+                              max_new_tokens=cfg.max_new_tokens, batch_size=batch, seed=seed)
     out = {k: res[k] for k in ("pass@1", "cons@k", "pass@k", "format", "length", "truncated")}
     for b, r in res["by_bucket"].items():
         for k in ("pass@1", "cons@k", "length"):
             out[f"{k}/{b}"] = r[k]
-    out["reflection"] = reflection_rate([s["completion"] for s in res["samples"]])
+    out["reflection"] = runlog.reflection_rate([s["completion"] for s in res["samples"]])
     by_question = {p.question: p for p in problems}
     for b in res["by_bucket"]:
         longs = [long_mode(by_question[s["question"]], s["completion"]) for s in res["samples"] if s["bucket"] == b]
@@ -697,29 +941,13 @@ def forced_mode_probe(model, tok, problems, cfg: TrainConfig, seed: int) -> dict
     learning to choose the long mode where it pays."""
     out = {}
     for mode in ("D", "L"):
-        _, _, _, scores = rollout(model, tok, problems, cfg, seed, temperature=0.6, n=cfg.eval_k, top_p=0.95,
-                                  prefixes=[tasks.mode_prefix(p, mode) for p in problems])
+        _, _, texts = rollout(model, tok, problems, cfg, seed, temperature=0.6, n=cfg.eval_k, top_p=0.95,
+                              prefixes=[tasks.mode_prefix(p, mode) for p in problems])
+        scores = rule_rewards(texts, [problems[r // cfg.eval_k] for r in range(len(texts))])
         for b in sorted({p.bucket for p in problems}):
             hits = [s["accuracy"] for i, s in enumerate(scores) if problems[i // cfg.eval_k].bucket == b]
             out[f"forced_{mode}/{b}"] = sum(hits) / len(hits)
     return out
-
-
-def load_problems(cfg: TrainConfig) -> tuple[list, list]:
-    """(training pool, held-out set): a synthetic task's train/test splits, or a user's JSONL file whose
-    first eval_problems lines are held out (or a separate --eval_path file)."""
-    if cfg.problems:
-        pool = tasks.load_jsonl(cfg.problems, kind=cfg.problems_kind)
-        if cfg.eval_path:
-            return pool, tasks.load_jsonl(cfg.eval_path, kind=cfg.problems_kind)[:cfg.eval_problems]
-        if len(pool) <= cfg.eval_problems:
-            raise SystemExit(f"error: {cfg.problems} has {len(pool)} problems; need more than --eval_problems="
-                             f"{cfg.eval_problems} (they are held out) or give --eval_path")
-        return pool[cfg.eval_problems:], pool[:cfg.eval_problems]
-    buckets = cfg.buckets.split(",")
-    return (tasks.make_problems(cfg.task, 20000, split="train", seed=cfg.seed, buckets=buckets),
-            tasks.make_problems(cfg.task, cfg.eval_problems * len(buckets), split="test", seed=cfg.seed,
-                                buckets=buckets))
 
 
 def global_normaliser(batch: dict, gcfg) -> float | None:
@@ -754,230 +982,98 @@ class Replica:
         return self.copy.eval()
 
 
-def stage_rl(cfg: TrainConfig, tok: Tokenizer, base: Transformer, device, resume: bool, log) -> dict:
-    """R1-Zero: GRPO from the base model. Each rank samples whole groups for its share of the step's prompts."""
-    model = base
-    ref_model = None
-    if cfg.beta > 0:  # a frozen copy of the base for the KL term (sharded too); never built when beta == 0
-        ref_model = Transformer(model.cfg).to(device)
-        ref_model.load_state_dict(full_model_state_all(model), strict=False)
-        ref_model = shard(ref_model.requires_grad_(False).eval())
-    opt = make_optimizer(model, cfg.rl_lr, 0.0, betas=(0.9, 0.99))
-    gcfg = grpo.GRPOConfig(group_size=cfg.group_size, clip_low=cfg.clip_low, clip_high=cfg.clip_high, beta=cfg.beta,
-                           std_norm=cfg.std_norm, token_level=cfg.token_level, const_norm=cfg.const_norm,
-                           drop_equal_groups=cfg.drop_equal_groups, mask_truncated=cfg.mask_truncated, mu=cfg.mu,
-                           micro_batch=cfg.micro_batch, temperature=cfg.rollout_temperature,
-                           max_grad_norm=cfg.max_grad_norm, fused_head=cfg.fused_head)
-    train_pool, eval_set = load_problems(cfg)
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
-    transcripts = os.path.join(cfg.out_dir, "transcripts.md")
-    start = 0
-    ckpt = latest_rl_checkpoint(cfg.out_dir) if resume else None
-    if ckpt:
-        from safetensors.torch import load_file
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-        set_model_state_dict(model, load_file(os.path.join(ckpt, "model.safetensors")),
-                             options=StateDictOptions(full_state_dict=True, strict=False))
-        load_optimizer(model, opt, ckpt)
-        start = json.load(open(os.path.join(ckpt, "config.json")))["step"]
-        log(f"[rl] resumed from {ckpt} at step {start}")
-    history = []
-    if RANK == 0:
-        if ckpt:  # drop what was logged after the checkpoint: those steps run again, identically
-            history = [json.loads(l) for l in open(metrics_path)] if os.path.exists(metrics_path) else []
-            history = [h for h in history if h["step"] <= start]
-        else:
-            shutil.rmtree(os.path.join(cfg.out_dir, "rl"), ignore_errors=True)
-            open(transcripts, "w").close()
-        with open(metrics_path, "w") as f:
-            f.writelines(json.dumps(h) + "\n" for h in history)
-
-    wandb_run = None
-    if cfg.wandb_project and RANK == 0:
-        import wandb
-        wandb_run = wandb.init(project=cfg.wandb_project, config=dataclasses.asdict(cfg), resume="allow")
-
-    def record(entry):
-        history.append(entry)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
-        if wandb_run is not None:
-            wandb_run.log({f"{entry['kind']}/{k}": v for k, v in entry.items() if isinstance(v, (int, float))},
-                          step=entry["step"])
-
-    replica = Replica(model)
-
-    def run_eval(step: int, probe: bool = False):
-        sampler = replica.get()  # collective under FSDP: every rank refreshes its copy
-        if RANK == 0:
-            t0 = time.time()
-            ev = evaluate(sampler, tok, eval_set, cfg, seed=cfg.seed)
-            if probe and cfg.probe and not cfg.problems:
-                ev.update(forced_mode_probe(sampler, tok, eval_set, cfg, seed=cfg.seed))
-            record({"kind": "eval", "step": step, **ev})
-            log(f"[eval] step {step} " + fmt_metrics(ev) + f" ({time.time() - t0:.0f}s)")
-            plot(history, os.path.join(cfg.out_dir, "plots.png"))
-        barrier()
-
-    if start == 0:
-        run_eval(0, probe=True)
-    from tqdm import tqdm
-    bar = tqdm(range(start, cfg.rl_steps), desc="rl", initial=start, total=cfg.rl_steps,
-               disable=None if RANK == 0 else True)
-    steps_this_run = 0
-    per_rank = cfg.prompts_per_step // WORLD
-    for step in bar:
-        t0 = time.time()
-        problems = random.Random(cfg.seed * 1_000_003 + step).sample(train_pool, cfg.prompts_per_step)
-        mine = problems[RANK * per_rank:(RANK + 1) * per_rank]  # whole groups stay on one rank
-        prompts, gen, texts, scores = rollout(replica.get(), tok, mine, cfg, seed=(cfg.seed * 7919 + step) * 64 + RANK,
-                                              temperature=cfg.rollout_temperature, n=cfg.group_size)
-        t_sample = time.time() - t0
-        batch = build_rollouts(prompts, gen, scores, cfg.group_size, tok.pad_id)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        model.train()
-        diag = grpo.rl_step(model, opt, batch, gcfg, ref_model=ref_model, normaliser=global_normaliser(batch, gcfg))
-        diag = {k: all_mean(float(v)) for k, v in diag.items()}
-        if not (math.isfinite(diag["loss"]) and math.isfinite(diag["grad_norm"])):
-            raise SystemExit(f"error: non-finite GRPO loss at step {step + 1}; the last good checkpoint is "
-                             f"{latest_rl_checkpoint(cfg.out_dir)}. Try a lower --rl_lr or --beta.")
-        rows = [{"bucket": mine[i // cfg.group_size].bucket, "text": texts[i], "reward": s["reward"],
-                 "long": long_mode(mine[i // cfg.group_size], texts[i]),
-                 "accuracy": s["accuracy"], "format": s["format"], "length": int(gen.lengths[i]),
-                 "truncated": float(gen.truncated[i])} for i, s in enumerate(scores)]
-        rows = [r for part in all_gather(rows) for r in part]
-        if RANK == 0:
-            m = {"kind": "train", "step": step + 1, **step_metrics(rows), **diag,
-                 "expert_imbalance": expert_imbalance(model), "seconds": time.time() - t0, "sample_seconds": t_sample}
-            record(m)
-            bar.set_postfix(acc=f"{m['accuracy']:.2f}", len=f"{m['length']:.0f}", fmt=f"{m['format']:.2f}")
-            log(f"[rl] step {step + 1:4d} reward {m['reward']:.3f} acc {m['accuracy']:.3f} fmt {m['format']:.2f} "
-                f"len {m['length']:.1f} refl {m['reflection']:.2f} ent {diag['entropy']:.2f} "
-                f"({m['seconds']:.1f}s, sampling {t_sample:.1f}s)", console_only=True)
-            if (step + 1) % cfg.transcript_every == 0 or step == 0:
-                write_transcripts(transcripts, step + 1, mine, texts, scores, cfg.group_size)
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.rl_steps:
-            run_eval(step + 1)
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.rl_steps:
-            save_checkpoint(os.path.join(cfg.out_dir, "rl", f"step_{step + 1:06d}"), model, opt, {"step": step + 1}, tok)
-            if RANK == 0:
-                prune_checkpoints(cfg.out_dir, keep=2)
-        steps_this_run += 1
-        if cfg.halt_after and steps_this_run >= cfg.halt_after and step + 1 < cfg.rl_steps:
-            log(f"[rl] halting after {steps_this_run} steps (--halt_after); continue with --resume")
-            return {"halted": True}
-    if RANK != 0:
-        return {}
-    plot(history, os.path.join(cfg.out_dir, "plots.png"))
-    evals = [h for h in history if h["kind"] == "eval"]
-    summary = {"first": evals[0], "last": evals[-1]}
-    json.dump(summary, open(os.path.join(cfg.out_dir, "summary.json"), "w"), indent=1)
-    return summary
-
-
 def full_model_state_all(model) -> dict:
     """The full state dict on every rank (the model's own state_dict in a single process)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
 
-
-def expert_imbalance(model) -> float:
-    """Max over MoE layers of (max expert load / mean load); 1.0 is perfect balance, nan for dense models."""
-    loads = model.expert_load() if hasattr(model, "expert_load") else None
-    if not loads:
-        return float("nan")
-    vals = loads.values() if isinstance(loads, dict) else [loads]
-    worst = [float(v.max() / v.mean().clamp_min(1e-9)) for v in vals if torch.is_tensor(v) and v.numel() and v.sum() > 0]
-    return max(worst) if worst else float("nan")
-
-
-def prune_checkpoints(out_dir: str, keep: int) -> None:
-    d = os.path.join(out_dir, "rl")
-    steps = sorted(x for x in os.listdir(d) if re.fullmatch(r"step_\d+", x))
-    for old in steps[:-keep]:
-        shutil.rmtree(os.path.join(d, old), ignore_errors=True)
-
-
-def write_transcripts(path: str, step: int, problems, texts, scores, group_size: int, per_step: int = 3) -> None:
-    with open(path, "a") as f:
-        f.write(f"\n## step {step}\n")
-        for i in range(0, min(len(texts), per_step * group_size), group_size):
-            p = problems[i // group_size]
-            f.write(f"\n**{p.question}** (bucket {p.bucket}, gold {p.answer}, reward {scores[i]['reward']:.2f})\n\n"
-                    f"```\n{texts[i]}\n```\n")
-
-
-def fmt_metrics(m: dict) -> str:
-    keys = [k for k in m if not k.startswith(("length/", "cons@k/"))]
-    return " ".join(f"{k} {m[k]:.3f}" for k in keys if isinstance(m[k], float))
-
-# -----------------------------------------------------------------------------
-# Plots: the paper's figures in miniature (accuracy and length vs step), plus the diagnostics.
-
-def plot(history: list[dict], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    tr = [h for h in history if h["kind"] == "train"]
-    ev = [h for h in history if h["kind"] == "eval"]
-    fig, axes = plt.subplots(2, 4, figsize=(20, 8))
-    def series(ax, rows, keys, title):
-        for k in keys:
-            pts = [(h["step"], h[k]) for h in rows if k in h and h[k] == h[k]]
-            if pts:
-                ax.plot(*zip(*pts), marker="o" if rows is ev else None, ms=3, label=k)
-        ax.set_title(title); ax.set_xlabel("RL step"); ax.grid(alpha=.3)
-        if ax.lines:
-            ax.legend(fontsize=7)
-    buckets = sorted({k.split("/")[1] for h in ev for k in h if k.startswith("pass@1/")})
-    series(axes[0, 0], ev, ["pass@1", "cons@k"] + [f"pass@1/{b}" for b in buckets], "held-out accuracy (T=0.6)")
-    series(axes[0, 1], tr, ["length", "length_correct", "length_wrong"], "response length (tokens)")
-    series(axes[0, 2], tr, [f"length/{b}" for b in buckets], "response length by bucket")
-    series(axes[0, 3], tr, ["format", "accuracy", "truncated"] + [f"long/{b}" for b in buckets], "train rollouts (long = long-mode share)")
-    series(axes[1, 0], tr, ["reflection"], "reflective words per 100 words")
-    series(axes[1, 1], tr, ["entropy"], "policy entropy (nats/token)")
-    series(axes[1, 2], tr, ["kl", "clip_low", "clip_high"], "KL to reference / clipped fraction")
-    series(axes[1, 3], tr, ["expert_imbalance"], "expert load (max/mean)")
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
-
 # -----------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> dict:
-    preset, cfg, resume = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    cfg, switches = parse_args(argv)
+    problems = load_problems(cfg)  # every check of the problem files, before any work
     device = dist_init(cfg.device)
+    validate_world(cfg)
+    prepare_out_dir(cfg, resume="resume" in switches, overwrite="overwrite" in switches)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    validate_world(cfg)
+    if device.type == "cuda":  # TF32 tensor cores for fp32 matmuls outside the bf16 autocast regions
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if RANK == 0:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        json.dump({"preset": preset, **dataclasses.asdict(cfg)},
-                  open(os.path.join(cfg.out_dir, "train_config.json"), "w"), indent=1)
-    barrier()
+        json.dump(dataclasses.asdict(cfg), open(os.path.join(cfg.out_dir, "train_config.json"), "w"), indent=1)
     log_file = open(os.path.join(cfg.out_dir, "log.txt"), "a") if RANK == 0 else None
 
-    def log(msg: str, console_only: bool = False):
-        if RANK != 0:
-            return
-        if not console_only:
+    def log(msg: str):
+        if RANK == 0:
             print(msg, flush=True)
-        log_file.write(msg + "\n")
-        log_file.flush()
+            log_file.write(msg + "\n")
+            log_file.flush()
 
     t0 = time.time()
-    log(f"== {preset} on {device}" + (f" x {WORLD} ranks (FSDP)" if WORLD > 1 else "") + f" -> {cfg.out_dir}")
-    tok = stage_tokenizer(cfg, log)
-    base = stage_pretrain(cfg, tok, device, log)
-    summary = stage_rl(cfg, tok, base, device, resume, log)
-    log(f"== done in {time.time() - t0:.0f}s; metrics {cfg.out_dir}/metrics.jsonl, plots {cfg.out_dir}/plots.png")
+    log(f"== {cfg.preset} on {device}" + (f" x {WORLD} ranks (FSDP)" if WORLD > 1 else "") + f" -> {cfg.out_dir}")
+    if notice := cpu_notice(cfg, device):
+        log(notice)
+    try:
+        tok = stage_tokenizer(cfg, log)
+        base = stage_pretrain(cfg, tok, device, log)
+        summary = stage_rl(cfg, tok, base, device, "resume" in switches, log, problems=problems)
+    except KeyboardInterrupt:
+        log(f"\n== interrupted (Ctrl-C); {next_step_hint(cfg, argv)}")
+        raise SystemExit(130) from None
+    if summary.get("halted"):
+        log(f"[rl] halted after step {summary['step']} (--halt_after={cfg.halt_after}); {next_step_hint(cfg, argv)}")
+        return summary
     if "first" in summary:
         a, b = summary["first"], summary["last"]
         log(f"   held-out pass@1 {a['pass@1']:.3f} -> {b['pass@1']:.3f}, cons@k {a['cons@k']:.3f} -> "
             f"{b['cons@k']:.3f}, length {a['length']:.1f} -> {b['length']:.1f}")
+    log(f"== done in {time.time() - t0:.0f}s: final checkpoint {latest_rl_checkpoint(cfg.out_dir)}, "
+        f"plots {os.path.join(cfg.out_dir, 'plots.png')}, metrics {os.path.join(cfg.out_dir, 'metrics.jsonl')}")
     return summary
+
+
+def prepare_out_dir(cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    """Never lose a run: an existing RL run in out_dir needs --resume (continue) or --overwrite (moved aside to
+    out_dir/old_run_N; nothing is deleted), and --resume needs a checkpoint. Cached stages are always reused."""
+    held, ckpt = runlog.existing_run(cfg.out_dir), latest_rl_checkpoint(cfg.out_dir)
+    if resume and not ckpt:
+        raise SystemExit(f"error: --resume: no RL checkpoint under {cfg.out_dir}/rl to resume from; " +
+                         (f"it holds {held}: start over with --overwrite" if held else "run without --resume"))
+    if held and not (resume or overwrite):
+        raise SystemExit(f"error: {cfg.out_dir} already holds {held}: " + ("continue it with --resume, or " if ckpt
+                         else "") + "start over with --overwrite (moves it to old_run_N there, deletes nothing)")
+    barrier()  # every rank checked before rank 0 moves anything
+    if RANK == 0:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        if held and overwrite:
+            print(f"[run] moved the previous run to {runlog.move_aside(cfg.out_dir)}")
+    barrier()
+
+
+def next_step_hint(cfg: TrainConfig, argv: list[str]) -> str:
+    """What to run next after a stop, promising only what exists on disk."""
+    ckpt = latest_rl_checkpoint(cfg.out_dir)
+    launcher = f"torchrun --nproc_per_node {WORLD} train.py" if WORLD > 1 else "python train.py"
+    args = " ".join(shlex.quote(a) for a in argv if a not in ("--resume", "--overwrite"))
+    if ckpt:
+        return f"resume from {ckpt} with:\n   {launcher} {args} --resume"
+    if runlog.existing_run(cfg.out_dir):
+        return f"no RL checkpoint was written yet; start over with:\n   {launcher} {args} --overwrite"
+    partial = os.path.join(cfg.out_dir, "base.partial")
+    return ("no RL checkpoint yet; rerun the same command" +
+            (f" (pretraining continues from {partial})" if os.path.exists(partial) else "") + f":\n   {launcher} {args}")
+
+
+SMALL_ON_CPU = "--eval_problems=8 --eval_k=2 --max_new_tokens=256 --prompts_per_step=4 --group_size=4 --rl_steps=10"
+
+
+def cpu_notice(cfg: TrainConfig, device) -> str:
+    """A full-scale preset on CPU runs for days: say so, with the flags that make it small."""
+    if not (cfg.preset.startswith("zero-full") and device.type == "cpu"):
+        return ""
+    return (f"note: {cfg.preset} is sized for GPUs (its step-0 eval alone samples {cfg.eval_problems} problems x "
+            f"{cfg.eval_k} x {cfg.max_new_tokens} tokens); on CPU make it small with {SMALL_ON_CPU}")
 
 
 def validate_world(cfg: TrainConfig) -> None:

@@ -1,0 +1,242 @@
+"""runlog.py: the bookkeeping of an RL run, kept out of the training loop's way. Everything a run writes under
+its out_dir except the checkpoints themselves:
+
+    log.txt          every console line (a per-step line is printed whether or not a terminal is attached)
+    metrics.jsonl    one JSON line per RL step ("kind": "train") and per evaluation ("kind": "eval")
+    transcripts.md   full sampled responses every --transcript_every steps (read the "aha" here)
+    plots.png        the paper's figures in miniature: accuracy and length vs step, plus the diagnostics
+    summary.json     the first and last evaluation
+    old_run_N/       a previous run moved aside by --overwrite (nothing is ever deleted)
+
+and the optional mirror of metrics.jsonl to Weights & Biases. Only rank 0 writes; on other ranks every method
+is a no-op, so the loop calls them unconditionally.
+
+Simplifications:
+ 1. Metrics are flat dicts of floats; a resumed run truncates metrics.jsonl to the checkpoint's step and logs
+    the replayed steps again (they are identical: sampling is seeded by step).
+ 2. Plots are redrawn from the whole history at every evaluation (cheap at these sizes).
+ 3. Step metrics are means over the step's responses of whatever numbers the reward function returned, so a
+    stage with another reward (a learned reward model, a language term) gets its columns without code here.
+
+Use (what train.stage_rl does):
+    run = RunLog(out_dir, log, rank)            # log: a callable printing and appending to log.txt
+    run.open_metrics(resumed_step)              # 0 for a fresh run
+    run.train_step(step, rows, diag, seconds)   # rows: one dict per response (bucket, text, reward, ...)
+    run.eval_step(step, metrics, seconds); run.transcripts(step, problems, texts, scores, group_size)
+    summary = run.finish()
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import torch
+
+REFLECTIVE_WORDS = ["wait", "mistake", "however", "but", "retry", "error", "verify", "wrong", "evaluate", "check"]
+RUN_FILES = ("rl", "metrics.jsonl", "transcripts.md", "plots.png", "summary.json", "train_config.json", "log.txt")
+
+
+class RunLog:
+    """metrics.jsonl, console lines, transcripts, plots, summary and wandb for one RL run (rank 0 writes)."""
+
+    def __init__(self, out_dir: str, log=print, rank: int = 0, wandb_project: str = "", config: dict | None = None):
+        self.out_dir, self.log, self.active = out_dir, log, rank == 0
+        self.history: list[dict] = []
+        self.metrics_path = os.path.join(out_dir, "metrics.jsonl")
+        self.wandb = None
+        if wandb_project and self.active:
+            import wandb
+            self.wandb = wandb.init(project=wandb_project, config=config or {}, resume="allow")
+
+    def open_metrics(self, resumed_step: int) -> None:
+        """A fresh run (resumed_step 0) starts empty files; a resumed one keeps what was logged up to its
+        checkpoint and drops the rest (those steps run again, identically)."""
+        if not self.active:
+            return
+        if resumed_step and os.path.exists(self.metrics_path):
+            self.history = [json.loads(line) for line in open(self.metrics_path)]
+            self.history = [h for h in self.history if h["step"] <= resumed_step]
+        if not resumed_step:
+            open(os.path.join(self.out_dir, "transcripts.md"), "w").close()
+        with open(self.metrics_path, "w") as f:
+            f.writelines(json.dumps(h) + "\n" for h in self.history)
+
+    def record(self, entry: dict) -> None:
+        if not self.active:
+            return
+        self.history.append(entry)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({f"{entry['kind']}/{k}": v for k, v in entry.items() if isinstance(v, (int, float))},
+                           step=entry["step"])
+
+    def train_step(self, step: int, rows: list[dict], diag: dict, seconds: float,
+                   expert_load: float = float("nan")) -> dict:
+        """Record one RL step from per-response rows and grpo.rl_step's diagnostics; print its console line."""
+        if not self.active:
+            return {}
+        m = {"kind": "train", "step": step, **step_metrics(rows), **diag, "expert_imbalance": expert_load,
+             "seconds": seconds}
+        self.record(m)
+        parts = [f"reward {m['reward']:.3f}"] + [f"{short} {m[k]:.3f}" for k, short in
+                                                  (("accuracy", "acc"), ("format", "fmt")) if k in m]
+        self.log(f"[rl] step {step:4d} " + " ".join(parts) + f" len {m['length']:.1f} refl {m['reflection']:.2f} "
+                 f"ent {diag.get('entropy', float('nan')):.2f} ({seconds:.1f}s, sampling {diag.get('sample_seconds', 0):.1f}s)")
+        return m
+
+    def eval_step(self, step: int, metrics: dict, seconds: float) -> None:
+        if not self.active:
+            return
+        self.record({"kind": "eval", "step": step, **metrics})
+        self.log(f"[eval] step {step} " + fmt_metrics(metrics) + f" ({seconds:.0f}s)")
+        self.plot()
+
+    def transcripts(self, step: int, problems, texts, scores, group_size: int, per_step: int = 3) -> None:
+        """The first response of the first per_step groups, in full, appended to transcripts.md."""
+        if not self.active:
+            return
+        with open(os.path.join(self.out_dir, "transcripts.md"), "a") as f:
+            f.write(f"\n## step {step}\n")
+            for i in range(0, min(len(texts), per_step * group_size), group_size):
+                p = problems[i // group_size]
+                f.write(f"\n**{p.question}** (bucket {p.bucket}, gold {p.answer}, reward {scores[i]['reward']:.2f})"
+                        f"\n\n```\n{texts[i]}\n```\n")
+
+    def plot(self) -> None:
+        if self.active:
+            plot(self.history, os.path.join(self.out_dir, "plots.png"))
+
+    def finish(self) -> dict:
+        """Final plots and summary.json; returns {"first": first eval, "last": last eval} ({} on other ranks)."""
+        if not self.active:
+            return {}
+        self.plot()
+        evals = [h for h in self.history if h["kind"] == "eval"]
+        summary = {"first": evals[0], "last": evals[-1]} if evals else {}
+        with open(os.path.join(self.out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        if self.wandb is not None:
+            self.wandb.finish()
+        return summary
+
+# -----------------------------------------------------------------------------
+# Metrics of the sampled responses.
+
+def reflection_rate(texts: list[str]) -> float:
+    """Reflective words (the R1 paper's list) per 100 words of response, over the whole batch."""
+    words = [w for t in texts for w in re.findall(r"[a-z]+", t.lower())]
+    hits = sum(1 for w in words if w in REFLECTIVE_WORDS)
+    return 100.0 * hits / max(1, len(words))
+
+
+def step_metrics(rows: list[dict]) -> dict:
+    """Training-rollout metrics from per-response records {bucket, text, length, truncated, long, reward, and
+    any other numbers the reward function returned (accuracy, format, ...)}: their means overall, per bucket for
+    length, accuracy and long-mode share, and the lengths of correct and wrong answers separately."""
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else float("nan")
+    numbers = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and k not in ("long",)] if rows else []
+    m = {k: mean([r[k] for r in rows]) for k in numbers}
+    if "accuracy" in m:
+        m["length_correct"] = mean([r["length"] for r in rows if r["accuracy"] > 0])
+        m["length_wrong"] = mean([r["length"] for r in rows if r["accuracy"] == 0])
+    m["reflection"] = reflection_rate([r["text"] for r in rows])
+    for b in sorted({r["bucket"] for r in rows}):
+        mine = [r for r in rows if r["bucket"] == b]
+        m[f"length/{b}"] = mean([r["length"] for r in mine])
+        if "accuracy" in m:
+            m[f"accuracy/{b}"] = mean([r["accuracy"] for r in mine])
+        m[f"long/{b}"] = mean([r["long"] for r in mine if r.get("long") is not None])
+    return m
+
+
+def expert_imbalance(model) -> float:
+    """Max over MoE layers of (max expert load / mean load); 1.0 is perfect balance, nan for dense models."""
+    loads = model.expert_load() if hasattr(model, "expert_load") else None
+    if not loads:
+        return float("nan")
+    vals = loads.values() if isinstance(loads, dict) else [loads]
+    worst = [float(v.max() / v.mean().clamp_min(1e-9)) for v in vals if torch.is_tensor(v) and v.numel() and v.sum() > 0]
+    return max(worst) if worst else float("nan")
+
+
+def fmt_metrics(m: dict) -> str:
+    keys = [k for k in m if not k.startswith(("length/", "cons@k/"))]
+    return " ".join(f"{k} {m[k]:.3f}" for k in keys if isinstance(m[k], float))
+
+# -----------------------------------------------------------------------------
+# The run directory: what counts as an existing run, moving one aside, pruning old checkpoints.
+
+def checkpoints(out_dir: str) -> list[str]:
+    """The RL checkpoint directories under out_dir/rl, oldest first."""
+    d = os.path.join(out_dir, "rl")
+    steps = sorted(x for x in os.listdir(d) if re.fullmatch(r"step_\d+", x)) if os.path.isdir(d) else []
+    return [os.path.join(d, s) for s in steps]
+
+
+def existing_run(out_dir: str) -> str:
+    """'' when out_dir holds no RL run; else a description of what it holds (for the error message)."""
+    ckpts = checkpoints(out_dir)
+    metrics = os.path.join(out_dir, "metrics.jsonl")
+    lines = sum(1 for _ in open(metrics)) if os.path.exists(metrics) else 0
+    if ckpts:
+        return f"a run (last checkpoint {ckpts[-1]})"
+    return f"a run with no checkpoint yet ({lines} lines in {metrics})" if lines else ""
+
+
+def move_aside(out_dir: str) -> str:
+    """Move a previous run's files (RUN_FILES) into out_dir/old_run_N and return that path; cached stages
+    (tokenizer/, base/) stay where they are, to be reused. Nothing is deleted."""
+    n = 1
+    while os.path.exists(os.path.join(out_dir, f"old_run_{n}")):
+        n += 1
+    dest = os.path.join(out_dir, f"old_run_{n}")
+    os.makedirs(dest)
+    for name in RUN_FILES:
+        if os.path.exists(os.path.join(out_dir, name)):
+            os.replace(os.path.join(out_dir, name), os.path.join(dest, name))
+    return dest
+
+
+def prune_checkpoints(out_dir: str, keep: int) -> None:
+    for old in checkpoints(out_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+# -----------------------------------------------------------------------------
+# Plots: the paper's figures in miniature (accuracy and length vs step), plus the diagnostics.
+
+def plot(history: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    tr = [h for h in history if h["kind"] == "train"]
+    ev = [h for h in history if h["kind"] == "eval"]
+    fig, axes = plt.subplots(2, 4, figsize=(20, 8))
+
+    def series(ax, rows, keys, title):
+        for k in keys:
+            pts = [(h["step"], h[k]) for h in rows if k in h and h[k] == h[k]]
+            if pts:
+                ax.plot(*zip(*pts), marker="o" if rows is ev else None, ms=3, label=k)
+        ax.set_title(title); ax.set_xlabel("RL step"); ax.grid(alpha=.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    buckets = sorted({k.split("/")[1] for h in ev for k in h if k.startswith("pass@1/")})
+    series(axes[0, 0], ev, ["pass@1", "cons@k"] + [f"pass@1/{b}" for b in buckets], "held-out accuracy (T=0.6)")
+    series(axes[0, 1], tr, ["length", "length_correct", "length_wrong"], "response length (tokens)")
+    series(axes[0, 2], tr, [f"length/{b}" for b in buckets], "response length by bucket")
+    series(axes[0, 3], tr, ["format", "accuracy", "truncated"] + [f"long/{b}" for b in buckets],
+           "train rollouts (long = long-mode share)")
+    series(axes[1, 0], tr, ["reflection"], "reflective words per 100 words")
+    series(axes[1, 1], tr, ["entropy"], "policy entropy (nats/token)")
+    series(axes[1, 2], tr, ["kl", "clip_low", "clip_high"], "KL to reference / clipped fraction")
+    series(axes[1, 3], tr, ["expert_imbalance"], "expert load (max/mean)")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
