@@ -450,7 +450,7 @@ def mode_prefix(problem: Problem, mode: str) -> str:
 # the synthetic pretraining corpus
 
 DEFAULT_MIX = {
-    "kinds": {"drill": 0.45, "textbook": 0.15, "dialogue": 0.35, "filler": 0.05},
+    "kinds": {"drill": 0.45, "textbook": 0.15, "dialogue": 0.35, "filler": 0.05, "general": 0.0},
     "textbook_modes": {"D": 0.3, "S": 0.3, "L": 0.3, "LV": 0.1},
     "dialogue_modes": {"D": 0.7, "S": 0.18, "L": 0.1, "LV": 0.02},
     "tasks": {"multiplication": 0.8, "addition": 0.1, "countdown": 0.1, "count": 0.0},
@@ -459,6 +459,7 @@ DEFAULT_MIX = {
                "successor": 0.0},
     "defect_rate": 0.3,
     "slip_rate": 1 / 3,
+    "drift_rate": 0.0,  # share of dialogues whose reasoning drifts into a second language (general.drift; R1 presets)
 }
 
 
@@ -608,11 +609,17 @@ def corpus_docs(seed: int = 0, mix: dict | None = None) -> Iterator[tuple[dict, 
             yield {"kind": kind, "sub": sub}, _drill(rng, sub) + EOS
         elif kind == "filler":
             yield {"kind": kind}, _filler(rng) + EOS
+        elif kind == "general":  # R1's general tasks in two languages (general.py imports this file: import late)
+            import general
+            yield {"kind": kind}, general.general_doc(rng, r1_zero_prompt) + EOS
         else:
             p = _train_problem(rng, task_of(), bucket_of())
             mode = tmode_of() if kind == "textbook" else dmode_of()  # independent of the bucket
             think = think_text(p, mode, rng, m["slip_rate"])
             info = {"kind": kind, "task": p.task, "mode": mode, "bucket": p.bucket, "defect": False}
+            if kind == "dialogue" and m["drift_rate"] > 0 and rng.random() < m["drift_rate"]:
+                import general
+                think, info["drift"] = general.drift(think, rng), True  # R1-Zero's language mixing
             if kind == "textbook":
                 yield info, f"Problem: {p.question}.\nSolution: {think}\nAnswer: {p.answer}{EOS}"
             elif rng.random() < m["defect_rate"]:
