@@ -223,10 +223,11 @@ def mixed_prompts(reasoning_pool: list, general_pool: list, per_step: int, share
 # Data of the SFT stages.
 
 
-def filters(cfg: R1Config, rc: train.TrainConfig, k: int) -> distill.DistillConfig:
-    """distill.py's rejection-sampling filters (correct, well formed, not truncated, no loops, one language)."""
-    return distill.DistillConfig(k=k, temperature=1.0, max_new_tokens=rc.max_new_tokens, seed=cfg.seed,
-                                 batch_size=256, min_language=0.99, max_per_problem=2)
+def filters(cfg: R1Config, rc: train.TrainConfig) -> tuple[distill.DistillConfig, distill.TraceFilter]:
+    """distill.py's sampler settings (T=1.0, top-p 0.95, the recipe's response cap) and its rejection-sampling
+    filters (correct, well formed, not truncated, no loops), with one language required in the reasoning."""
+    dc = distill.DistillConfig(temperature=1.0, max_new_tokens=rc.max_new_tokens, seed=cfg.seed, batch_size=256)
+    return dc, dataclasses.replace(distill.trace_filter(dc), min_language=0.99, max_per_problem=2)
 
 
 def cold_start_data(cfg: R1Config, rc, zero, tok, log) -> list[dict]:
@@ -235,8 +236,8 @@ def cold_start_data(cfg: R1Config, rc, zero, tok, log) -> list[dict]:
     n_demo = round(cfg.cold_start_n * cfg.demo_share)
     pool = tasks.make_problems(rc.task, cfg.cold_start_n, split="train", seed=cfg.seed + 1,
                                buckets=rc.buckets.split(","))
-    fc = filters(cfg, rc, k=2)
-    kept, stats = distill.rejection_sample(pool, distill.teacher_sampler(zero, tok, fc), fc)
+    dc, f = filters(cfg, rc)
+    kept, stats = distill.rejection_sample(pool, distill.teacher_sampler(zero, tok, dc), 2, cfg.seed, f)
     kept = kept[:cfg.cold_start_n - n_demo]
     rng = random.Random(cfg.seed)
     modes = cfg.demo_modes.split(",")
@@ -393,10 +394,11 @@ def main(argv: list[str] | None = None) -> dict:
 
         # 3. rejection sampling from stage 2 + general data; SFT of the base for sft_epochs epochs
         def stage3():
-            fc = filters(cfg, rc, k=cfg.rs_k)
+            dc, f = filters(cfg, rc)
             problems = tasks.make_problems(rc.task, cfg.rs_problems, split="train", seed=cfg.seed + 3,
                                            buckets=buckets)
-            kept, stats = distill.rejection_sample(problems, distill.teacher_sampler(rl2, tok, fc), fc)
+            kept, stats = distill.rejection_sample(problems, distill.teacher_sampler(rl2, tok, dc), cfg.rs_k,
+                                                   cfg.seed, f)
             mix = kept + general_records(cfg.general_n, cfg.seed)
             steps = max(1, -(-cfg.sft_epochs * len(mix) // cfg.sft_batch_size))
             log(f"[stage 3] kept {len(kept)} of {stats['samples']} samples (dropped {stats['dropped']}) + "

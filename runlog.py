@@ -144,7 +144,8 @@ def step_metrics(rows: list[dict]) -> dict:
     """Training-rollout metrics from per-response records {bucket, text, length, truncated, long, reward, and
     any other numbers the reward function returned (accuracy, format, ...)}: their means overall, per bucket for
     length, accuracy and long-mode share, and the lengths of correct and wrong answers separately."""
-    def mean(xs):
+    def mean(xs):  # over the rows where a number is defined (a reward may leave some NaN, e.g. R1's stage 4)
+        xs = [x for x in xs if x == x]
         return sum(xs) / len(xs) if xs else float("nan")
     numbers = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                and k not in ("long",)] if rows else []

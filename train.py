@@ -377,7 +377,8 @@ def corpus_text(seed: int, megabytes: float, mix: dict) -> str:
 def stage_tokenizer(cfg: TrainConfig, log) -> Tokenizer:
     if cfg.init:  # a real checkpoint brings its own tokenizer.json
         return Tokenizer.from_pretrained(cfg.init)
-    key = config_hash(cfg.vocab_size, cfg.tokenizer_mb, cfg.corpus_mix, cfg.seed, code=("tasks.py", "tokenizer.py"))
+    key = config_hash(cfg.vocab_size, cfg.tokenizer_mb, cfg.corpus_mix, cfg.seed,
+                      code=("tasks.py", "general.py", "tokenizer.py"))
     path = os.path.join(cfg.out_dir, "tokenizer")
     stamp = os.path.join(path, "stage.json")
     cached = os.path.exists(stamp) and json.load(open(stamp)).get("hash") == key
@@ -473,7 +474,7 @@ def stage_pretrain(cfg: TrainConfig, tok: Tokenizer, device, log) -> Transformer
     mcfg = model_config(cfg, tok)
     key = config_hash(dataclasses.asdict(mcfg), cfg.pretrain_steps, cfg.batch_size, cfg.seq_len, cfg.lr,
                       cfg.warmup, cfg.weight_decay, cfg.corpus_mix, cfg.seed, cfg.vocab_size, cfg.tokenizer_mb,
-                      code=("tasks.py", "tokenizer.py", "model.py"))
+                      code=("tasks.py", "general.py", "tokenizer.py", "model.py"))
     path, partial = os.path.join(cfg.out_dir, "base"), os.path.join(cfg.out_dir, "base.partial")
     if os.path.exists(os.path.join(path, "config.json")):
         model, meta = load_model(path, device)
