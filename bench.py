@@ -1276,6 +1276,12 @@ FLAGS = {"--quick": "small shapes for a CPU smoke run", "--compile": "torch.comp
          "--out_dir DIR": "also write the table to DIR/bench_<sections>.md and .json", "--help": "this text"}
 
 
+def usage_error(msg):
+    """A user mistake: one line on stderr, exit status 2 (the shell's usage-error convention), nothing run."""
+    print(f"bench.py: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 def parse_args(argv):
     """Sections and flags; dashes and underscores are the same (--out-dir = --out_dir). A bad name is a one-line
     error listing the valid ones, before anything runs."""
@@ -1293,14 +1299,14 @@ def parse_args(argv):
                 setattr(args, name, True)
             elif name == "out_dir":
                 if not value and (not argv or argv[0].startswith("--")):
-                    sys.exit("bench.py: --out_dir needs a directory (--out_dir DIR)")
+                    usage_error("--out_dir needs a directory (--out_dir DIR)")
                 args.out_dir = value or argv.pop(0)
             else:
-                sys.exit(f"bench.py: unknown flag {a!r}; valid: --quick, --compile, --out_dir DIR, --help")
+                usage_error(f"unknown flag {a!r}; valid: --quick, --compile, --out_dir DIR, --help")
         elif a in SECTIONS:
             args.sections.append(a)
         else:
-            sys.exit(f"bench.py: unknown section {a!r}; valid: {', '.join(SECTIONS)}")
+            usage_error(f"unknown section {a!r}; valid: {', '.join(SECTIONS)}")
     return args
 
 
