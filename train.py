@@ -115,6 +115,13 @@ class TrainConfig:
     halt_after: int = 0                # stop the process after this many RL steps of this run (simulates a kill)
     wandb_project: str = ""            # also log metrics to Weights & Biases under this project (pip install wandb)
 
+# The corpus of the addition presets (zero-mini, zero-small): column-addition and one-digit-fact drills, worked
+# examples, and R1-Zero dialogues whose mode (D/S/L/LV) is drawn independently of the problem's difficulty.
+ZERO_MINI_MIX = {"tasks": {"addition": 1.0}, "drills": {"add_line": 0.7, "add_facts": 0.3},
+                 "kinds": {"drill": 0.35, "textbook": 0.15, "dialogue": 0.45, "filler": 0.05},
+                 "textbook_modes": {"D": 0.25, "S": 0.2, "L": 0.3, "LV": 0.25},
+                 "dialogue_modes": {"D": 0.55, "S": 0.15, "L": 0.2, "LV": 0.1}}
+
 TRAIN_PRESETS = {
     "smoke": dict(vocab_size=300, tokenizer_mb=0.2, model="tiny-mla", pretrain_steps=6, batch_size=4, seq_len=64,
                   rl_steps=4, prompts_per_step=2, group_size=4, max_new_tokens=24, micro_batch=8,
@@ -126,6 +133,12 @@ TRAIN_PRESETS = {
                       pretrain_steps=700, batch_size=16, max_new_tokens=72, threads=1, rl_steps=40,
                       prompts_per_step=16, group_size=8, eval_every=10, transcript_every=10, ckpt_every=10,
                       eval_problems=32),
+    # zero-mini: the CPU preset on zero-small's task family (two-number addition with carries): thinking that grows
+    # with difficulty (one scratchpad column per digit) and a verifying mode (add again in the other order, compare,
+    # redo on a mismatch) that pays only where the model's own slips are frequent. Same recipe as zero-small.
+    "zero-mini": dict(task="addition", corpus_mix=ZERO_MINI_MIX, pretrain_steps=800, batch_size=16, threads=1,
+                      max_new_tokens=400, rl_steps=40, prompts_per_step=16, group_size=8, eval_every=10,
+                      transcript_every=10, ckpt_every=10, eval_problems=32),
     # Full scale: a real base model (--init, a Hugging Face dir) on real problems, the paper's settings (Nature
     # version): 16 samples per prompt, 32 prompts per step, KL 0.001, rollout temperature 1.0, DeepSeekMath
     # aggregation, symmetric clip 0.2. Launch with torchrun across GPUs (see README).
@@ -661,16 +674,21 @@ def step_metrics(rows: list[dict]) -> dict:
         m[f"length/{b}"] = mean([r["length"] for r in rows if r["bucket"] == b])
         m[f"accuracy/{b}"] = mean([r["accuracy"] for r in rows if r["bucket"] == b])
         m[f"long/{b}"] = mean([r["long"] for r in rows if r["bucket"] == b and r["long"] is not None])
+        m[f"lv/{b}"] = mean([r["lv"] for r in rows if r["bucket"] == b and r.get("lv") is not None])
     return m
 
 
 def long_mode(problem, text: str) -> float | None:
-    """1.0 if the response opens the long step-by-step mode of the corpus (tasks.mode_prefix), else 0.0;
-    None for tasks without one (real problem files)."""
-    try:
-        return float(text.startswith(tasks.mode_prefix(problem, "L")))
-    except ValueError:
-        return None
+    """1.0 if the response opens the long step-by-step mode of the corpus (L or LV, see tasks.response_mode),
+    else 0.0; None for tasks without one (real problem files)."""
+    mode = tasks.response_mode(problem, text)
+    return None if mode is None else float(mode in ("L", "LV"))
+
+
+def verify_mode(problem, text: str) -> float | None:
+    """1.0 if the response is a long scratchpad that checks itself (mode LV), else 0.0; None without modes."""
+    mode = tasks.response_mode(problem, text)
+    return None if mode is None else float(mode == "LV")
 
 
 def evaluate(model, tok, problems, cfg: TrainConfig, seed: int) -> dict:
@@ -684,19 +702,20 @@ def evaluate(model, tok, problems, cfg: TrainConfig, seed: int) -> dict:
     out["reflection"] = reflection_rate([s["completion"] for s in res["samples"]])
     by_question = {p.question: p for p in problems}
     for b in res["by_bucket"]:
-        longs = [long_mode(by_question[s["question"]], s["completion"]) for s in res["samples"] if s["bucket"] == b]
-        longs = [x for x in longs if x is not None]
-        if longs:
-            out[f"long/{b}"] = sum(longs) / len(longs)
+        for name, fn in (("long", long_mode), ("lv", verify_mode)):
+            xs = [fn(by_question[s["question"]], s["completion"]) for s in res["samples"] if s["bucket"] == b]
+            xs = [x for x in xs if x is not None]
+            if xs:
+                out[f"{name}/{b}"] = sum(xs) / len(xs)
     return out
 
 
 def forced_mode_probe(model, tok, problems, cfg: TrainConfig, seed: int) -> dict:
-    """Step 0 only: the held-out problems answered with the response forced to open in the direct mode (D)
-    versus the long scratchpad (L), with tasks.mode_prefix. The gap is the headroom RL can exploit by
-    learning to choose the long mode where it pays."""
+    """Step 0 only: the held-out problems answered with the response forced to open in the direct mode (D),
+    the long scratchpad (L) and the long scratchpad that checks itself (LV), with tasks.mode_prefix. The gaps
+    are the headroom RL can exploit by learning to choose the long (and verifying) mode where it pays."""
     out = {}
-    for mode in ("D", "L"):
+    for mode in ("D", "L", "LV"):
         _, _, _, scores = rollout(model, tok, problems, cfg, seed, temperature=0.6, n=cfg.eval_k, top_p=0.95,
                                   prefixes=[tasks.mode_prefix(p, mode) for p in problems])
         for b in sorted({p.bucket for p in problems}):
@@ -843,6 +862,7 @@ def stage_rl(cfg: TrainConfig, tok: Tokenizer, base: Transformer, device, resume
                              f"{latest_rl_checkpoint(cfg.out_dir)}. Try a lower --rl_lr or --beta.")
         rows = [{"bucket": mine[i // cfg.group_size].bucket, "text": texts[i], "reward": s["reward"],
                  "long": long_mode(mine[i // cfg.group_size], texts[i]),
+                 "lv": verify_mode(mine[i // cfg.group_size], texts[i]),
                  "accuracy": s["accuracy"], "format": s["format"], "length": int(gen.lengths[i]),
                  "truncated": float(gen.truncated[i])} for i, s in enumerate(scores)]
         rows = [r for part in all_gather(rows) for r in part]
@@ -933,7 +953,8 @@ def plot(history: list[dict], path: str) -> None:
     series(axes[0, 0], ev, ["pass@1", "cons@k"] + [f"pass@1/{b}" for b in buckets], "held-out accuracy (T=0.6)")
     series(axes[0, 1], tr, ["length", "length_correct", "length_wrong"], "response length (tokens)")
     series(axes[0, 2], tr, [f"length/{b}" for b in buckets], "response length by bucket")
-    series(axes[0, 3], tr, ["format", "accuracy", "truncated"] + [f"long/{b}" for b in buckets], "train rollouts (long = long-mode share)")
+    series(axes[0, 3], tr, ["format", "accuracy", "truncated"] + [f"long/{b}" for b in buckets]
+           + [f"lv/{b}" for b in buckets], "train rollouts (long / lv = long / verifying mode share)")
     series(axes[1, 0], tr, ["reflection"], "reflective words per 100 words")
     series(axes[1, 1], tr, ["entropy"], "policy entropy (nats/token)")
     series(axes[1, 2], tr, ["kl", "clip_low", "clip_high"], "KL to reference / clipped fraction")
