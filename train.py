@@ -115,6 +115,8 @@ class TrainConfig:
     halt_after: int = 0                # stop the process after this many RL steps of this run (simulates a kill)
     wandb_project: str = ""            # also log metrics to Weights & Biases under this project (pip install wandb)
 
+ZERO_TINY_MIX = {"tasks": {"count": 1.0}, "drills": {"count_run": 0.9, "successor": 0.1},
+                 "kinds": {"drill": 0.55, "textbook": 0.1, "dialogue": 0.3, "filler": 0.05}}
 # The corpus of the addition presets (zero-mini, zero-small): column-addition and one-digit-fact drills, worked
 # examples, and R1-Zero dialogues whose mode (D/S/L/LV) is drawn independently of the problem's difficulty.
 ZERO_MINI_MIX = {"tasks": {"addition": 1.0}, "drills": {"add_line": 0.7, "add_facts": 0.3},
@@ -128,16 +130,20 @@ TRAIN_PRESETS = {
                   eval_every=2, eval_problems=2, eval_k=2, transcript_every=2, ckpt_every=2, buckets="E,M"),
     # zero-tiny: the CPU preset. Letter counting (tasks.py "count") instead of multiplication: a 1.5M-parameter
     # model can learn a running count from ~1M tokens of pretraining, which is what 2 CPU cores allow.
-    "zero-tiny": dict(task="count", corpus_mix={"tasks": {"count": 1.0}, "drills": {"count_run": 0.9, "successor": 0.1},
-                                                "kinds": {"drill": 0.55, "textbook": 0.1, "dialogue": 0.3, "filler": 0.05}},
+    "zero-tiny": dict(task="count", corpus_mix=ZERO_TINY_MIX,
                       pretrain_steps=700, batch_size=16, max_new_tokens=72, threads=1, rl_steps=40,
                       prompts_per_step=16, group_size=8, eval_every=10, transcript_every=10, ckpt_every=10,
                       eval_problems=32),
+    # zero-micro: a student's first run (1-2 minutes on 2 CPU cores): zero-tiny's count task on a 2-layer dense model.
+    "zero-micro": dict(task="count", corpus_mix=ZERO_TINY_MIX, model="tiny-mla", model_overrides={"dim": 96},
+                       pretrain_steps=300, batch_size=16, lr=3e-3, warmup=30, max_new_tokens=72, threads=1,
+                       rl_steps=20, prompts_per_step=8, group_size=8, eval_every=5, transcript_every=5,
+                       ckpt_every=10, eval_problems=16),
     # zero-mini: the CPU preset on zero-small's task family (two-number addition with carries): thinking that grows
     # with difficulty (one scratchpad column per digit) and a verifying mode (add again in the other order, compare,
     # redo on a mismatch) that pays only where the model's own slips are frequent. Same recipe as zero-small.
     "zero-mini": dict(task="addition", corpus_mix=ZERO_MINI_MIX, pretrain_steps=800, batch_size=16, threads=1,
-                      max_new_tokens=400, rl_steps=40, prompts_per_step=16, group_size=8, eval_every=10,
+                      max_new_tokens=448, rl_steps=40, prompts_per_step=16, group_size=8, eval_every=10,
                       transcript_every=10, ckpt_every=10, eval_problems=32),
     # Full scale: a real base model (--init, a Hugging Face dir) on real problems, the paper's settings (Nature
     # version): 16 samples per prompt, 32 prompts per step, KL 0.001, rollout temperature 1.0, DeepSeekMath
@@ -151,9 +157,11 @@ TRAIN_PRESETS = {
                                 prompts_per_step=32, group_size=16, max_new_tokens=512, rl_lr=1e-6, beta=0.001,
                                 clip_high=0.2, token_level=False, micro_batch=8, fused_head=True, eval_every=50,
                                 eval_problems=64, eval_k=8, ckpt_every=50, probe=False),
-    "zero-small": dict(model="zero-small", vocab_size=1024, tokenizer_mb=8.0, pretrain_steps=3000, batch_size=64,
-                       seq_len=512, lr=2e-3, warmup=200, rl_steps=120, prompts_per_step=64, group_size=16,
-                       max_new_tokens=320, rl_lr=5e-5, micro_batch=256, eval_every=20, eval_problems=64, eval_k=8),
+    # zero-small: zero-mini's recipe (task, corpus, template, rewards, loss) at GPU size: a 24M-parameter MLA+MoE model.
+    "zero-small": dict(model="zero-small", task="addition", corpus_mix=ZERO_MINI_MIX, vocab_size=1024,
+                       tokenizer_mb=8.0, pretrain_steps=3000, batch_size=64, seq_len=512, lr=2e-3, warmup=200,
+                       rl_steps=120, prompts_per_step=64, group_size=16, max_new_tokens=448, rl_lr=5e-5,
+                       micro_batch=256, eval_every=20, eval_problems=64, eval_k=8),
 }
 
 REFLECTIVE_WORDS = ["wait", "mistake", "however", "but", "retry", "error", "verify", "wrong", "evaluate", "check"]
