@@ -323,7 +323,7 @@ def test_addition_lv_checks_by_another_route_and_redoes():
         x, y = p.meta["numbers"]
         r = render_response(p, "LV", rng)
         assert r.startswith(mode_prefix(p, "LV")) and response_mode(p, r) == "LV"
-        assert r.endswith(f"<answer> {p.answer} </answer>")
+        assert r.endswith(f"so the sum is {x + y} </think> <answer> {p.answer} </answer>")
         first = re.search(r"-> (\d+)\ncheck", r).group(1)
         check = re.search(r"^check (\d+) \+ (\d+) : .*-> (\d+) ; ", r, re.M)
         assert (int(check.group(1)), int(check.group(2))) == (y, x) and int(check.group(3)) == x + y
