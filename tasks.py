@@ -477,17 +477,27 @@ def mode_prefix(problem: Problem, mode: str) -> str:
     return f" <think> {a} * {b} :\n{a} * {m} :"
 
 
+# How each task's long (L) and verifying (LV) modes open, whatever numbers the model copies into them (a slip in
+# copying the operands is still an attempt at the mode).
+_MODE_OPENERS = {
+    "addition": (r" <think> add and check \d+ \+ \d+ :", r" <think> add \d+ \+ \d+ :"),
+    "multiplication": (None, r" <think> \d+ \* \d+ :\n"),
+    "count": (None, r" <think> step\b"),
+}
+
+
 def response_mode(problem: Problem, text: str) -> str | None:
     """Which corpus mode a response opens: 'LV' (a long scratchpad that checks itself: it opens the LV mode, or
     opens the long mode and then says 'check'), 'L' (the long scratchpad), or 'other' (direct, short, or none);
-    None for problems without modes (real problem files)."""
-    try:
-        lv, long = mode_prefix(problem, "LV"), mode_prefix(problem, "L")
-    except (ValueError, KeyError):
+    None for tasks without these modes (real problem files)."""
+    if problem.task not in _MODE_OPENERS:
         return None
-    if (text.startswith(lv) and lv != long) or (text.startswith(long) and re.search(r"\bcheck\b", text)):
+    lv, long = _MODE_OPENERS[problem.task]
+    if lv and re.match(lv, text):
         return "LV"
-    return "L" if text.startswith(long) else "other"
+    if re.match(long, text):
+        return "LV" if re.search(r"\bcheck\b", text) else "L"
+    return "other"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -724,11 +724,12 @@ def forced_mode_probe(model, tok, problems, cfg: TrainConfig, seed: int) -> dict
     are the headroom RL can exploit by learning to choose the long (and verifying) mode where it pays."""
     out = {}
     for mode in ("D", "L", "LV"):
-        _, _, _, scores = rollout(model, tok, problems, cfg, seed, temperature=0.6, n=cfg.eval_k, top_p=0.95,
-                                  prefixes=[tasks.mode_prefix(p, mode) for p in problems])
+        _, gen, _, scores = rollout(model, tok, problems, cfg, seed, temperature=0.6, n=cfg.eval_k, top_p=0.95,
+                                    prefixes=[tasks.mode_prefix(p, mode) for p in problems])
         for b in sorted({p.bucket for p in problems}):
-            hits = [s["accuracy"] for i, s in enumerate(scores) if problems[i // cfg.eval_k].bucket == b]
-            out[f"forced_{mode}/{b}"] = sum(hits) / len(hits)
+            rows = [i for i in range(len(scores)) if problems[i // cfg.eval_k].bucket == b]
+            out[f"forced_{mode}/{b}"] = sum(scores[i]["accuracy"] for i in rows) / len(rows)
+            out[f"forced_{mode}_length/{b}"] = sum(int(gen.lengths[i]) for i in rows) / len(rows)  # after the prefix
     return out
 
 

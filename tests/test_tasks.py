@@ -355,3 +355,13 @@ def test_addition_corpus_never_contains_test_problems():
             n += 1
             assert split_of("addition", tuple(sorted((int(x), int(y))))) == "train", doc
     assert n > 1000
+
+
+def test_response_mode_counts_attempts_with_miscopied_operands():
+    p = make_problems("addition", 1, seed=0, buckets=["VH"])[0]
+    assert response_mode(p, " <think> add 1234 + 9999 : 4 + 9 = 13") == "L"  # operands miscopied: still L
+    assert response_mode(p, " <think> add and check 12 + 99 : 2 + 9 = 11") == "LV"
+    assert response_mode(p, " <think> 1234 + 9999 = 11233 </think>") == "other"
+    q = make_problems("multiplication", 1, seed=0, buckets=["H"])[0]
+    assert response_mode(q, " <think> 12 * 34 :\n12 * 4 : 2 * 4 = 8") == "L"
+    assert response_mode(q, " <think> 12 * 34 = 408") == "other"
