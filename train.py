@@ -134,11 +134,13 @@ TRAIN_PRESETS = {
                       pretrain_steps=700, batch_size=16, max_new_tokens=72, threads=1, rl_steps=40,
                       prompts_per_step=16, group_size=8, eval_every=10, transcript_every=10, ckpt_every=10,
                       eval_problems=32),
-    # zero-micro: a student's first run (1-2 minutes on 2 CPU cores): zero-tiny's count task on a 2-layer dense model.
-    "zero-micro": dict(task="count", corpus_mix=ZERO_TINY_MIX, model="tiny-mla", model_overrides={"dim": 96},
-                       pretrain_steps=300, batch_size=16, lr=3e-3, warmup=30, max_new_tokens=72, threads=1,
-                       rl_steps=20, prompts_per_step=8, group_size=8, eval_every=5, transcript_every=5,
-                       ckpt_every=10, eval_problems=16),
+    # zero-micro: a student's first run: zero-tiny's count task on a 3-layer dense 0.5M-parameter model, 600
+    # pretraining steps (2.5M tokens) and 20 GRPO steps; about 4 CPU-minutes on one thread (fewer pretraining steps
+    # left the long mode unlearned and RL fell back to one-shot answers).
+    "zero-micro": dict(task="count", corpus_mix=ZERO_TINY_MIX, model="tiny-mla",
+                       model_overrides={"dim": 128, "n_layers": 3, "inter_dim": 256}, pretrain_steps=600,
+                       batch_size=16, warmup=30, max_new_tokens=72, threads=1, rl_steps=20, prompts_per_step=8,
+                       group_size=8, eval_every=5, transcript_every=5, ckpt_every=10, eval_problems=16),
     # zero-mini: the CPU preset on zero-small's task family (two-number addition with carries): thinking that grows
     # with difficulty (one scratchpad column per digit) and a verifying mode (add again in the other order, compare,
     # redo on a mismatch) that pays only where the model's own slips are frequent. Same recipe as zero-small.
