@@ -4,7 +4,8 @@ tasks.py: verifiable problems, prompt templates, and the synthetic pretraining c
 What is here:
   - Problem records and synthetic tasks, deterministic from a seed, with difficulty buckets:
       multiplication  E: (1-2 digit) x 1 digit, M: 2x2 and 3x1, H: 3x2 and 4x1, VH: 4x2
-      addition        E: 2 numbers of 2 digits, M: 3 of 3, H: 4 of 4, VH: 5 of 5
+      addition        two numbers; E: 1+1 and 2+1 digits, M: 2+2, H: 3+3, VH: 4+4 (the zero-mini and
+                      zero-small task: the long mode takes one column per digit)
       countdown       E: 3 numbers, M: 4 numbers, H (and VH): 5 numbers; answer = an equation
       count           how many of a list of distinct letters lie in a..m; E: 3-5 letters, M: 6-9,
                       H: 10-14, VH: 15-20 (zero-tiny's task: what a CPU-trained 1.5M model can learn)
@@ -16,8 +17,8 @@ What is here:
     amplify behaviour pretraining put within reach, so the corpus holds, like web text, worked
     problems in several styles without ever saying which style pays where:
       drill     skill drills outside any template: times tables, one-digit x many-digit products
-                with explicit carries, column additions, digit-sum (casting out nines) checks; for count,
-                running-count walks and counting up;
+                with explicit carries, column additions, one-digit sums, digit-sum (casting out nines)
+                checks; for count, running-count walks and counting up;
       textbook  "Problem: ... Solution: ... Answer: ..." worked examples in modes D/S/L/LV;
       dialogue  the exact R1-Zero template + " <think> ... </think> <answer> N </answer>", the mode
                 drawn independently of difficulty (mostly D/S, a minority L/LV), ~30% with format
@@ -29,8 +30,11 @@ What is here:
     digits written so far, so every step reads only the last ~20 tokens; then column additions of
     zero-padded partial products, same layout); LV = L plus casting-out-nines checks of every
     partial product where a third of traces inject a slip, then "wait, that's wrong", then the
-    redone step. For count: D "count : 4"; S "matches c a e m so 4"; L "step a yes 1 b no 1 ... m no 4
-    so 4" (one look-up per letter of a..m with a running count: no copying of the list, which a tiny
+    redone step. For addition: D '4736 + 2819 = 7555'; S 'split 2819 = 2810 + 9 : ...'; L one column per
+    digit, same layout ('add 4736 + 2819 : 6 + 9 = 15 carry 1 -> 5 ; 473 + 281 : ...'); LV opens 'add and
+    check', adds again with the operands swapped, compares, and on a mismatch says "wait, that's wrong"
+    and redoes the sum (a third of traces inject a slip into the first sum).
+    For count: D "count : 4"; S "matches c a e m so 4"; L "step a yes 1 b no 1 ... m no 4 so 4" (one look-up per letter of a..m with a running count: no copying of the list, which a tiny
     model trained for minutes does not learn); LV = L with a possible slip + "wait, that's wrong" and a
     check. With the corpus-trained tokenizer a 4x2 product takes ~28 tokens in D, ~375 in L,
     ~750 in LV; the R1-Zero prompt is ~90.
