@@ -148,7 +148,7 @@ def step_metrics(rows: list[dict]) -> dict:
         xs = [x for x in xs if x == x]
         return sum(xs) / len(xs) if xs else float("nan")
     numbers = [k for k, v in rows[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-               and k not in ("long",)] if rows else []
+               and k not in ("long", "lv")] if rows else []
     m = {k: mean([r[k] for r in rows]) for k in numbers}
     if "accuracy" in m:
         m["length_correct"] = mean([r["length"] for r in rows if r["accuracy"] > 0])
@@ -160,16 +160,21 @@ def step_metrics(rows: list[dict]) -> dict:
         if "accuracy" in m:
             m[f"accuracy/{b}"] = mean([r["accuracy"] for r in mine])
         m[f"long/{b}"] = mean([r["long"] for r in mine if r.get("long") is not None])
+        m[f"lv/{b}"] = mean([r["lv"] for r in mine if r.get("lv") is not None])
     return m
 
 
 def long_mode(problem, text: str) -> float | None:
-    """1.0 if the response opens the long step-by-step mode of the corpus (tasks.mode_prefix), else 0.0;
-    None for tasks without one (real problem files)."""
-    try:
-        return float(text.startswith(tasks.mode_prefix(problem, "L")))
-    except ValueError:
-        return None
+    """1.0 if the response opens the long step-by-step mode of the corpus (L or LV, see tasks.response_mode),
+    else 0.0; None for tasks without one (real problem files)."""
+    mode = tasks.response_mode(problem, text)
+    return None if mode is None else float(mode in ("L", "LV"))
+
+
+def verify_mode(problem, text: str) -> float | None:
+    """1.0 if the response is a long scratchpad that checks itself (mode LV), else 0.0; None without modes."""
+    mode = tasks.response_mode(problem, text)
+    return None if mode is None else float(mode == "LV")
 
 
 def expert_imbalance(model) -> float:
@@ -282,8 +287,8 @@ def plot(history: list[dict], path: str) -> None:
     series(axes[0, 0], ev, ["pass@1", "cons@k"] + [f"pass@1/{b}" for b in buckets], "held-out accuracy (T=0.6)")
     series(axes[0, 1], tr, ["length", "length_correct", "length_wrong"], "response length (tokens)")
     series(axes[0, 2], tr, [f"length/{b}" for b in buckets], "response length by bucket")
-    series(axes[0, 3], tr, ["format", "accuracy", "truncated"] + [f"long/{b}" for b in buckets],
-           "train rollouts (long = long-mode share)")
+    series(axes[0, 3], tr, ["format", "accuracy", "truncated"] + [f"long/{b}" for b in buckets]
+           + [f"lv/{b}" for b in buckets], "train rollouts (long / lv = long / verifying mode share)")
     series(axes[1, 0], tr, ["reflection"], "reflective words per 100 words")
     series(axes[1, 1], tr, ["entropy"], "policy entropy (nats/token)")
     series(axes[1, 2], tr, ["kl", "clip_frac_low", "clip_frac_high"], "KL to reference / clipped fraction")

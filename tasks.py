@@ -4,7 +4,8 @@ tasks.py: verifiable problems, prompt templates, and the synthetic pretraining c
 What is here:
   - Problem records and synthetic tasks, deterministic from a seed, with difficulty buckets:
       multiplication  E: (1-2 digit) x 1 digit, M: 2x2 and 3x1, H: 3x2 and 4x1, VH: 4x2
-      addition        E: 2 numbers of 2 digits, M: 3 of 3, H: 4 of 4, VH: 5 of 5
+      addition        two numbers; E: 1+1 and 2+1 digits, M: 2+2, H: 3+3, VH: 4+4 (the zero-mini and
+                      zero-small task: the long mode takes one column per digit)
       countdown       E: 3 numbers, M: 4 numbers, H (and VH): 5 numbers; answer = an equation
       count           how many of a list of distinct letters lie in a..m; E: 3-5 letters, M: 6-9,
                       H: 10-14, VH: 15-20 (zero-tiny's task: what a CPU-trained 1.5M model can learn)
@@ -16,8 +17,8 @@ What is here:
     amplify behaviour pretraining put within reach, so the corpus holds, like web text, worked
     problems in several styles without ever saying which style pays where:
       drill     skill drills outside any template: times tables, one-digit x many-digit products
-                with explicit carries, column additions, digit-sum (casting out nines) checks; for count,
-                running-count walks and counting up;
+                with explicit carries, column additions, one-digit sums, digit-sum (casting out nines)
+                checks; for count, running-count walks and counting up;
       textbook  "Problem: ... Solution: ... Answer: ..." worked examples in modes D/S/L/LV;
       dialogue  the exact R1-Zero template + " <think> ... </think> <answer> N </answer>", the mode
                 drawn independently of difficulty (mostly D/S, a minority L/LV), ~30% with format
@@ -29,8 +30,11 @@ What is here:
     digits written so far, so every step reads only the last ~20 tokens; then column additions of
     zero-padded partial products, same layout); LV = L plus casting-out-nines checks of every
     partial product where a third of traces inject a slip, then "wait, that's wrong", then the
-    redone step. For count: D "count : 4"; S "matches c a e m so 4"; L "step a yes 1 b no 1 ... m no 4
-    so 4" (one look-up per letter of a..m with a running count: no copying of the list, which a tiny
+    redone step. For addition: D '4736 + 2819 = 7555'; S 'split 2819 = 2810 + 9 : ...'; L one column per
+    digit, same layout ('add 4736 + 2819 : 6 + 9 = 15 carry 1 -> 5 ; 473 + 281 : ...'); LV opens 'add and
+    check', adds again with the operands swapped, compares, and on a mismatch says "wait, that's wrong"
+    and redoes the sum (a third of traces inject a slip into the first sum).
+    For count: D "count : 4"; S "matches c a e m so 4"; L "step a yes 1 b no 1 ... m no 4 so 4" (one look-up per letter of a..m with a running count: no copying of the list, which a tiny
     model trained for minutes does not learn); LV = L with a possible slip + "wait, that's wrong" and a
     check. With the corpus-trained tokenizer a 4x2 product takes ~28 tokens in D, ~375 in L,
     ~750 in LV; the R1-Zero prompt is ~90.
@@ -84,7 +88,9 @@ BUCKETS = {
 }
 # multiplication shapes (digits of a, digits of b) per bucket
 MUL_SHAPES = {"E": [(1, 1), (2, 1)], "M": [(2, 2), (3, 1)], "H": [(3, 2), (4, 1)], "VH": [(4, 2)]}
-ADD_SHAPES = {"E": (2, 2), "M": (3, 3), "H": (4, 4), "VH": (5, 5)}  # (how many numbers, digits)
+# addition: two numbers, (digits of x, digits of y) per bucket. The long scratchpad takes one column per digit, so
+# its length grows with the bucket; a one-shot answer must carry through every column at once.
+ADD_SHAPES = {"E": [(1, 1), (2, 1)], "M": [(2, 2)], "H": [(3, 3)], "VH": [(4, 4)]}
 COUNTDOWN_SIZES = {"E": 3, "M": 4, "H": 5, "VH": 5}
 # count: how many of a list of distinct letters lie in the first half of the alphabet (a to m); list lengths per
 # bucket. Counting in one shot gets hard as lists grow; a running count does not (copy the next letter, one
@@ -135,8 +141,7 @@ def _mul_problem(rng, bucket) -> Problem:
 
 
 def _add_problem(rng, bucket) -> Problem:
-    k, d = ADD_SHAPES[bucket]
-    xs = [_rand_digits(rng, d) for _ in range(k)]
+    xs = [_rand_digits(rng, d) for d in rng.choice(ADD_SHAPES[bucket])]
     return Problem("Compute " + " + ".join(map(str, xs)), str(sum(xs)), "addition", bucket, {"numbers": xs})
 
 
@@ -234,15 +239,17 @@ def mul_line(a: int, m: int, slip_step: int = -1, slip: int = 0) -> tuple[str, i
     return f"{a} * {m} : " + " ; ".join(steps), int(written)
 
 
-def add_line(x: int, y: int) -> tuple[str, int]:
+def add_line(x: int, y: int, slip_step: int = -1, slip: int = 0, head: str = "add") -> tuple[str, int]:
     """x + y by columns on zero-padded numbers of equal length, carry per column, digits so far;
-    like mul_line, each column opens with the digits still to add ("0284 + 2369 :")."""
+    like mul_line, each column opens with the digits still to add ("0284 + 2369 :"), so the digits to use
+    are the last ones just written. Column slip_step adds slip to its sum (the injected-slip traces);
+    the slip propagates like a real one. head opens the line ("add", "check", "redo")."""
     n = max(len(str(x)), len(str(y)))
     xs, ys = str(x).zfill(n), str(y).zfill(n)
     steps, carry, written = [], 0, ""
     for k in range(n):
         cx, cy = xs[-1 - k], ys[-1 - k]
-        s = int(cx) + int(cy)
+        s = int(cx) + int(cy) + (slip if k == slip_step else 0)
         t = f"{xs[:n - k]} + {ys[:n - k]} : {cx} + {cy} = {s}" if k else f"{cx} + {cy} = {s}"
         if carry:
             t += f" + {carry} = {s + carry}"
@@ -253,7 +260,7 @@ def add_line(x: int, y: int) -> tuple[str, int]:
     if carry:
         written = str(carry) + written
         steps.append(f"carry {carry} -> {written}")
-    return f"add {xs} + {ys} : " + " ; ".join(steps), x + y
+    return f"{head} {xs} + {ys} : " + " ; ".join(steps), int(written)
 
 
 def digit_root(n: int) -> tuple[str, int]:
@@ -332,25 +339,47 @@ def _mul_think(a: int, b: int, mode: str, rng: random.Random, slip_rate: float =
 
 
 def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 1 / 3) -> str:
-    if mode == "D":
-        return f"{' + '.join(map(str, xs))} = {sum(xs)}"
-    if mode == "S":
+    """D: '4736 + 2819 = 7555'; S: 'split 2819 = 2810 + 9 : 4736 + 2810 = 7546 , 7546 + 9 = 7555';
+    L: the column scratchpad (add_line) then 'so the sum is N';
+    LV: opens 'add and check', adds by columns, then checks by adding again in the other order (a different
+    route: other digit facts, other carries) and compares. When the two differ it says so ('wait, that's
+    wrong'), redoes the sum and takes the redo. A third of LV traces inject a slip into the first sum."""
+    if len(xs) != 2:  # sums of more numbers: running totals (D/S) or one column addition per number (L/LV)
+        if mode == "D":
+            return f"{' + '.join(map(str, xs))} = {sum(xs)}"
         run, parts = xs[0], []
         for x in xs[1:]:
-            parts.append(f"{run} + {x} = {run + x}")
+            parts.append((f"{run} + {x} = {run + x}", *add_line(run, x)))
             run += x
-        return " , ".join(parts)
-    lines, run = [], xs[0]
-    for x in xs[1:]:
-        text, run = add_line(run, x)
-        lines.append(text)
-    if mode == "LV":
-        if rng.random() < slip_rate:  # claim a wrong total first, catch it, then restate
-            wrong = run + rng.choice([-10, -1, 1, 10])
-            lines.append(check_add(xs, wrong)[0] + f" , {rng.choice(WRONG)} . the sum is {run} , not {wrong}")
-        lines.append(check_add(xs, run)[0])
-    lines.append(f"so the sum is {run}")
-    return "\n".join(lines)
+        if mode == "S":
+            return " , ".join(p[0] for p in parts)
+        return "\n".join(p[1] for p in parts) + f"\nso the sum is {run}"
+    x, y = xs
+    if mode == "D":
+        return f"{x} + {y} = {x + y}"
+    if mode == "S":  # opens with "split", so the D opening "x + y =" stays unambiguous
+        if y >= 10:
+            hi, lo = y - y % 10, y % 10
+            return f"split {y} = {hi} + {lo} : {x} + {hi} = {x + hi} , {x + hi} + {lo} = {x + y}"
+        if x >= 10:
+            hi, lo = x - x % 10, x % 10
+            return f"split {x} = {hi} + {lo} : {lo} + {y} = {lo + y} , {hi} + {lo + y} = {x + y}"
+        return f"{x} + {y} = {x + y}"
+    if mode == "L":
+        return add_line(x, y)[0] + f"\nso the sum is {x + y}"
+    n = max(len(str(x)), len(str(y)))
+    slip_at, slip = -1, 0
+    if rng.random() < slip_rate:  # one column of the first sum goes wrong (a bad fact or a dropped carry)
+        slip_at = rng.randrange(n)
+        col = int(str(x).zfill(n)[-1 - slip_at]) + int(str(y).zfill(n)[-1 - slip_at])
+        slip = rng.choice([s for s in (-2, -1, 1, 2) if col + s >= 0])
+    first, s1 = add_line(x, y, slip_at, slip, head="add and check")
+    check, s2 = add_line(y, x, head="check")
+    if s1 == s2:
+        return f"{first}\n{check} ; {s2} = {s1} ok\nso the sum is {s1}"
+    redo, s3 = add_line(x, y, head="redo")
+    return (f"{first}\n{check} ; {s2} != {s1} , {rng.choice(WRONG)} .\n{redo} ; {s3} = {s2} ok"
+            f"\nso the sum is {s3}")
 
 
 def _countdown_think(p: Problem, mode: str, rng: random.Random) -> str:
@@ -428,22 +457,51 @@ def render_response(problem: Problem, mode: str, rng: random.Random | None = Non
 
 def mode_prefix(problem: Problem, mode: str) -> str:
     """The start of a mode's completion that forces it (for step-0 forced-mode probes):
-    D: ' <think> 347 * 28 =' ; S: ' <think> split' ; L/LV: ' <think> 347 * 28 :\\n347 * 8 :'."""
+    multiplication D: ' <think> 347 * 28 =' ; S: ' <think> split' ; L/LV: ' <think> 347 * 28 :\\n347 * 8 :'.
+    addition D: ' <think> 4736 + 2819 =' ; S: ' <think> split' ; L: ' <think> add 4736 + 2819 :' ;
+    LV: ' <think> add and check 4736 + 2819 :' (the one task whose verifying mode can be forced from its start)."""
+    if mode not in ("D", "S", "L", "LV"):
+        raise ValueError(f"mode must be one of D, S, L, LV; got {mode!r}")
     if problem.task == "count":
-        if mode not in ("D", "S", "L", "LV"):
-            raise ValueError(f"mode must be one of D, S, L, LV; got {mode!r}")
         return " <think> " + {"D": "count", "S": "matches", "L": "step", "LV": "step"}[mode]
+    if problem.task == "addition" and len(problem.meta["numbers"]) == 2:
+        x, y = problem.meta["numbers"]
+        n = max(len(str(x)), len(str(y)))
+        return {"D": f" <think> {x} + {y} =", "S": " <think> split" if max(x, y) >= 10 else f" <think> {x} + {y} =",
+                "L": f" <think> add {str(x).zfill(n)} + {str(y).zfill(n)} :",
+                "LV": f" <think> add and check {str(x).zfill(n)} + {str(y).zfill(n)} :"}[mode]
     if problem.task != "multiplication":
-        raise ValueError("mode_prefix is defined for multiplication and count problems")
+        raise ValueError("mode_prefix is defined for multiplication, two-number addition and count problems")
     a, b = problem.meta["a"], problem.meta["b"]
     if mode == "D":
         return f" <think> {a} * {b} ="
     if mode == "S":
         return " <think> split" if max(a, b) >= 10 else f" <think> {a} * {b} ="
-    if mode in ("L", "LV"):
-        m = next(int(c) * 10 ** j for j, c in enumerate(reversed(str(b))) if c != "0")
-        return f" <think> {a} * {b} :\n{a} * {m} :"
-    raise ValueError(f"mode must be one of D, S, L, LV; got {mode!r}")
+    m = next(int(c) * 10 ** j for j, c in enumerate(reversed(str(b))) if c != "0")
+    return f" <think> {a} * {b} :\n{a} * {m} :"
+
+
+# How each task's long (L) and verifying (LV) modes open, whatever numbers the model copies into them (a slip in
+# copying the operands is still an attempt at the mode).
+_MODE_OPENERS = {
+    "addition": (r" <think> add and check \d+ \+ \d+ :", r" <think> add \d+ \+ \d+ :"),
+    "multiplication": (None, r" <think> \d+ \* \d+ :\n"),
+    "count": (None, r" <think> step\b"),
+}
+
+
+def response_mode(problem: Problem, text: str) -> str | None:
+    """Which corpus mode a response opens: 'LV' (a long scratchpad that checks itself: it opens the LV mode, or
+    opens the long mode and then says 'check'), 'L' (the long scratchpad), or 'other' (direct, short, or none);
+    None for tasks without these modes (real problem files)."""
+    if problem.task not in _MODE_OPENERS:
+        return None
+    lv, long = _MODE_OPENERS[problem.task]
+    if lv and re.match(lv, text):
+        return "LV"
+    if re.match(long, text):
+        return "LV" if re.search(r"\bcheck\b", text) else "L"
+    return "other"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -456,7 +514,7 @@ DEFAULT_MIX = {
     "tasks": {"multiplication": 0.8, "addition": 0.1, "countdown": 0.1, "count": 0.0},
     "buckets": {"E": 0.25, "M": 0.25, "H": 0.25, "VH": 0.25},
     "drills": {"times": 0.2, "mul_line": 0.4, "add_line": 0.25, "digit_root": 0.15, "count_run": 0.0,
-               "successor": 0.0},
+               "successor": 0.0, "add_facts": 0.0},
     "defect_rate": 0.3,
     "slip_rate": 1 / 3,
     "drift_rate": 0.0,  # share of dialogues whose reasoning drifts into a second language (general.drift; R1 presets)
@@ -530,6 +588,12 @@ def _drill(rng, kind) -> str:
         for _ in range(rng.randint(2, 4)):
             p = _train_problem(rng, "count", rng.choice(BUCKETS["count"]))
             lines.append(f"{p.question} : {_count_think(p.meta['letters'], 'L', rng)}")
+        return "\n".join(lines)
+    if kind == "add_facts":  # one-digit sums, with and without an incoming carry: the facts of a column
+        lines = []
+        for _ in range(rng.randint(6, 12)):
+            x, y = rng.randint(0, 9), rng.randint(0, 9)
+            lines.append(f"{x} + {y} = {x + y}" + (f" + 1 = {x + y + 1}" if rng.random() < 0.4 else ""))
         return "\n".join(lines)
     if kind == "times":
         d = rng.randint(2, 9)

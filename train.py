@@ -136,6 +136,14 @@ class TrainConfig:
 
 RENAMED = {"mask_truncated": "drop_truncated"}  # old flag name -> field
 
+ZERO_TINY_MIX = {"tasks": {"count": 1.0}, "drills": {"count_run": 0.9, "successor": 0.1},
+                 "kinds": {"drill": 0.55, "textbook": 0.1, "dialogue": 0.3, "filler": 0.05}}
+# The corpus of the addition presets (zero-mini, zero-small): column-addition and one-digit-fact drills, worked
+# examples, and R1-Zero dialogues whose mode (D/S/L/LV) is drawn independently of the problem's difficulty.
+ZERO_MINI_MIX = {"tasks": {"addition": 1.0}, "drills": {"add_line": 0.7, "add_facts": 0.3},
+                 "kinds": {"drill": 0.35, "textbook": 0.15, "dialogue": 0.45, "filler": 0.05},
+                 "textbook_modes": {"D": 0.25, "S": 0.2, "L": 0.3, "LV": 0.25},
+                 "dialogue_modes": {"D": 0.55, "S": 0.15, "L": 0.2, "LV": 0.1}}
 
 TRAIN_PRESETS = {
     "smoke": dict(vocab_size=300, tokenizer_mb=0.2, model="tiny-mla", pretrain_steps=6, batch_size=4, seq_len=64,
@@ -143,11 +151,25 @@ TRAIN_PRESETS = {
                   eval_every=2, eval_problems=2, eval_k=2, transcript_every=2, ckpt_every=2, buckets="E,M"),
     # zero-tiny: the CPU preset. Letter counting (tasks.py "count") instead of multiplication: a 1.5M-parameter
     # model can learn a running count from ~1M tokens of pretraining, which is what 2 CPU cores allow.
-    "zero-tiny": dict(task="count", corpus_mix={"tasks": {"count": 1.0}, "drills": {"count_run": 0.9, "successor": 0.1},
-                                                "kinds": {"drill": 0.55, "textbook": 0.1, "dialogue": 0.3, "filler": 0.05}},
+    "zero-tiny": dict(task="count", corpus_mix=ZERO_TINY_MIX,
                       pretrain_steps=700, batch_size=16, max_new_tokens=72, threads=1, rl_steps=40,
                       prompts_per_step=16, group_size=8, eval_every=10, transcript_every=10, ckpt_every=10,
                       eval_problems=32),
+    # zero-micro: a student's first run: zero-tiny's count task on a 3-layer dense 0.5M-parameter model, 600
+    # pretraining steps (2.5M tokens) and 20 GRPO steps; about 4 CPU-minutes on one thread (fewer pretraining steps
+    # left the long mode unlearned and RL fell back to one-shot answers).
+    "zero-micro": dict(task="count", corpus_mix=ZERO_TINY_MIX, model="tiny-mla",
+                       model_overrides={"dim": 128, "n_layers": 3, "inter_dim": 256}, pretrain_steps=600,
+                       batch_size=16, warmup=30, max_new_tokens=72, threads=1, rl_steps=20, prompts_per_step=8,
+                       group_size=8, eval_every=5, transcript_every=5, ckpt_every=10, eval_problems=16),
+    # zero-mini: the CPU preset on zero-small's task family (two-number addition with carries): thinking that grows
+    # with difficulty (one scratchpad column per digit) and a verifying mode (add again in the other order, compare,
+    # redo on a mismatch) that pays only where the model's own slips are frequent. Same recipe as zero-small.
+    # 1600 pretraining steps (6.6M tokens): at 800 the model could not copy multi-digit numbers and the long mode
+    # failed on H/VH; 800 + 800 more steps made it right on every bucket (docs/zero-mini.md). Not yet run end to end.
+    "zero-mini": dict(task="addition", corpus_mix=ZERO_MINI_MIX, pretrain_steps=1600, batch_size=16, threads=1,
+                      max_new_tokens=448, rl_steps=40, prompts_per_step=16, group_size=8, eval_every=10,
+                      transcript_every=10, ckpt_every=10, eval_problems=32),
     # Full scale: a real base model (--init, a Hugging Face dir) on real problems, the paper's settings (Nature
     # version): 16 samples per prompt, 32 prompts per step, KL 0.001, rollout temperature 1.0, DeepSeekMath
     # aggregation, symmetric clip 0.2. Launch with torchrun across GPUs (see README).
@@ -160,9 +182,11 @@ TRAIN_PRESETS = {
                                 prompts_per_step=32, group_size=16, max_new_tokens=512, rl_lr=1e-6, beta=0.001,
                                 clip_high=0.2, token_level=False, micro_batch=8, fused_head=True, eval_every=50,
                                 eval_problems=64, eval_k=8, ckpt_every=50, probe=False),
-    "zero-small": dict(model="zero-small", vocab_size=1024, tokenizer_mb=8.0, pretrain_steps=3000, batch_size=64,
-                       seq_len=512, lr=2e-3, warmup=200, rl_steps=120, prompts_per_step=64, group_size=16,
-                       max_new_tokens=320, rl_lr=5e-5, micro_batch=256, eval_every=20, eval_problems=64, eval_k=8),
+    # zero-small: zero-mini's recipe (task, corpus, template, rewards, loss) at GPU size: a 24M-parameter MLA+MoE model.
+    "zero-small": dict(model="zero-small", task="addition", corpus_mix=ZERO_MINI_MIX, vocab_size=1024,
+                       tokenizer_mb=8.0, pretrain_steps=3000, batch_size=64, seq_len=512, lr=2e-3, warmup=200,
+                       rl_steps=120, prompts_per_step=64, group_size=16, max_new_tokens=448, rl_lr=5e-5,
+                       micro_batch=256, eval_every=20, eval_problems=64, eval_k=8),
 }
 
 
@@ -703,7 +727,8 @@ def grpo_step(model, sampler, opt, problems, score, tok: Tokenizer, cfg: TrainCo
     with autocast(device):  # advantages, then the update
         diag = grpo.rl_step(model, opt, batch, gcfg, ref_model=ref_model, normaliser=global_normaliser(batch, gcfg))
     diag["sample_seconds"] = t_sample
-    rows = [{"bucket": p.bucket, "text": text, "long": runlog.long_mode(p, text), **s, "length": n, "truncated": cut}
+    rows = [{"bucket": p.bucket, "text": text, "long": runlog.long_mode(p, text), "lv": runlog.verify_mode(p, text),
+             **s, "length": n, "truncated": cut}
             for p, text, s, n, cut in zip(targets, texts, scores, gen.lengths.tolist(), gen.truncated.float().tolist())]
     return diag, rows
 
@@ -791,11 +816,11 @@ def evaluate(model, tok, problems, cfg: TrainConfig, seed: int) -> dict:
     out["reflection"] = runlog.reflection_rate([s["completion"] for s in res["samples"]])
     by_question = {p.question: p for p in problems}
     for b in res["by_bucket"]:
-        longs = [runlog.long_mode(by_question[s["question"]], s["completion"])
-                 for s in res["samples"] if s["bucket"] == b]
-        longs = [x for x in longs if x is not None]
-        if longs:
-            out[f"long/{b}"] = sum(longs) / len(longs)
+        for name, fn in (("long", runlog.long_mode), ("lv", runlog.verify_mode)):
+            xs = [fn(by_question[s["question"]], s["completion"]) for s in res["samples"] if s["bucket"] == b]
+            xs = [x for x in xs if x is not None]
+            if xs:
+                out[f"{name}/{b}"] = sum(xs) / len(xs)
     return out
 
 
@@ -806,17 +831,18 @@ def eval_batch(cfg: TrainConfig, n_problems: int, device) -> int:
 
 
 def forced_mode_probe(model, tok, problems, cfg: TrainConfig, seed: int) -> dict:
-    """Step 0 only: the held-out problems answered with the response forced to open in the direct mode (D)
-    versus the long scratchpad (L), with tasks.mode_prefix. The gap is the headroom RL can exploit by
-    learning to choose the long mode where it pays."""
+    """Step 0 only: the held-out problems answered with the response forced to open in the direct mode (D),
+    the long scratchpad (L) and the long scratchpad that checks itself (LV), with tasks.mode_prefix. The gaps
+    are the headroom RL can exploit by learning to choose the long (and verifying) mode where it pays."""
     out = {}
-    for mode in ("D", "L"):
-        _, _, texts = rollout(model, tok, problems, cfg, seed, temperature=0.6, n=cfg.eval_k, top_p=0.95,
-                              prefixes=[tasks.mode_prefix(p, mode) for p in problems])
+    for mode in ("D", "L", "LV"):
+        _, gen, texts = rollout(model, tok, problems, cfg, seed, temperature=0.6, n=cfg.eval_k, top_p=0.95,
+                                prefixes=[tasks.mode_prefix(p, mode) for p in problems])
         scores = rule_rewards(texts, [problems[r // cfg.eval_k] for r in range(len(texts))])
         for b in sorted({p.bucket for p in problems}):
-            hits = [s["accuracy"] for i, s in enumerate(scores) if problems[i // cfg.eval_k].bucket == b]
-            out[f"forced_{mode}/{b}"] = sum(hits) / len(hits)
+            rows = [i for i in range(len(scores)) if problems[i // cfg.eval_k].bucket == b]
+            out[f"forced_{mode}/{b}"] = sum(scores[i]["accuracy"] for i in rows) / len(rows)
+            out[f"forced_{mode}_length/{b}"] = sum(int(gen.lengths[i]) for i in rows) / len(rows)  # after the prefix
     return out
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import tasks
 from tasks import (EOS, Problem, corpus_docs, corpus_stats, corpus_stream, load_jsonl, make_problems,
-                   mode_prefix, r1_zero_prompt, render_response, split_of)
+                   mode_prefix, r1_zero_prompt, render_response, response_mode, split_of)
 
 PAPER_TEMPLATE = (  # DeepSeek-R1 paper, Table 1, with "prompt" as the placeholder
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
@@ -53,7 +53,9 @@ def test_make_problems_buckets_answers_determinism():
     assert make_problems("multiplication", 50, seed=1) == ps[:50]
     assert make_problems("multiplication", 50, seed=2) != ps[:50]
     for p in make_problems("addition", 100, seed=0):
-        assert p.answer == str(sum(p.meta["numbers"])) and len(p.meta["numbers"]) == tasks.ADD_SHAPES[p.bucket][0]
+        x, y = p.meta["numbers"]
+        assert p.answer == str(x + y) and (len(str(x)), len(str(y))) in tasks.ADD_SHAPES[p.bucket]
+        assert p.question == f"Compute {x} + {y}"
     for p in make_problems("countdown", 100, seed=0):
         nums, target = p.meta["numbers"], p.meta["target"]
         assert _eval_countdown(p.answer) == target
@@ -281,3 +283,85 @@ def test_count_task_modes_and_split():
             assert int(c) == run
     lengths = {b: [len(p.meta["letters"]) for p in make_problems("count", 40, buckets=[b])] for b in "E M H VH".split()}
     assert max(lengths["E"]) < min(lengths["M"]) and max(lengths["H"]) < min(lengths["VH"])
+
+
+ADD_MIX = {"tasks": {"addition": 1.0}, "drills": {"add_line": 0.7, "add_facts": 0.3}}
+
+
+def test_addition_long_mode_grows_with_digits_and_is_local():
+    """L: one column per digit (so its length grows with the bucket), every fact right, each column reading
+    the last digits of the remainders that open it; D/S stay short."""
+    rng = random.Random(3)
+    mean_len = {}
+    for b in ["E", "M", "H", "VH"]:
+        lens = []
+        for p in make_problems("addition", 60, seed=6, buckets=[b]):
+            x, y = p.meta["numbers"]
+            n = max(len(str(x)), len(str(y)))
+            think = render_response(p, "L", rng)
+            assert think.startswith(mode_prefix(p, "L")) and response_mode(p, think) == "L"
+            assert think.count(" carry ") == n + (x + y >= 10 ** n)  # one column per digit (+ a final carry)
+            assert _check_arithmetic(think) >= n
+            _l_trace_consistent(think)
+            for xs, ys, cx, cy in re.findall(r"; (\d+) \+ (\d+) : (\d) \+ (\d)", think):
+                assert (xs[-1], ys[-1]) == (cx, cy) and len(xs) == len(ys)
+            assert render_response(p, "D", rng).startswith(mode_prefix(p, "D"))
+            assert response_mode(p, render_response(p, "D", rng)) == "other"
+            lens.append(len(think.split()))
+        mean_len[b] = sum(lens) / len(lens)
+    assert mean_len["E"] < mean_len["M"] < mean_len["H"] < mean_len["VH"]
+    assert mean_len["VH"] > 2 * mean_len["E"]
+
+
+def test_addition_lv_checks_by_another_route_and_redoes():
+    """LV adds again with the operands swapped and compares; a mismatch is said in words and the sum redone.
+    The verdict is computed from what was written (so it also catches a slip the model makes itself), and the
+    final answer is the redo's."""
+    rng = random.Random(4)
+    n_slip = 0
+    for p in make_problems("addition", 300, seed=7, buckets=["M", "H", "VH"]):
+        x, y = p.meta["numbers"]
+        r = render_response(p, "LV", rng)
+        assert r.startswith(mode_prefix(p, "LV")) and response_mode(p, r) == "LV"
+        assert r.endswith(f"so the sum is {x + y} </think> <answer> {p.answer} </answer>")
+        first = re.search(r"-> (\d+)\ncheck", r).group(1)
+        check = re.search(r"^check (\d+) \+ (\d+) : .*-> (\d+) ; ", r, re.M)
+        assert (int(check.group(1)), int(check.group(2))) == (y, x) and int(check.group(3)) == x + y
+        if int(first) != x + y:  # an injected slip: caught, said in words, redone
+            n_slip += 1
+            assert f"{x + y} != {first} , wait" in r and "redo" in r and "wrong" in r or "mistake" in r
+            redo = re.search(r"^redo .*-> (\d+) ; (\d+) = (\d+) ok$", r, re.M)
+            assert int(redo.group(1)) == x + y
+        else:
+            assert f"{x + y} = {first} ok" in r and "wait" not in r and "redo" not in r
+    assert 0.2 < n_slip / 300 < 0.47
+
+
+def test_response_mode():
+    p = make_problems("addition", 1, seed=0, buckets=["H"])[0]
+    assert [response_mode(p, render_response(p, m)) for m in ["D", "S", "L", "LV"]] == ["other", "other", "L", "LV"]
+    q = make_problems("multiplication", 1, seed=0, buckets=["H"])[0]
+    assert [response_mode(q, render_response(q, m)) for m in ["D", "L", "LV"]] == ["other", "L", "LV"]
+    assert response_mode(Problem("What?", "3", "gsm8k", "L1"), " <think> x") is None
+
+
+def test_addition_corpus_never_contains_test_problems():
+    test_keys = {tasks._canonical_key(p) for p in make_problems("addition", 400, "test", seed=0)}
+    n = 0
+    for doc in itertools.islice(corpus_stream(3, ADD_MIX), 3000):
+        for x, y in re.findall(r"Compute (\d+) \+ (\d+)", doc):
+            assert tuple(sorted((int(x), int(y)))) not in test_keys
+        for x, y in re.findall(r"^(?:add|add and check|check|redo) (\d+) \+ (\d+) :", doc, re.M):
+            n += 1
+            assert split_of("addition", tuple(sorted((int(x), int(y))))) == "train", doc
+    assert n > 1000
+
+
+def test_response_mode_counts_attempts_with_miscopied_operands():
+    p = make_problems("addition", 1, seed=0, buckets=["VH"])[0]
+    assert response_mode(p, " <think> add 1234 + 9999 : 4 + 9 = 13") == "L"  # operands miscopied: still L
+    assert response_mode(p, " <think> add and check 12 + 99 : 2 + 9 = 11") == "LV"
+    assert response_mode(p, " <think> 1234 + 9999 = 11233 </think>") == "other"
+    q = make_problems("multiplication", 1, seed=0, buckets=["H"])[0]
+    assert response_mode(q, " <think> 12 * 34 :\n12 * 4 : 2 * 4 = 8") == "L"
+    assert response_mode(q, " <think> 12 * 34 = 408") == "other"

@@ -1,0 +1,87 @@
+"""Tests for the R1-Zero presets of train.py: zero-mini and zero-small are one recipe (same task, corpus, template and
+rewards, only sizes differ); each response cap holds the long and long+verify modes of every bucket, measured in
+tokens of the preset's own tokenizer; zero-small's real model and corpus run one pretraining step and one RL step."""
+import random
+
+import pytest
+
+import tasks
+import train
+from tokenizer import Tokenizer
+
+RECIPE = ("task", "corpus_mix", "buckets", "clip_low", "clip_high", "beta", "std_norm", "token_level", "const_norm",
+          "mask_truncated", "rollout_temperature")
+
+
+def preset(name: str) -> train.TrainConfig:
+    return train.TrainConfig(**train.TRAIN_PRESETS[name])
+
+
+def test_zero_mini_and_zero_small_are_one_recipe():
+    mini, small = preset("zero-mini"), preset("zero-small")
+    for k in RECIPE:
+        assert getattr(mini, k) == getattr(small, k), k
+    assert mini.task == "addition" and tasks.BUCKETS["addition"] == ["E", "M", "H", "VH"]
+    modes = mini.corpus_mix["dialogue_modes"]
+    assert modes["LV"] > 0 and modes["L"] > 0 and modes["D"] > 0.5  # thinking is a minority before RL
+
+
+def mode_lengths(tok: Tokenizer, task: str, bucket: str, mode: str, slip_rate: float, n: int = 150) -> list[int]:
+    """Token lengths of well-formed completions of one mode for n problems of a bucket (the corpus generator)."""
+    rng = random.Random(0)
+    return sorted(len(tok.encode(f" <think> {tasks.think_text(p, mode, rng, slip_rate)} </think> <answer> {p.answer} "
+                                 f"</answer>"))
+                  for p in tasks.make_problems(task, n, seed=0, buckets=[bucket]))
+
+
+@pytest.mark.parametrize("name", ["zero-mini", "zero-small"])
+def test_response_cap_holds_long_and_verify_modes(name):
+    """The cap must hold the longest LV answer, slip and redo included (every LV trace forced to slip), with 10%
+    to spare: a truncated answer is masked, so RL could never reward a mode the cap cuts off."""
+    cfg = preset(name)
+    tok = Tokenizer.train([train.corpus_text(cfg.seed + 12345, 1.0, cfg.corpus_mix)], cfg.vocab_size)
+    longest = {}
+    for b in cfg.buckets.split(","):
+        longest[b] = max(mode_lengths(tok, cfg.task, b, "LV", slip_rate=1.0)[-1],
+                         mode_lengths(tok, cfg.task, b, "L", slip_rate=0.0)[-1])
+        assert 1.1 * longest[b] <= cfg.max_new_tokens, (name, b, longest[b], cfg.max_new_tokens)
+    # the long mode's length grows with difficulty: the room RL has to make thinking longer on harder problems
+    assert longest["E"] < longest["M"] < longest["H"] < longest["VH"]
+    med_l = {b: mode_lengths(tok, cfg.task, b, "L", 0.0)[75] for b in ("E", "VH")}
+    med_d = {b: mode_lengths(tok, cfg.task, b, "D", 0.0)[75] for b in ("E", "VH")}
+    assert med_l["VH"] > 2 * med_l["E"] and med_l["VH"] > 3 * med_d["VH"]
+
+
+def test_zero_small_real_size_one_pretraining_and_one_rl_step():
+    """zero-small's real model (its preset's model, vocabulary and corpus mix) through train.py's pretraining step
+    and one GRPO step (rollouts, rewards, rl_step) with tiny batches, so its code path runs at its real size."""
+    import torch
+
+    import grpo
+    cfg = preset("zero-small")
+    cfg.batch_size, cfg.seq_len, cfg.group_size, cfg.max_new_tokens, cfg.micro_batch = 2, 64, 2, 8, 4
+    tok = Tokenizer.train([train.corpus_text(cfg.seed + 12345, 0.3, cfg.corpus_mix)], cfg.vocab_size)
+    torch.manual_seed(0)
+    model = train.Transformer(train.model_config(cfg, tok))
+    assert train.mcfg_params(model.cfg)[0] > 20e6  # the real size (24M), not a shrunk stand-in
+    opt = train.make_optimizer(model, cfg.lr, cfg.weight_decay)
+    batch = train.pretrain_batch(cfg, tok, step=0)  # (B, T+1) from zero-small's corpus
+    assert batch.shape == (2, 65)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss = train.pretrain_step(model, opt, batch, lr=cfg.lr)
+    assert 3 < loss < 12  # about ln(vocab) for a fresh model
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    problems = tasks.make_problems(cfg.task, 2, seed=0, buckets=["VH"])
+    prompts, gen, texts, scores = train.rollout(model, tok, problems, cfg, seed=0, temperature=1.0, n=cfg.group_size)
+    assert len(texts) == 4 and all(0 < int(n) <= cfg.max_new_tokens for n in gen.lengths)
+    rollouts = train.build_rollouts(prompts, gen, scores, cfg.group_size, tok.pad_id)
+    rollouts["rewards"] = torch.tensor([1.0, 0.0, 0.0, 1.0])  # a spread, so the step has a gradient
+    rollouts["truncated"][:] = False
+    gcfg = grpo.GRPOConfig(group_size=cfg.group_size, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+                           micro_batch=cfg.micro_batch, temperature=cfg.rollout_temperature)
+    rl_opt = train.make_optimizer(model, cfg.rl_lr, 0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    diag = grpo.rl_step(model.train(), rl_opt, rollouts, gcfg)
+    assert diag["grad_norm"] > 0 and abs(diag["ratio"] - 1) < 1e-4
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
