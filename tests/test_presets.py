@@ -10,7 +10,7 @@ import train
 from tokenizer import Tokenizer
 
 RECIPE = ("task", "corpus_mix", "buckets", "clip_low", "clip_high", "beta", "std_norm", "token_level", "const_norm",
-          "mask_truncated", "rollout_temperature")
+          "drop_truncated", "rollout_temperature")
 
 
 def preset(name: str) -> train.TrainConfig:
@@ -73,13 +73,13 @@ def test_zero_small_real_size_one_pretraining_and_one_rl_step():
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
     problems = tasks.make_problems(cfg.task, 2, seed=0, buckets=["VH"])
-    prompts, gen, texts, scores = train.rollout(model, tok, problems, cfg, seed=0, temperature=1.0, n=cfg.group_size)
+    prompts, gen, texts = train.rollout(model, tok, problems, cfg, seed=0, temperature=1.0, n=cfg.group_size)
+    scores = train.rule_rewards(texts, [problems[r // cfg.group_size] for r in range(len(texts))])
     assert len(texts) == 4 and all(0 < int(n) <= cfg.max_new_tokens for n in gen.lengths)
     rollouts = train.build_rollouts(prompts, gen, scores, cfg.group_size, tok.pad_id)
     rollouts["rewards"] = torch.tensor([1.0, 0.0, 0.0, 1.0])  # a spread, so the step has a gradient
     rollouts["truncated"][:] = False
-    gcfg = grpo.GRPOConfig(group_size=cfg.group_size, clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                           micro_batch=cfg.micro_batch, temperature=cfg.rollout_temperature)
+    gcfg = train.grpo_config(cfg)
     rl_opt = train.make_optimizer(model, cfg.rl_lr, 0.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     diag = grpo.rl_step(model.train(), rl_opt, rollouts, gcfg)
