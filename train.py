@@ -3,8 +3,9 @@ train.py: the entry point. Train a tokenizer, pretrain a DeepSeek-V3-style base 
 synthetic corpus, then run pure RL with GRPO on the R1-Zero template (no SFT) and watch R1-Zero's behaviour
 appear: held-out accuracy and response length rising through RL alone.
 
-    python train.py --preset zero-small            # one GPU, ~10 minutes target, pretraining included (not yet run)
+    python train.py --preset zero-small            # one GPU, ~4 minutes projected, pretraining included (not yet run)
     python train.py --preset zero-tiny             # 2 CPU cores, ~12 minutes (measured)
+    python train.py --preset zero-micro            # 2 CPU cores, ~4 CPU-minutes: a first run for students
     python train.py --preset smoke                 # every stage in seconds (tests, CI)
     python train.py --preset zero-tiny --rl_steps=100 --out_dir=runs/mine   # any field is a flag (or --rl-steps)
     python train.py --preset zero-tiny --resume    # continue a stopped run (Ctrl-C prints this command)
@@ -29,13 +30,14 @@ batches are built on a background thread. On CPU everything is fp32, as measured
 Simplifications relative to the paper (DeepSeek-R1, arXiv 2501.12948):
  1. The base model is ours, pretrained in the run on a synthetic corpus (tasks.py) instead of DeepSeek-V3-Base
     on 14.8T web tokens; it is a miniature of the same architecture (MLA + DeepSeekMoE, aux-loss-free balancing).
- 2. The tasks are synthetic with difficulty buckets and rule-checked answers (multiplication for zero-small,
-    letter counting for the CPU-sized zero-tiny) instead of competition math and code; real problem files and
+ 2. The tasks are synthetic with difficulty buckets and rule-checked answers (addition with carries for
+    zero-mini and zero-small, letter counting for zero-tiny and zero-micro) instead of competition math and code; real problem files and
     real checkpoints are the zero-full presets' business.
  3. Rollouts stop at the first </answer> or end-of-text token; response length is capped (max_new_tokens).
  4. Pretraining packs documents into fixed-length rows without cross-document attention masks.
- 5. No separate inference engine: the sampler uses the training weights (under FSDP, a gathered bf16 copy per rank).
- 6. The loss defaults follow DAPO/Dr. GRPO-era practice where the notes argue for it (clip-higher, token-level
+ 5. No separate inference engine: the sampler uses the training weights (under FSDP, a bf16 copy per rank,
+    refreshed from the shards one parameter at a time).
+ 6. The loss defaults follow DAPO/Dr. GRPO-era practice where later work argues for it (clip-higher, token-level
     aggregation); the paper's exact objective is one flag away (see grpo.py).
 """
 from __future__ import annotations
