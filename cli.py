@@ -1,5 +1,5 @@
-"""cli.py: the command-line conventions every entry point shares (train.py, distill.py; sample.py and bench.py can
-adopt them): --field=value or --field value for each field of a config dataclass, dashes read as underscores,
+"""cli.py: the command-line conventions every entry point shares (train.py, distill.py, r1.py; sample.py and
+bench.py keep their own parsers with the same spelling): --field=value or --field value for each field of a config dataclass, dashes read as underscores,
 one-line errors that name the bad value and the valid ones, and --help grouped from the dataclass source.
 
 Simplifications:
@@ -11,13 +11,16 @@ Use:
     pairs, switches = split_flags(argv, switches=("resume",))    # [("rl_steps", "3")], {"resume"}
     setattr(cfg, name, convert_flag(value, field.type, name))
     print_help(__doc__, PRESETS, Config, preset="smoke")           # the preset's values, marked *
+    preset, cfg = parse_preset_args(argv, __doc__, PRESETS, Config, default="r1-tiny")   # distill.py, r1.py
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import inspect
 import json
+import os
 import re
 
 
@@ -101,3 +104,27 @@ def convert_flag(v: str, typ, name: str):
         return json.loads(v)  # e.g. "int | None", "dict | None"
     except (ValueError, json.JSONDecodeError):
         raise SystemExit(f"error: --{name}={v!r} is not a valid {typ}" + (" (true or false)" if typ == "bool" else ""))
+
+
+def parse_preset_args(argv: list[str], doc: str, presets: dict, config_cls, default: str):
+    """(preset, config) for the scripts whose config is one dataclass plus presets (distill.py, r1.py):
+    --preset NAME, --help (with --preset: that preset's values) and --FIELD=value (or --FIELD value); out_dir
+    defaults to runs/<preset>. Every mistake is a one-line error naming the valid values."""
+    wants_help = "--help" in argv or "-h" in argv
+    pairs, _ = split_flags([a for a in argv if a not in ("--help", "-h")])
+    preset = dict(pairs).get("preset", default)
+    if preset not in presets:
+        raise SystemExit(f"error: unknown preset {preset!r}; valid presets: {', '.join(presets)}")
+    if wants_help:
+        print_help(doc, presets, config_cls, preset if "preset" in dict(pairs) else None)
+        raise SystemExit(0)
+    cfg = config_cls(**copy.deepcopy(presets[preset]))
+    names = {f.name: f for f in dataclasses.fields(config_cls)}
+    for k, v in pairs:
+        if k == "preset":
+            continue
+        if k not in names:
+            raise SystemExit(f"error: unknown field {k!r}{did_you_mean(k, names)}; valid fields: {', '.join(names)}")
+        setattr(cfg, k, convert_flag(v, names[k].type, k))
+    cfg.out_dir = cfg.out_dir or os.path.join("runs", preset)
+    return preset, cfg

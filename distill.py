@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+import cli
 import checkpoint
 import grpo
 import rewards
@@ -131,22 +132,7 @@ DISTILL_PRESETS = {
 
 def parse_args(argv: list[str]) -> tuple[str, DistillConfig]:
     """--preset NAME, --help and --FIELD=value (or --FIELD value); unknown fields are errors."""
-    if "--help" in argv or "-h" in argv:
-        train.print_help(__doc__, DISTILL_PRESETS, DistillConfig)
-        sys.exit(0)
-    pairs, _ = train.split_flags(argv)
-    preset = dict(pairs).get("preset", "distill-tiny")
-    if preset not in DISTILL_PRESETS:
-        raise SystemExit(f"error: unknown preset {preset!r}; valid presets: {', '.join(DISTILL_PRESETS)}")
-    cfg = DistillConfig(**copy.deepcopy(DISTILL_PRESETS[preset]))
-    names = {f.name: f for f in dataclasses.fields(DistillConfig)}
-    for k, v in pairs:
-        if k == "preset":
-            continue
-        if k not in names:
-            raise SystemExit(f"error: unknown field {k!r}; valid fields: {', '.join(names)}")
-        setattr(cfg, k, train.convert_flag(v, names[k].type, k))
-    cfg.out_dir = cfg.out_dir or os.path.join("runs", preset)
+    preset, cfg = cli.parse_preset_args(argv, __doc__, DISTILL_PRESETS, DistillConfig, default="distill-tiny")
     validate(cfg)
     return preset, cfg
 

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+import cli
 import distill
 import general
 import rewards
@@ -120,23 +121,7 @@ R1_PRESETS = {
 def parse_args(argv: list[str]) -> tuple[str, R1Config]:
     """--preset NAME, --help and --FIELD=value (or --FIELD value); unknown fields are errors. (Finished stages
     are reused and an interrupted RL stage resumes by itself: rerunning the same command continues a run.)"""
-    wants_help = "--help" in argv or "-h" in argv
-    pairs, switches = train.split_flags([a for a in argv if a not in ("--help", "-h")], switches=())
-    preset = dict(pairs).get("preset", "r1-tiny")
-    if wants_help:
-        train.print_help(__doc__, R1_PRESETS, R1Config, preset if "preset" in dict(pairs) else None)
-        sys.exit(0)
-    if preset not in R1_PRESETS:
-        raise SystemExit(f"error: unknown preset {preset!r}; valid presets: {', '.join(R1_PRESETS)}")
-    cfg = R1Config(**copy.deepcopy(R1_PRESETS[preset]))
-    names = {f.name: f for f in dataclasses.fields(R1Config)}
-    for k, v in pairs:
-        if k == "preset":
-            continue
-        if k not in names:
-            raise SystemExit(f"error: unknown field --{k}; valid fields: {', '.join(names)}")
-        setattr(cfg, k, train.convert_flag(v, names[k].type, k))
-    cfg.out_dir = cfg.out_dir or os.path.join("runs", preset)
+    preset, cfg = cli.parse_preset_args(argv, __doc__, R1_PRESETS, R1Config, default="r1-tiny")
     validate(cfg)
     return preset, cfg
 
