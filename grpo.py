@@ -82,6 +82,8 @@ class GRPOConfig:
     logprob_impl: str = "auto"   # kernels.token_logprobs impl: "auto" | "triton" | "torch"
     fused_head: bool = False     # lm_head fused into the log-prob kernel on loss tokens only (never
                                  # holds (B, T, V) logits); needs model(x, return_hidden=True), model.lm_head
+    fused_head_chunk: int = 256  # loss tokens per fused-head chunk: peak extra memory ~8 x chunk x V fp32 on the
+                                 # PyTorch twin, ~2 x on Triton (kernels.linear_token_logprobs)
     mask_truncated: InitVar[bool | None] = None  # the old name of drop_truncated, still accepted
 
     def __post_init__(self, mask_truncated):
@@ -89,9 +91,9 @@ class GRPOConfig:
             if self.drop_truncated and not mask_truncated:
                 raise ValueError("drop_truncated=True and its old name mask_truncated=False disagree; set one")
             self.drop_truncated = bool(mask_truncated)
-        if self.group_size < 1 or self.mu < 1 or self.micro_batch < 1:
-            raise ValueError(f"group_size, mu and micro_batch must be >= 1, got "
-                             f"{self.group_size}, {self.mu}, {self.micro_batch}")
+        if self.group_size < 1 or self.mu < 1 or self.micro_batch < 1 or self.fused_head_chunk < 1:
+            raise ValueError(f"group_size, mu, micro_batch and fused_head_chunk must be >= 1, got {self.group_size}, "
+                             f"{self.mu}, {self.micro_batch}, {self.fused_head_chunk}")
         if not (0 <= self.clip_low < 1 and self.clip_high >= 0):
             raise ValueError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
         if self.beta < 0 or self.const_norm < 0 or self.max_grad_norm < 0 or self.temperature <= 0:
@@ -328,7 +330,8 @@ def response_logprobs(model, inputs, targets, cfg, return_entropy=False):
     if not cfg.fused_head:
         return token_logprobs(model(inputs, **load), targets, **kw)  # logits (B, T, V)
     hidden = model(inputs, return_hidden=True, **load)  # (B, T, C)
-    stats = linear_token_logprobs(hidden[keep], model.lm_head.weight, targets[keep], **kw)  # each (N,)
+    stats = linear_token_logprobs(hidden[keep], model.lm_head.weight, targets[keep],  # each (N,)
+                                  chunk_size=cfg.fused_head_chunk, **kw)
     zeros = torch.zeros(targets.shape, device=hidden.device)  # (B, T)
     return TokenStats(*(zeros.masked_scatter(keep, x) if x is not None else None for x in stats))  # (B, T) each
 

@@ -123,6 +123,7 @@ class TrainConfig:
     micro_batch: int = 64              # rows per forward/backward
     max_grad_norm: float = 1.0         # gradient clipping (0: off)
     fused_head: bool = False           # lm_head fused into the log-prob kernel (never holds (B, T, V) logits)
+    fused_head_chunk: int = 256        # loss tokens per fused-head chunk (peak extra ~8 x chunk x V fp32 on CPU)
     # eval
     eval_every: int = 20               # evaluate every this many RL steps (and at step 0 and the end)
     eval_problems: int = 32            # held-out problems per bucket
@@ -245,8 +246,8 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.model in MODEL_PRESETS, f"--model={cfg.model!r} is not a model preset; valid: {', '.join(MODEL_PRESETS)}")
     for k in ("pretrain_steps", "rl_steps", "halt_after", "const_norm", "warmup", "threads", "eval_batch"):
         need(getattr(cfg, k) >= 0, f"--{k} must be >= 0 (got {getattr(cfg, k)})")
-    for k in ("batch_size", "seq_len", "prompts_per_step", "max_new_tokens", "mu", "micro_batch", "eval_every",
-              "eval_problems", "eval_k", "transcript_every", "ckpt_every"):
+    for k in ("batch_size", "seq_len", "prompts_per_step", "max_new_tokens", "mu", "micro_batch", "fused_head_chunk",
+              "eval_every", "eval_problems", "eval_k", "transcript_every", "ckpt_every"):
         need(getattr(cfg, k) >= 1, f"--{k} must be >= 1 (got {getattr(cfg, k)})")
     need(cfg.group_size >= 2, f"--group_size must be >= 2 for group-relative advantages (got {cfg.group_size})")
     need(cfg.vocab_size >= 256 + 16, f"--vocab_size must be >= 272 (256 bytes + special tokens), got {cfg.vocab_size}")
@@ -283,7 +284,8 @@ def grpo_config(cfg: TrainConfig) -> grpo.GRPOConfig:
                            std_norm=cfg.std_norm, token_level=cfg.token_level, const_norm=cfg.const_norm,
                            drop_equal_groups=cfg.drop_equal_groups, drop_truncated=cfg.drop_truncated, mu=cfg.mu,
                            micro_batch=cfg.micro_batch, temperature=cfg.rollout_temperature,
-                           max_grad_norm=cfg.max_grad_norm, fused_head=cfg.fused_head)
+                           max_grad_norm=cfg.max_grad_norm, fused_head=cfg.fused_head,
+                           fused_head_chunk=cfg.fused_head_chunk)
 
 
 def config_hash(*parts, code: tuple[str, ...] = ()) -> str:

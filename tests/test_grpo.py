@@ -601,13 +601,20 @@ def test_rl_step_on_the_real_transformer():
     ro = make_rollouts(B=8, G=4, L=12, vocab=13)
     torch.manual_seed(0)
     base = Transformer(ModelConfig.from_preset("tiny-moe", vocab_size=13))
-    grads = []
-    for micro_batch, fused in ((8, False), (3, True)):  # full batch vs micro-batched with fused lm_head
-        model = copy.deepcopy(base)
-        cfg = GRPOConfig(group_size=4, micro_batch=micro_batch, max_grad_norm=0, beta=0.01, fused_head=fused)
-        stats = rl_step(model, torch.optim.SGD(model.parameters(), lr=0.0), ro, cfg, ref_model=base)
-        grads.append([p.grad for p in model.parameters() if p.grad is not None])
-        assert stats["entropy"] > 0
+    grads, chunks, real = [], [], grpo.linear_token_logprobs
+    grpo.linear_token_logprobs = lambda *a, **kw: (chunks.append(kw["chunk_size"]), real(*a, **kw))[1]
+    try:  # full batch; micro-batched with the fused lm_head in chunks of 256 and of 2 loss tokens
+        runs = ((8, False, 256), (3, True, 256), (3, True, 2))
+        for micro_batch, fused, chunk in runs:
+            model = copy.deepcopy(base)
+            cfg = GRPOConfig(group_size=4, micro_batch=micro_batch, max_grad_norm=0, beta=0.01, fused_head=fused,
+                             fused_head_chunk=chunk)
+            stats = rl_step(model, torch.optim.SGD(model.parameters(), lr=0.0), ro, cfg, ref_model=base)
+            grads.append([p.grad for p in model.parameters() if p.grad is not None])
+            assert stats["entropy"] > 0
+    finally:
+        grpo.linear_token_logprobs = real
+    assert set(chunks) == {256, 2}  # the fused_head_chunk setting reaches the kernel
     for other in grads[1:]:
         for a, b in zip(grads[0], other):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
