@@ -34,10 +34,10 @@ What is here:
     digit, same layout ('add 4736 + 2819 : 6 + 9 = 15 carry 1 -> 5 ; 473 + 281 : ...'); LV opens 'add and
     check', adds again with the operands swapped, compares, and on a mismatch says "wait, that's wrong"
     and redoes the sum (a third of traces inject a slip into the first sum).
-    For count: D "count : 4"; S "matches c a e m so 4"; L "step a yes 1 b no 1 ... m no 4 so 4" (one look-up per letter of a..m with a running count: no copying of the list, which a tiny
-    model trained for minutes does not learn); LV = L with a possible slip + "wait, that's wrong" and a
-    check. With the corpus-trained tokenizer a 4x2 product takes ~28 tokens in D, ~375 in L,
-    ~750 in LV; the R1-Zero prompt is ~90.
+    For count: D "count : 4"; S "matches c a e m so 4"; L "step a yes 1 b no 1 ... m no 4 so 4" (one look-up
+    per letter of a..m with a running count: no copying of the list, which a tiny model trained for minutes
+    does not learn); LV = L with a possible slip + "wait, that's wrong" and a check. With the corpus-trained
+    tokenizer a 4x2 product takes ~28 tokens in D, ~375 in L, ~750 in LV; the R1-Zero prompt is ~90.
     The corpus never shows a test problem: not as a question, nor worked out inside a train
     problem's solution (sub-products such as 347 * 8 inside 347 * 28), nor in a drill.
     Every corpus document ends with "<|eos|>" (the tokenizer's eos string), so the trainer only
@@ -665,7 +665,8 @@ def corpus_docs(seed: int = 0, mix: dict | None = None) -> Iterator[tuple[dict, 
     m = _resolve_mix(mix)
     rng = random.Random(f"corpus:{seed}")
     kind_of, task_of, bucket_of = _picker(m["kinds"], rng), _picker(m["tasks"], rng), _picker(m["buckets"], rng)
-    tmode_of, dmode_of, drill_of = _picker(m["textbook_modes"], rng), _picker(m["dialogue_modes"], rng), _picker(m["drills"], rng)
+    tmode_of, dmode_of = _picker(m["textbook_modes"], rng), _picker(m["dialogue_modes"], rng)
+    drill_of = _picker(m["drills"], rng)
     while True:
         kind = kind_of()
         if kind == "drill":
@@ -690,7 +691,8 @@ def corpus_docs(seed: int = 0, mix: dict | None = None) -> Iterator[tuple[dict, 
                 info["defect"] = True
                 yield info, r1_zero_prompt(p.question) + _defect(rng, think, p.answer) + EOS
             else:
-                yield info, (r1_zero_prompt(p.question) + f" <think> {think} </think> <answer> {p.answer} </answer>" + EOS)
+                yield info, (r1_zero_prompt(p.question) + f" <think> {think} </think> <answer> {p.answer} </answer>"
+                             + EOS)
 
 
 def corpus_stream(seed: int = 0, mix: dict | None = None) -> Iterator[str]:

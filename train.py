@@ -31,8 +31,8 @@ Simplifications relative to the paper (DeepSeek-R1, arXiv 2501.12948):
  1. The base model is ours, pretrained in the run on a synthetic corpus (tasks.py) instead of DeepSeek-V3-Base
     on 14.8T web tokens; it is a miniature of the same architecture (MLA + DeepSeekMoE, aux-loss-free balancing).
  2. The tasks are synthetic with difficulty buckets and rule-checked answers (addition with carries for
-    zero-mini and zero-small, letter counting for zero-tiny and zero-micro) instead of competition math and code; real problem files and
-    real checkpoints are the zero-full presets' business.
+    zero-mini and zero-small, letter counting for zero-tiny and zero-micro) instead of competition math and code;
+    real problem files and real checkpoints are the zero-full presets' business.
  3. Rollouts stop at the first </answer> or end-of-text token; response length is capped (max_new_tokens).
  4. Pretraining packs documents into fixed-length rows without cross-document attention masks.
  5. No separate inference engine: the sampler uses the training weights (under FSDP, a bf16 copy per rank,
