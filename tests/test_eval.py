@@ -14,6 +14,7 @@ import tasks
 from sample import (ResultsFile, bootstrap_ci, evaluate, grade, pass_at_k, per_problem_scores, plan_calls,
                     summarize)
 from tasks import Problem
+from test_sample import ByteTokenizer  # one token per character; 256 = eos, 257 = pad
 
 QWEN2_PAT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
              r"""|\s+(?!\S)|\s+""")
@@ -163,17 +164,6 @@ def test_plan_calls_literal():
     assert plan_calls([50], 4, 10, 64, 120) == [([0], 2), ([0], 2)]  # one problem's samples split
     assert plan_calls([50], 3, 10, 64, 120) == [([0], 2), ([0], 1)]
     assert plan_calls([5, 50, 5], 3, 10, 2) == [([0], 2), ([0], 1), ([1], 2), ([1], 1), ([2], 2), ([2], 1)]
-
-
-class ByteTokenizer:
-    """One token per character (ids < 256); 256 = eos, 257 = pad."""
-    eos_id, pad_id, special_tokens = 256, 257, {}
-
-    def encode(self, text):
-        return [ord(c) for c in text]
-
-    def decode(self, ids):
-        return "".join(chr(i) for i in ids if i < 256)
 
 
 class ScriptModel(torch.nn.Module):
