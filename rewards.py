@@ -14,6 +14,9 @@ reward. RL finds every loophole, so each rule here is strict and bounded:
     read-only root holding only the interpreter, a seccomp filter and a per-run cgroup; the tests are
     judged in the parent from the values the program prints.
 
+The file reads from the entry point down: score() and its weights, then the format rule, answer extraction,
+the per-task check, Countdown, and language consistency.
+
 Simplifications vs the paper / production graders:
   1. Math answers: see mathcheck.py (what it parses; lists are sets; no tolerance, so 0.333 != 1/3;
      a percent sign is dropped, "50\\%" == "50"; several \\boxed{}: the last, unless they form a list).
@@ -32,6 +35,35 @@ import functools
 import re
 import unicodedata
 from fractions import Fraction
+
+# ----------------------------------------------------------------------------- one entry point
+
+DEFAULT_WEIGHTS = {"accuracy": 1.0, "format": 0.1, "language": 0.0}
+TASK_WEIGHTS = {}   # task name -> weights overriding DEFAULT_WEIGHTS, e.g. {"math": {"language": 0.1}}
+
+
+def score(completion, problem, weights=None, think_prefilled=False, lang="en"):
+    """Total reward of one completion and its parts: weights["accuracy"] * accuracy + weights["format"] *
+    format + weights["language"] * language consistency of the reasoning (weights: DEFAULT_WEIGHTS, then
+    TASK_WEIGHTS[problem.task], then `weights`). Accuracy needs a well-formed completion; for "code" it
+    is the fraction of problem.meta["tests"] passed. Returns {"reward", "format", "accuracy", "language",
+    "answer"}."""
+    w = {**DEFAULT_WEIGHTS, **TASK_WEIGHTS.get(getattr(problem, "task", ""), {}), **(weights or {})}
+    parsed = parse_response(completion, think_prefilled)
+    fmt, acc, language, answer = 0.0, 0.0, 0.0, None
+    if parsed is not None:
+        think, block = parsed
+        fmt = 1.0
+        task = getattr(problem, "task", "")
+        answer = block if task in ("countdown", "code") else extract_answer("<answer>" + block + "</answer>")
+        if task == "code":                                  # partial credit: fraction of tests passed
+            acc = code_reward(_strip_fences(answer), (getattr(problem, "meta", None) or {}).get("tests", []))
+        else:
+            acc = float(check_answer(answer, problem)) if answer else 0.0
+        language = language_consistency(think, lang)
+    reward = w["accuracy"] * acc + w["format"] * fmt + w["language"] * language
+    return {"reward": reward, "format": fmt, "accuracy": acc, "language": language, "answer": answer}
+
 
 # ----------------------------------------------------------------------------- format
 
@@ -93,6 +125,40 @@ def extract_answer(text):
     if m:
         return m[-1].replace(",", "")
     return text.strip() or None if blocks else None
+
+
+# ----------------------------------------------------------------------------- task dispatch
+
+def _as_int(s):
+    s = s.strip().replace(" ", "")
+    if re.fullmatch(r"-?\d{1,3}(,\d{3})+", s):
+        s = s.replace(",", "")
+    return int(s) if re.fullmatch(r"-?\d+", s) and len(s) < 5000 else None
+
+
+def check_answer(answer, problem):
+    """Is `answer` (the extracted answer text) right for `problem` (duck-typed: .task, .answer, .meta)?"""
+    try:
+        if not isinstance(answer, str) or not answer.strip():
+            return False
+        task = getattr(problem, "task", "")
+        gold = str(getattr(problem, "answer", ""))
+        meta = getattr(problem, "meta", None) or {}
+        if task == "countdown":
+            return countdown_check(answer, meta["numbers"], meta["target"])
+        if task in ("math", "gsm8k"):
+            if "####" in gold:
+                gold = extract_answer(gold) or gold
+            boxed = boxed_answer(answer)
+            return math_equal(boxed if boxed is not None else answer, gold)
+        if task == "code":
+            return code_reward(_strip_fences(answer), meta["tests"]) == 1.0
+        gi, pi = _as_int(gold), _as_int(answer)
+        if gi is not None:
+            return pi == gi
+        return answer.strip().casefold() == gold.strip().casefold()
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return False
 
 
 # ----------------------------------------------------------------------------- countdown
@@ -178,47 +244,6 @@ def countdown_check(equation, numbers, target):
         return False
 
 
-# ----------------------------------------------------------------------------- task dispatch
-
-def _as_int(s):
-    s = s.strip().replace(" ", "")
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+", s):
-        s = s.replace(",", "")
-    return int(s) if re.fullmatch(r"-?\d+", s) and len(s) < 5000 else None
-
-
-def check_answer(answer, problem):
-    """Is `answer` (the extracted answer text) right for `problem` (duck-typed: .task, .answer, .meta)?"""
-    try:
-        if not isinstance(answer, str) or not answer.strip():
-            return False
-        task = getattr(problem, "task", "")
-        gold = str(getattr(problem, "answer", ""))
-        meta = getattr(problem, "meta", None) or {}
-        if task == "countdown":
-            return countdown_check(answer, meta["numbers"], meta["target"])
-        if task in ("math", "gsm8k"):
-            if "####" in gold:
-                gold = extract_answer(gold) or gold
-            boxed = boxed_answer(answer)
-            return math_equal(boxed if boxed is not None else answer, gold)
-        if task == "code":
-            return code_reward(_strip_fences(answer), meta["tests"]) == 1.0
-        gi, pi = _as_int(gold), _as_int(answer)
-        if gi is not None:
-            return pi == gi
-        return answer.strip().casefold() == gold.strip().casefold()
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return False
-
-
-# ----------------------------------------------------------------------------- code sandbox (sandbox.py)
-
-from sandbox import (_strip_fences, check_sandbox, code_reward, code_reward_details,  # noqa: E402,F401
-                     code_rewards, run_sandboxed, sandbox_capabilities)
-
-
-
 # ----------------------------------------------------------------------------- language consistency
 
 _SCRIPTS = {"en": "LATIN", "fr": "LATIN", "de": "LATIN", "es": "LATIN", "zh": "CJK", "ja": "CJK",
@@ -258,33 +283,10 @@ def language_consistency(text, lang="en"):
     return good / total if total else 0.0
 
 
-# ----------------------------------------------------------------------------- one entry point
+# ----------------------------------------------------------------------------- code sandbox (sandbox.py)
 
-DEFAULT_WEIGHTS = {"accuracy": 1.0, "format": 0.1, "language": 0.0}
-TASK_WEIGHTS = {}   # task name -> weights overriding DEFAULT_WEIGHTS, e.g. {"math": {"language": 0.1}}
-
-
-def score(completion, problem, weights=None, think_prefilled=False, lang="en"):
-    """Total reward of one completion and its parts: weights["accuracy"] * accuracy + weights["format"] *
-    format + weights["language"] * language consistency of the reasoning (weights: DEFAULT_WEIGHTS, then
-    TASK_WEIGHTS[problem.task], then `weights`). Accuracy needs a well-formed completion; for "code" it
-    is the fraction of problem.meta["tests"] passed. Returns {"reward", "format", "accuracy", "language",
-    "answer"}."""
-    w = {**DEFAULT_WEIGHTS, **TASK_WEIGHTS.get(getattr(problem, "task", ""), {}), **(weights or {})}
-    parsed = parse_response(completion, think_prefilled)
-    fmt, acc, language, answer = 0.0, 0.0, 0.0, None
-    if parsed is not None:
-        think, block = parsed
-        fmt = 1.0
-        task = getattr(problem, "task", "")
-        answer = block if task in ("countdown", "code") else extract_answer("<answer>" + block + "</answer>")
-        if task == "code":                                  # partial credit: fraction of tests passed
-            acc = code_reward(_strip_fences(answer), (getattr(problem, "meta", None) or {}).get("tests", []))
-        else:
-            acc = float(check_answer(answer, problem)) if answer else 0.0
-        language = language_consistency(think, lang)
-    reward = w["accuracy"] * acc + w["format"] * fmt + w["language"] * language
-    return {"reward": reward, "format": fmt, "accuracy": acc, "language": language, "answer": answer}
+from sandbox import (_strip_fences, check_sandbox, code_reward, code_reward_details,  # noqa: E402,F401
+                     code_rewards, run_sandboxed, sandbox_capabilities)
 
 
 if __name__ == "__main__":

@@ -239,15 +239,21 @@ def mul_line(a: int, m: int, slip_step: int = -1, slip: int = 0) -> tuple[str, i
     return f"{a} * {m} : " + " ; ".join(steps), int(written)
 
 
-def add_line(x: int, y: int, slip_step: int = -1, slip: int = 0, head: str = "add") -> tuple[str, int]:
+def add_line(x: int, y: int, slip_step: int = -1, slip: int = 0, head: str = "add",
+             copy_slip: int = -1) -> tuple[str, int]:
     """x + y by columns on zero-padded numbers of equal length, carry per column, digits so far;
     like mul_line, each column opens with the digits still to add ("0284 + 2369 :"), so the digits to use
-    are the last ones just written. Column slip_step adds slip to its sum (the injected-slip traces);
-    the slip propagates like a real one. head opens the line ("add", "check", "redo")."""
+    are the last ones just written. Column slip_step adds slip to its sum (a wrong fact or a dropped carry);
+    at column copy_slip the restated digits of x are miscopied (one digit off by one), and the columns after it
+    go on from the miscopy, as a model that slips does. Either slip propagates like a real one.
+    head opens the line ("add", "add and check", "redo")."""
     n = max(len(str(x)), len(str(y)))
     xs, ys = str(x).zfill(n), str(y).zfill(n)
     steps, carry, written = [], 0, ""
     for k in range(n):
+        if k == copy_slip and k > 0:  # miscopy the last digit still to add (the one this column uses)
+            d = int(xs[n - k - 1])
+            xs = xs[:n - k - 1] + str(d + 1 if d < 9 else d - 1) + xs[n - k:]
         cx, cy = xs[-1 - k], ys[-1 - k]
         s = int(cx) + int(cy) + (slip if k == slip_step else 0)
         t = f"{xs[:n - k]} + {ys[:n - k]} : {cx} + {cy} = {s}" if k else f"{cx} + {cy} = {s}"
@@ -260,7 +266,36 @@ def add_line(x: int, y: int, slip_step: int = -1, slip: int = 0, head: str = "ad
     if carry:
         written = str(carry) + written
         steps.append(f"carry {carry} -> {written}")
-    return f"{head} {xs} + {ys} : " + " ; ".join(steps), int(written)
+    return f"{head} {str(x).zfill(n)} + {ys} : " + " ; ".join(steps), int(written)
+
+
+def nines_walk(n: int) -> tuple[str, int]:
+    """Casting out nines one digit at a time, left to right, as a running digital root that never exceeds 9:
+    '4736 : 4 + 7 = 11 -> 2 ; 36 : 2 + 3 = 5 ; 6 : 5 + 6 = 11 -> 2'. Like add_line, each step after the first
+    opens with the digits still to use, so the digit to add is the first one just written: every step reads only
+    the last few tokens. A two-digit sum s (at most 18) reduces to s - 9, its digit sum."""
+    ds = str(n)
+    root, steps = int(ds[0]), []
+    for k in range(1, len(ds)):
+        s = root + int(ds[k])
+        fact = f"{root} + {ds[k]} = {s}" + (f" -> {s - 9}" if s >= 10 else "")
+        steps.append(f"{ds if k == 1 else ds[k:]} : {fact}")
+        root = s - 9 if s >= 10 else s
+    return (" ; ".join(steps) if steps else f"{ds} : {root}"), root
+
+
+def check_by_nines(x: int, y: int, c: int) -> tuple[str, bool]:
+    """The LV check of 'x + y = c' by another route than the columns: casting out nines. Each number's digital
+    root by nines_walk on its own line, then root(x) + root(y) reduced, compared with root(c):
+    'check 4736 : ... -> 2' / '2819 : ...' / '7555 : ...' / '2 + 2 = 4 ; 4 = 4 ok'. Any slip that changes the sum
+    by other than a multiple of 9 (a wrong fact, a dropped carry, a miscopied digit) shows as a mismatch."""
+    (tx, rx), (ty, ry), (tc, rc) = nines_walk(x), nines_walk(y), nines_walk(c)
+    s = rx + ry
+    rs = s - 9 if s >= 10 else s
+    ok = rs == rc
+    combine = f"{rx} + {ry} = {s}" + (f" -> {rs}" if s >= 10 else "")
+    verdict = f"{rs} = {rc} ok" if ok else f"{rs} != {rc}"
+    return f"check {tx}\n{ty}\n{tc}\n{combine} ; {verdict}", ok
 
 
 def digit_root(n: int) -> tuple[str, int]:
@@ -341,9 +376,11 @@ def _mul_think(a: int, b: int, mode: str, rng: random.Random, slip_rate: float =
 def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 1 / 3) -> str:
     """D: '4736 + 2819 = 7555'; S: 'split 2819 = 2810 + 9 : 4736 + 2810 = 7546 , 7546 + 9 = 7555';
     L: the column scratchpad (add_line) then 'so the sum is N';
-    LV: opens 'add and check', adds by columns, then checks by adding again in the other order (a different
-    route: other digit facts, other carries) and compares. When the two differ it says so ('wait, that's
-    wrong'), redoes the sum and takes the redo. A third of LV traces inject a slip into the first sum."""
+    LV: opens 'add and check', adds by columns, states the sum, then checks it by another route, casting out
+    nines (check_by_nines: digit by digit, no far copy). When the check fails it says so ('wait, that's wrong'),
+    redoes the sum and takes the redo. A third of LV traces inject a slip of the kinds a small model makes: a
+    wrong column fact, a miscopied digit in the restated remainder, or a miscopied final sum. The verdict is
+    computed from what was written, so the same check catches the model's own slips."""
     if len(xs) != 2:  # sums of more numbers: running totals (D/S) or one column addition per number (L/LV)
         if mode == "D":
             return f"{' + '.join(map(str, xs))} = {sum(xs)}"
@@ -368,18 +405,27 @@ def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 
     if mode == "L":
         return add_line(x, y)[0] + f"\nso the sum is {x + y}"
     n = max(len(str(x)), len(str(y)))
-    slip_at, slip = -1, 0
-    if rng.random() < slip_rate:  # one column of the first sum goes wrong (a bad fact or a dropped carry)
-        slip_at = rng.randrange(n)
-        col = int(str(x).zfill(n)[-1 - slip_at]) + int(str(y).zfill(n)[-1 - slip_at])
-        slip = rng.choice([s for s in (-2, -1, 1, 2) if col + s >= 0])
-    first, s1 = add_line(x, y, slip_at, slip, head="add and check")
-    check, s2 = add_line(y, x, head="check")
-    if s1 == s2:
-        return f"{first}\n{check} ; {s2} = {s1} ok\nso the sum is {s1}"
+    kw, final_slip = {}, False
+    if rng.random() < slip_rate:  # the kinds of slip this model makes: a wrong fact, a miscopy, a miscopied sum
+        kind = rng.choice(["fact", "copy", "final"] if n > 1 else ["fact", "final"])
+        if kind == "fact":  # one column goes wrong (a bad fact or a dropped carry)
+            at = rng.randrange(n)
+            col = int(str(x).zfill(n)[-1 - at]) + int(str(y).zfill(n)[-1 - at])
+            kw = {"slip_step": at, "slip": rng.choice([s for s in (-2, -1, 1, 2) if col + s >= 0])}
+        elif kind == "copy":  # the digits still to add are restated wrongly
+            kw = {"copy_slip": rng.randrange(1, n)}
+        final_slip = kind == "final"
+    first, s1 = add_line(x, y, head="add and check", **kw)
+    if final_slip:  # "so the sum is" copies one digit of the column result wrongly
+        ds = str(s1)
+        i = rng.randrange(len(ds))
+        d = int(ds[i])
+        s1 = int(ds[:i] + str(d + 1 if d < 9 else d - 1) + ds[i + 1:])
+    check, ok = check_by_nines(x, y, s1)
+    if ok:
+        return f"{first}\nso the sum is {s1}\n{check}"
     redo, s3 = add_line(x, y, head="redo")
-    return (f"{first}\n{check} ; {s2} != {s1} , {rng.choice(WRONG)} .\n{redo} ; {s3} = {s2} ok"
-            f"\nso the sum is {s3}")
+    return f"{first}\nso the sum is {s1}\n{check} , {rng.choice(WRONG)} .\n{redo}\nso the sum is {s3}"
 
 
 def _countdown_think(p: Problem, mode: str, rng: random.Random) -> str:
@@ -514,7 +560,7 @@ DEFAULT_MIX = {
     "tasks": {"multiplication": 0.8, "addition": 0.1, "countdown": 0.1, "count": 0.0},
     "buckets": {"E": 0.25, "M": 0.25, "H": 0.25, "VH": 0.25},
     "drills": {"times": 0.2, "mul_line": 0.4, "add_line": 0.25, "digit_root": 0.15, "count_run": 0.0,
-               "successor": 0.0, "add_facts": 0.0},
+               "successor": 0.0, "add_facts": 0.0, "add_small": 0.0, "nines": 0.0},
     "defect_rate": 0.3,
     "slip_rate": 1 / 3,
     "drift_rate": 0.0,  # share of dialogues whose reasoning drifts into a second language (general.drift; R1 presets)
@@ -594,6 +640,20 @@ def _drill(rng, kind) -> str:
         for _ in range(rng.randint(6, 12)):
             x, y = rng.randint(0, 9), rng.randint(0, 9)
             lines.append(f"{x} + {y} = {x + y}" + (f" + 1 = {x + y + 1}" if rng.random() < 0.4 else ""))
+        return "\n".join(lines)
+    if kind == "add_small":  # two-digit plus one-digit sums answered directly: what a direct answer on E needs
+        lines, n = [], rng.randint(6, 12)
+        while len(lines) < n:
+            x, y = _rand_digits(rng, 2), rng.randint(1, 9)
+            if split_of("addition", tuple(sorted((x, y)))) == "train":
+                lines.append(f"{x} + {y} = {x + y}" if rng.random() < 0.5 else f"{y} + {x} = {x + y}")
+        return "\n".join(lines)
+    if kind == "nines":  # casting out nines of a (possibly wrong) sum: the LV check on its own
+        lines = []
+        for _ in range(rng.randint(2, 3)):
+            x, y = _train_sum(rng)
+            c = x + y + (rng.choice([-10, -1, 1, 2, 10, 100]) if rng.random() < 0.3 else 0)
+            lines.append(check_by_nines(x, y, c)[0])
         return "\n".join(lines)
     if kind == "times":
         d = rng.randint(2, 9)

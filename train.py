@@ -143,10 +143,11 @@ ZERO_TINY_MIX = {"tasks": {"count": 1.0}, "drills": {"count_run": 0.9, "successo
                  "kinds": {"drill": 0.55, "textbook": 0.1, "dialogue": 0.3, "filler": 0.05}}
 # The corpus of the addition presets (zero-mini, zero-small): column-addition and one-digit-fact drills, worked
 # examples, and R1-Zero dialogues whose mode (D/S/L/LV) is drawn independently of the problem's difficulty.
-ZERO_MINI_MIX = {"tasks": {"addition": 1.0}, "drills": {"add_line": 0.7, "add_facts": 0.3},
+ZERO_MINI_MIX = {"tasks": {"addition": 1.0},
+                 "drills": {"add_line": 0.45, "add_facts": 0.15, "add_small": 0.2, "nines": 0.2},
                  "kinds": {"drill": 0.35, "textbook": 0.15, "dialogue": 0.45, "filler": 0.05},
-                 "textbook_modes": {"D": 0.25, "S": 0.2, "L": 0.3, "LV": 0.25},
-                 "dialogue_modes": {"D": 0.55, "S": 0.15, "L": 0.2, "LV": 0.1}}
+                 "textbook_modes": {"D": 0.2, "S": 0.15, "L": 0.3, "LV": 0.35},
+                 "dialogue_modes": {"D": 0.5, "S": 0.1, "L": 0.25, "LV": 0.15}}
 
 TRAIN_PRESETS = {
     "smoke": dict(vocab_size=300, tokenizer_mb=0.2, model="tiny-mla", pretrain_steps=6, batch_size=4, seq_len=64,

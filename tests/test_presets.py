@@ -23,7 +23,7 @@ def test_zero_mini_and_zero_small_are_one_recipe():
         assert getattr(mini, k) == getattr(small, k), k
     assert mini.task == "addition" and tasks.BUCKETS["addition"] == ["E", "M", "H", "VH"]
     modes = mini.corpus_mix["dialogue_modes"]
-    assert modes["LV"] > 0 and modes["L"] > 0 and modes["D"] > 0.5  # thinking is a minority before RL
+    assert modes["LV"] > 0 and modes["L"] > 0 and modes["L"] + modes["LV"] < 0.5  # thinking: a minority before RL
 
 
 def mode_lengths(tok: Tokenizer, task: str, bucket: str, mode: str, slip_rate: float, n: int = 150) -> list[int]:
