@@ -1,21 +1,19 @@
-"""Batched autoregressive sampling with the KV cache, evaluation metrics, and a CLI.
+"""Batched autoregressive sampling with the KV cache, and a CLI that continues one prompt.
 
 What it is
-    generate(): many prompts of ragged length, n samples each, one token per step from the model's
-    KV cache; temperature / top-k / top-p / greedy, stop tokens and stop strings; returns the sampled
-    tokens and the log-prob of each one under the distribution it was actually drawn from (what the
-    RL trainer needs for its importance ratio). evaluate(): the paper's protocol (k samples at T=0.6,
-    top-p 0.95): pass@1, cons@k (majority vote), unbiased pass@k, format compliance, response length and
-    truncation, each with a 95% bootstrap interval over problems, per difficulty bucket; prompts in the
-    R1-Zero template or the checkpoint's own chat template; batched by a KV-cache token budget; per-problem
-    results to a JSONL file that a stopped run resumes from.
+    generate(): many prompts of ragged length, n samples each (the group size G), one token per step from the
+    model's KV cache; temperature / top-k / top-p / greedy, stop tokens and stop strings; returns the sampled
+    tokens and the log-prob of each one under the distribution it was actually drawn from. The GRPO trainer
+    does not use these log-probs (grpo.py recomputes them with the policy it updates, tested equal at
+    temperature 1); they are what an importance ratio against the sampler would need. Evaluation (pass@1,
+    cons@k, pass@k with bootstrap intervals, the CLI's --eval) is evaluate.py.
 
 Simplifications vs production samplers (vLLM, SGLang, nanochat's Engine)
     1. Static batching: all prompts start together; a finished row is dropped from the batch (the
        cache is compacted once >= 25% of the rows are done; in the static loop only at its host checks)
        but no new prompt takes its place.
     2. The cache is one contiguous tensor per layer of size prompt+max_new_tokens (no paged blocks,
-       no prefix sharing across different prompts; the n samples of one prompt share its prefill by
+       no prefix sharing across different prompts; the G samples of one prompt share its prefill by
        copying the prompt's cache rows, not by pointing at them).
     3. Left padding: ragged prompts are padded on the left, their RoPE positions shifted so every
        prompt starts at position 0, and padded slots are masked out of attention.
@@ -26,9 +24,10 @@ Simplifications vs production samplers (vLLM, SGLang, nanochat's Engine)
        (compile=True). No paged attention kernels, no speculative decoding.
     5. Stop strings are checked by decoding the tail of a row, and only for rows whose newest token
        could complete one (its text contains a stop string's last character, or an incomplete byte).
-    6. MLA models prefill through the textbook attention path and decode through the absorbed one
-       (model.cfg.mla_absorb is switched for the decode loop and restored): same numbers, no per-step
-       expansion of the latent cache into per-head keys and values.
+    6. MLA models decode through the absorbed attention path (model.cfg.mla_absorb is set for the decode
+       loop and restored after): same numbers, no per-step expansion of the latent cache into per-head keys
+       and values. Prefill runs on whichever path the model was given: the textbook one unless mla_absorb
+       was already True.
 
 Log-probs: the log-prob of each sampled token under the distribution actually sampled from, i.e.
 log_softmax(filter(logits / temperature)) where filter = top-k then top-p (removed tokens get -inf).
@@ -36,19 +35,15 @@ For temperature 1 and no filtering this equals the model's own log_softmax(logit
 trainer recomputes with one forward pass (tested). For greedy (temperature 0) the sampling
 distribution is a point mass, so we report the model's log_softmax (temperature 1) at the argmax.
 
-Evaluation vs the paper's: cons@k votes on answers' text (stripped), not on mathematical equivalence; the
-intervals are percentile bootstraps over problems (a problem's k samples are kept together, not resampled).
-
 Use
     python sample.py --ckpt DIR --prompt "What is 12*34?"               # R1-Zero template, streams tokens
-    python sample.py --ckpt DIR --eval                                  # the task the checkpoint recorded
-    python sample.py --ckpt DIR --eval --problems aime24.jsonl --template chat --k 64   # a real benchmark
+    python sample.py --ckpt DIR --eval ...                              # = python evaluate.py --ckpt DIR ...
     python sample.py --help                                             # every flag, grouped
-    from sample import generate, evaluate
-    gen = generate(model, [tok.encode(p) for p in prompts], n=8, temperature=1.0, seed=0)
+    from sample import generate
+    gen = generate(model, [tok.encode(p) for p in prompts], n=8, temperature=1.0, seed=0)   # gen.tokens (B, T)
 
-Shapes: B prompts, n samples per prompt, N = B*n rows being decoded (shrinks as rows finish),
-P longest prompt, T generated tokens, V vocab.
+Shapes: P prompts, G samples per prompt (generate's n), B = P*G rows, M rows still being decoded (shrinks as
+rows finish), T positions (of the prompts in prefill, of the generated tokens after), V vocab, C model dim.
 """
 import argparse
 import functools
@@ -66,11 +61,11 @@ COMPILE_BACKEND = "inductor"  # backend used by generate(compile=True); tests sw
 
 @dataclass
 class Generation:
-    tokens: torch.Tensor     # (B*n, T) int64 generated tokens, right-padded with pad_id; stop token included
-    mask: torch.Tensor       # (B*n, T) bool, True on generated tokens
-    logprobs: torch.Tensor   # (B*n, T) float32 log-prob of each token under the sampling distribution, 0 on pads
-    lengths: torch.Tensor    # (B*n,) int64 number of generated tokens
-    truncated: torch.Tensor  # (B*n,) bool, hit max_new_tokens without a stop
+    tokens: torch.Tensor     # (B, T) int64 generated tokens, right-padded with pad_id; stop token included
+    mask: torch.Tensor       # (B, T) bool, True on generated tokens
+    logprobs: torch.Tensor   # (B, T) float32 log-prob of each token under the sampling distribution, 0 on pads
+    lengths: torch.Tensor    # (B,) int64 number of generated tokens
+    truncated: torch.Tensor  # (B,) bool, hit max_new_tokens without a stop
 
 
 # ----------------------------------------------------------------------------- sampling one step
@@ -81,42 +76,42 @@ def filter_logits(logits, top_k=0, top_p=1.0):
     top_k: keep exactly the k largest (0 = off). top_p: keep the smallest set of most likely tokens
     whose total probability reaches top_p (the token that crosses the threshold is kept; 1.0 = off)."""
     if top_k > 0 and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1)  # values/indices (N, k)
-        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, kth.indices, True)  # (N, V)
-        logits = logits.masked_fill(~keep, float("-inf"))  # (N, V)
+        kth = torch.topk(logits, top_k, dim=-1)  # values/indices (B, k)
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, kth.indices, True)  # (B, V)
+        logits = logits.masked_fill(~keep, float("-inf"))  # (B, V)
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (N, V)
-        probs = sorted_logits.softmax(-1)  # (N, V)
-        mass_before = probs.cumsum(-1) - probs  # (N, V) probability of the strictly more likely tokens
-        drop_sorted = mass_before >= top_p  # (N, V); the most likely token always has 0 before it
-        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)  # (N, V) back to vocab order
-        logits = logits.masked_fill(drop, float("-inf"))  # (N, V)
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(-1)  # (B, V)
+        mass_before = probs.cumsum(-1) - probs  # (B, V) probability of the strictly more likely tokens
+        drop_sorted = mass_before >= top_p  # (B, V); the most likely token always has 0 before it
+        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)  # (B, V) back to vocab order
+        logits = logits.masked_fill(drop, float("-inf"))  # (B, V)
     return logits
 
 
 def sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, uniform=None, generator=None, vocab_limit=None):
-    """logits (N, V) float -> (tokens (N,) int64, logprobs (N,) float32 under the sampling distribution).
+    """logits (B, V) float -> (tokens (B,) int64, logprobs (B,) float32 under the sampling distribution).
 
-    Sampling is by inverse CDF from one uniform number per row, uniform (N,) in [0, 1) (drawn from
+    Sampling is by inverse CDF from one uniform number per row, uniform (B,) in [0, 1) (drawn from
     generator if not given), so a row's draw does not depend on which other rows are in the batch.
     vocab_limit: ids >= vocab_limit are never proposed (an embedding table may be larger than the tokenizer)."""
-    logits = logits.float()  # (N, V)
+    logits = logits.float()  # (B, V)
     if vocab_limit is not None and vocab_limit < logits.size(-1):  # -inf beyond the tokenizer's last id
-        logits = F.pad(logits[:, :vocab_limit], (0, logits.size(-1) - vocab_limit), value=float("-inf"))  # (N, V)
+        logits = F.pad(logits[:, :vocab_limit], (0, logits.size(-1) - vocab_limit), value=float("-inf"))  # (B, V)
     if temperature == 0:  # greedy; report the model's own log-prob of the argmax
-        tokens = logits.argmax(-1)  # (N,)
-        logprobs = logits.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]  # (N,)
+        tokens = logits.argmax(-1)  # (B,)
+        logprobs = logits.log_softmax(-1).gather(-1, tokens[:, None])[:, 0]  # (B,)
         return tokens, logprobs
-    logprobs_all = filter_logits(logits / temperature, top_k, top_p).log_softmax(-1)  # (N, V)
+    logprobs_all = filter_logits(logits / temperature, top_k, top_p).log_softmax(-1)  # (B, V)
     if uniform is None:
-        uniform = torch.rand(logits.size(0), device=logits.device, generator=generator)  # (N,)
-    probs = logprobs_all.exp()  # (N, V)
-    cdf = probs.cumsum(-1)  # (N, V); a removed token adds 0 so it is never picked
-    target = uniform[:, None] * cdf[:, -1:]  # (N, 1)
-    tokens = torch.searchsorted(cdf, target, right=True)[:, 0]  # (N,)
-    last = logits.size(-1) - 1 - probs.flip(-1).gt(0).int().argmax(-1)  # (N,) last kept token
+        uniform = torch.rand(logits.size(0), device=logits.device, generator=generator)  # (B,)
+    probs = logprobs_all.exp()  # (B, V)
+    cdf = probs.cumsum(-1)  # (B, V); a removed token adds 0 so it is never picked
+    target = uniform[:, None] * cdf[:, -1:]  # (B, 1)
+    tokens = torch.searchsorted(cdf, target, right=True)[:, 0]  # (B,)
+    last = logits.size(-1) - 1 - probs.flip(-1).gt(0).int().argmax(-1)  # (B,) last kept token
     tokens = torch.minimum(tokens, last)  # target can round up to cdf[-1]: take the last kept token
-    return tokens, logprobs_all.gather(-1, tokens[:, None])[:, 0]  # (N,), (N,)
+    return tokens, logprobs_all.gather(-1, tokens[:, None])[:, 0]  # (B,), (B,)
 
 
 # ----------------------------------------------------------------------------- stop strings
@@ -198,11 +193,11 @@ def _check_args(prompts, max_new_tokens, temperature, top_p, top_k, n, stop_stri
 
 def _left_pad(prompts, pad_id, device):
     """Left-pad prompts; positions shifted so each prompt starts at 0; valid marks real tokens."""
-    P = max(len(p) for p in prompts)
-    tokens = torch.tensor([[pad_id] * (P - len(p)) + list(p) for p in prompts], device=device)  # (B, P)
-    lens = torch.tensor([len(p) for p in prompts], device=device)  # (B,)
-    pos = torch.arange(P, device=device)[None, :] - (P - lens)[:, None]  # (B, P), negative on pads
-    valid = pos >= 0  # (B, P)
+    T = max(len(p) for p in prompts)
+    tokens = torch.tensor([[pad_id] * (T - len(p)) + list(p) for p in prompts], device=device)  # (P, T)
+    lens = torch.tensor([len(p) for p in prompts], device=device)  # (P,)
+    pos = torch.arange(T, device=device)[None, :] - (T - lens)[:, None]  # (P, T), negative on pads
+    valid = pos >= 0  # (P, T)
     return tokens, pos.clamp(min=0), valid, lens
 
 
@@ -262,47 +257,47 @@ def generate(model, prompts, max_new_tokens=256, temperature=1.0, top_p=1.0, top
             cfg.mla_absorb = was_absorbed
     out_tokens, out_logprobs, lengths, stopped = out
     T = max(int(lengths.max()), 1)
-    mask = torch.arange(T, device=device)[None, :] < lengths[:, None]  # (N, T)
+    mask = torch.arange(T, device=device)[None, :] < lengths[:, None]  # (B, T)
     return Generation(tokens=out_tokens[:, :T], mask=mask, logprobs=out_logprobs[:, :T],
                       lengths=lengths, truncated=~stopped & (lengths == max_new_tokens))
 
 
 def _prefill(model, prompts, n, max_new_tokens, pad_id, device):
-    """Prefill each distinct prompt once, then copy its cache rows to its n samples. Returns (cache, logits (N, V)
-    for each row's first new token, next_pos (N,) the position of each row's next token); N = len(prompts) * n."""
-    tokens, pos, valid, lens = _left_pad(prompts, pad_id, device)  # (B, P), (B, P), (B, P), (B,)
-    B, P = tokens.shape
-    cache = model.make_cache(B, P + max_new_tokens)
-    hidden = model(tokens, cache=cache, pos=pos, valid=valid, return_hidden=True)[:, -1]  # (B, C)
-    logits = model.lm_head(hidden).float()  # (B, V) only the last position: no (B, P, V) tensor
+    """Prefill each distinct prompt once, then copy its cache rows to its n samples. Returns (cache, logits (B, V)
+    for each row's first new token, next_pos (B,) the position of each row's next token); B = len(prompts) * n."""
+    tokens, pos, valid, lens = _left_pad(prompts, pad_id, device)  # (P, T), (P, T), (P, T), (P,)
+    P, T = tokens.shape
+    cache = model.make_cache(P, T + max_new_tokens)
+    hidden = model(tokens, cache=cache, pos=pos, valid=valid, return_hidden=True)[:, -1]  # (P, C)
+    logits = model.lm_head(hidden).float()  # (P, V) only the last position: no (P, T, V) tensor
     if getattr(getattr(model, "cfg", None), "attn", None) == "mla":
         model.cfg.mla_absorb = True  # decode attends in latent space: no per-step expansion of the cache
-    expand = torch.arange(B, device=device).repeat_interleave(n)  # (N,)
+    expand = torch.arange(P, device=device).repeat_interleave(n)  # (B,)
     cache.select(expand)
-    return cache, logits[expand], lens[expand]  # cache of N rows, (N, V), (N,)
+    return cache, logits[expand], lens[expand]  # cache of B rows, (B, V), (B,)
 
 
-def _outputs(N, max_new_tokens, pad_id, device):
-    """Empty outputs: tokens (N, T) pad_id, logprobs (N, T) 0, lengths (N,) 0, stopped (N,) False."""
-    return (torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=device),
-            torch.zeros(N, max_new_tokens, device=device), torch.zeros(N, dtype=torch.long, device=device),
-            torch.zeros(N, dtype=torch.bool, device=device))
+def _outputs(B, max_new_tokens, pad_id, device):
+    """Empty outputs: tokens (B, T) pad_id, logprobs (B, T) 0, lengths (B,) 0, stopped (B,) False."""
+    return (torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device),
+            torch.zeros(B, max_new_tokens, device=device), torch.zeros(B, dtype=torch.long, device=device),
+            torch.zeros(B, dtype=torch.bool, device=device))
 
 
 def _sample_loop(model, cache, logits, next_pos, max_new_tokens, temperature, top_p, top_k, stops, stop_ids, pad_id,
                  generator, step_fn, callback, compact_frac, vocab_limit, check_every=None):
     """The readable decode loop (the eager twin): one host sync per step to test whether everyone is done, stop
-    strings checked on the host every step. Returns (tokens (N, T), logprobs (N, T), lengths (N,), stopped (N,))."""
-    N, device = logits.shape[0], logits.device
-    out_tokens, out_logprobs, lengths, stopped = _outputs(N, max_new_tokens, pad_id, device)
-    rows = torch.arange(N, device=device)  # (M,) original row id of each row still in the batch
-    done = torch.zeros(N, dtype=torch.bool, device=device)  # (M,) finished rows not yet compacted away
-    history = [[] for _ in range(N)] if stops.strings else None  # generated ids, for stop strings
+    strings checked on the host every step. Returns (tokens (B, T), logprobs (B, T), lengths (B,), stopped (B,))."""
+    B, device = logits.shape[0], logits.device
+    out_tokens, out_logprobs, lengths, stopped = _outputs(B, max_new_tokens, pad_id, device)
+    rows = torch.arange(B, device=device)  # (M,) original row id of each row still in the batch
+    done = torch.zeros(B, dtype=torch.bool, device=device)  # (M,) finished rows not yet compacted away
+    history = [[] for _ in range(B)] if stops.strings else None  # generated ids, for stop strings
 
     for t in range(max_new_tokens):
         uniform = None
         if temperature > 0:  # one draw for every original row each step, then keep ours
-            uniform = torch.rand(N, device=device, generator=generator)[rows]  # (M,)
+            uniform = torch.rand(B, device=device, generator=generator)[rows]  # (M,)
         tok, lp = sample_next(logits, temperature, top_k, top_p, uniform, vocab_limit=vocab_limit)  # (M,), (M,)
         # finished rows still in the batch take a pad (no boolean indexing: no host sync)
         out_tokens[rows, t] = torch.where(done, pad_id, tok)
@@ -343,19 +338,19 @@ def _sample_loop_static(model, cache, logits, next_pos, max_new_tokens, temperat
     are searched for stop strings and cut back to where one completed (they ran on meanwhile, wasting a few steps),
     the callback sees the steps since the last check, and finished rows are compacted away (with a CUDA graph only
     once half are done: each compaction is a recapture). Returns what _sample_loop returns."""
-    N, device = logits.shape[0], logits.device
+    B, device = logits.shape[0], logits.device
     cache.to_static()
-    out_tokens, out_logprobs, lengths, stopped = _outputs(N, max_new_tokens, pad_id, device)
-    rows = torch.arange(N, device=device)  # (M,) original row id of each row still in the batch
-    done = torch.zeros(N, dtype=torch.bool, device=device)  # (M,) finished rows not yet compacted away
+    out_tokens, out_logprobs, lengths, stopped = _outputs(B, max_new_tokens, pad_id, device)
+    rows = torch.arange(B, device=device)  # (M,) original row id of each row still in the batch
+    done = torch.zeros(B, dtype=torch.bool, device=device)  # (M,) finished rows not yet compacted away
     could_end = stops.table(logits.shape[-1], device) if stops.strings else None  # (V,) bool
-    maybe = torch.zeros(N, dtype=torch.bool, device=device)  # (N,) might have completed a stop string
+    maybe = torch.zeros(B, dtype=torch.bool, device=device)  # (B,) might have completed a stop string
     frac = max(compact_frac, 0.5) if isinstance(step_fn, _CUDAGraphStep) else compact_frac
     first = 0  # first step since the last host check
     for t in range(max_new_tokens):
         uniform = None
         if temperature > 0:  # one draw for every original row each step, then keep ours
-            uniform = torch.rand(N, device=device, generator=generator)[rows]  # (M,)
+            uniform = torch.rand(B, device=device, generator=generator)[rows]  # (M,)
         tok, lp = sample_next(logits, temperature, top_k, top_p, uniform, vocab_limit=vocab_limit)  # (M,), (M,)
         live = ~done  # (M,)
         out_tokens[:, t].index_copy_(0, rows, torch.where(live, tok, pad_id))  # finished rows take a pad
@@ -396,7 +391,7 @@ def _sample_loop_static(model, cache, logits, next_pos, max_new_tokens, temperat
 
 
 def _cut_at_stop_strings(stops, maybe, out_tokens, lengths, first, last):
-    """Host side of a check: for the rows flagged in maybe (N,) (then cleared), the first step in first..last at
+    """Host side of a check: for the rows flagged in maybe (B,) (then cleared), the first step in first..last at
     which a stop string completed, exactly as _sample_loop would have found it step by step.
     Returns (row ids (h,), new lengths (h,)) on the device, or None if no row stopped."""
     cand = maybe.nonzero()[:, 0]  # (c,)
