@@ -11,7 +11,9 @@ sequence-wise balance loss), the KV cache, and Hugging Face checkpoint loading a
 
 Simplifications relative to the paper / production systems:
 1. No multi-token prediction (MTP) module; no tensor/expert parallelism (FSDP lives in train.py).
-2. Attention is torch's scaled_dot_product_attention with a boolean mask; no paged or FlashMLA kernels.
+2. Attention: GQA and MLA's textbook path call torch's scaled_dot_product_attention with a boolean mask;
+   MLA's absorbed path writes its own scores and softmax in latent space (einsums). No paged or FlashMLA
+   kernels.
 3. The KV cache is one preallocated tensor pair per layer with a single shared length for the batch
    (ragged prompts are left-padded and masked with `valid`), not a paged cache. Its static mode keeps every
    shape fixed (device-side slot, attention over all slots) so a decode step can be a CUDA graph.
@@ -28,8 +30,9 @@ Use:
     model = Transformer.from_pretrained("path/to/hf_dir")    # qwen2 / llama / deepseek_v3 / deepseek_v2
     print(count_params(ModelConfig.from_preset("deepseek-v3"), active=True))
 
-Shape letters: B batch, T time (new tokens), S cache slots (keys), H heads, D head dim, C model dim,
-V vocab, E experts, K active experts per token, N flattened tokens (B*T), R kv latent rank, I expert width.
+Shape letters: B batch rows, T time (new tokens), S cache slots (keys), H heads, D head dim (MLA: Dn without
+RoPE, Dr with RoPE, Dv values), C model dim, V vocab, E routed experts, K active experts per token, EG expert
+groups, N flattened tokens (B*T), R kv latent rank, I expert width.
 """
 import json
 import math
@@ -53,11 +56,13 @@ class ModelConfig:
     max_seq_len: int = 512
     attn: str = "mla"  # "mla" | "gqa"
     # MLA
-    q_lora_rank: int = 0  # 0 -> plain wq
-    kv_lora_rank: int = 32
-    qk_nope_head_dim: int = 16
-    qk_rope_head_dim: int = 8
-    v_head_dim: int = 16
+    # "lora" = low rank (as in LoRA): a projection factored through a narrow bottleneck
+    q_lora_rank: int = 0  # query bottleneck: x -> wq_a (C -> q_lora_rank) -> wq_b; 0 -> plain wq
+    kv_lora_rank: int = 32  # R: the compressed latent c_kv, the only per-token K/V state cached
+    # "nope" = no position embedding: the part of each query/key head that RoPE does not rotate
+    qk_nope_head_dim: int = 16  # Dn: per-head query/key dims without RoPE, expanded from c_kv
+    qk_rope_head_dim: int = 8  # Dr: per-head query/key dims with RoPE (the key part k_pe is shared by heads)
+    v_head_dim: int = 16  # Dv: per-head value dims
     # GQA
     n_kv_heads: int = 4
     head_dim: int = 16
@@ -103,18 +108,18 @@ class ModelConfig:
         if self.attn == "gqa" and self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.n_routed_experts:
-            E, G = self.n_routed_experts, self.n_expert_groups
+            E, EG = self.n_routed_experts, self.n_expert_groups
             if not 0 <= self.n_dense_layers <= self.n_layers:
                 raise ValueError(f"n_dense_layers={self.n_dense_layers} must be in [0, n_layers={self.n_layers}]")
-            if G < 1 or E % G:
-                raise ValueError(f"n_expert_groups={G} must divide n_routed_experts={E}")
-            if self.score_func == "sigmoid" and G > 1 and E // G < 2:
-                raise ValueError(f"sigmoid group routing needs >= 2 experts per group, got {E}/{G}")
-            if not 1 <= self.n_limited_groups <= G:
-                raise ValueError(f"n_limited_groups={self.n_limited_groups} must be in [1, n_expert_groups={G}]")
-            if not 1 <= self.n_activated_experts <= self.n_limited_groups * E // G:
+            if EG < 1 or E % EG:
+                raise ValueError(f"n_expert_groups={EG} must divide n_routed_experts={E}")
+            if self.score_func == "sigmoid" and EG > 1 and E // EG < 2:
+                raise ValueError(f"sigmoid group routing needs >= 2 experts per group, got {E}/{EG}")
+            if not 1 <= self.n_limited_groups <= EG:
+                raise ValueError(f"n_limited_groups={self.n_limited_groups} must be in [1, n_expert_groups={EG}]")
+            if not 1 <= self.n_activated_experts <= self.n_limited_groups * E // EG:
                 raise ValueError(f"n_activated_experts={self.n_activated_experts} must be in "
-                                 f"[1, {self.n_limited_groups * E // G}] (experts in the limited groups)")
+                                 f"[1, {self.n_limited_groups * E // EG}] (experts in the limited groups)")
             if self.moe_inter_dim <= 0 or self.n_shared_experts < 0:
                 raise ValueError("moe_inter_dim must be > 0 and n_shared_experts >= 0")
             if self.bias_update_speed < 0 or self.aux_loss_alpha < 0 or self.route_scale <= 0:
@@ -424,18 +429,18 @@ class MoE(nn.Module):
     def route(self, x):
         """x (N, C) -> weights (N, K) fp32, expert ids (N, K), scores (N, E) fp32."""
         cfg = self.cfg
-        E, G, K = cfg.n_routed_experts, cfg.n_expert_groups, cfg.n_activated_experts
+        E, EG, K = cfg.n_routed_experts, cfg.n_expert_groups, cfg.n_activated_experts
         with torch.autocast(x.device.type, enabled=False):  # fp32 routing: bias steps of 1e-3 must register
             logits = F.linear(x.float(), self.gate.weight.float())  # (N, E)
         scores = logits.sigmoid() if cfg.score_func == "sigmoid" else logits.softmax(dim=-1)  # (N, E)
         choice = scores + self.bias.float()  # (N, E) used only to pick experts
-        if G > 1:
-            grouped = choice.view(-1, G, E // G)  # (N, G, E/G)
+        if EG > 1:
+            grouped = choice.view(-1, EG, E // EG)  # (N, EG, E/EG)
             group_score = grouped.topk(2, dim=-1)[0].sum(-1) if cfg.score_func == "sigmoid" \
-                else grouped.amax(dim=-1)  # (N, G)
+                else grouped.amax(dim=-1)  # (N, EG)
             keep = group_score.topk(cfg.n_limited_groups, dim=-1)[1]  # (N, n_limited)
-            group_mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, keep, True)  # (N, G)
-            choice = choice.masked_fill(~group_mask.repeat_interleave(E // G, dim=1), float("-inf"))  # (N, E)
+            group_mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, keep, True)  # (N, EG)
+            choice = choice.masked_fill(~group_mask.repeat_interleave(E // EG, dim=1), float("-inf"))  # (N, E)
         idx = choice.topk(K, dim=-1)[1]  # (N, K)
         weights = scores.gather(1, idx)  # (N, K)
         if cfg.norm_topk_prob:
