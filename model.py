@@ -1,38 +1,40 @@
 """
-model.py: a DeepSeek-V3-style transformer in one file, that also loads real Hugging Face checkpoints.
+model.py: a DeepSeek-V3-style transformer in one file that also loads real Hugging Face checkpoints.
 
-What is here, top to bottom: the config dataclass and named presets (tiny test models, the zero-* models
-trained from scratch, and the real shapes of DeepSeek-V3/V2-Lite, Moonlight, Qwen2.5, Llama-3.2), a
-parameter count computed from the config alone, RMSNorm, RoPE (interleaved or half-split pairs) with YaRN
-and Llama-3 frequency scaling, Multi-head Latent Attention (MLA, textbook and weight-absorbed paths),
-grouped-query attention (GQA, for Qwen/Llama-shaped dense models), the SwiGLU MLP, DeepSeekMoE (shared +
-routed experts, sigmoid or softmax routing, group-limited top-k, auxiliary-loss-free bias balancing and the
-sequence-wise balance loss), the KV cache, and Hugging Face checkpoint loading and saving (safetensors).
+What is here, top to bottom: the config dataclass and named presets (tiny test models, the zero-*
+models trained from scratch, and the real shapes of DeepSeek-V3/V2-Lite, Moonlight, Qwen2.5,
+Llama-3.2), a parameter count computed from the config alone, RMSNorm, RoPE (interleaved or
+half-split pairs) with YaRN and Llama-3 frequency scaling, Multi-head Latent Attention (MLA,
+textbook and weight-absorbed paths), grouped-query attention (GQA, for Qwen/Llama-shaped dense
+models), the SwiGLU MLP, DeepSeekMoE (shared + routed experts, sigmoid or softmax routing,
+group-limited top-k, auxiliary-loss-free bias balancing and the sequence-wise balance loss), the KV
+cache, and Hugging Face checkpoint loading and saving (safetensors).
 
 Simplifications relative to the paper / production systems:
 1. No multi-token prediction (MTP) module; no tensor/expert parallelism (FSDP lives in train.py).
-2. Attention: GQA and MLA's textbook path call torch's scaled_dot_product_attention with a boolean mask;
-   MLA's absorbed path writes its own scores and softmax in latent space (einsums). No paged or FlashMLA
-   kernels.
+2. Attention: GQA and MLA's textbook path call torch's scaled_dot_product_attention with a boolean
+   mask; MLA's absorbed path writes its own scores and softmax in latent space (einsums). No paged
+   or FlashMLA kernels.
 3. The KV cache is one preallocated tensor pair per layer with a single shared length for the batch
-   (ragged prompts are left-padded and masked with `valid`), not a paged cache. Its static mode keeps every
-   shape fixed (device-side slot, attention over all slots) so a decode step can be a CUDA graph.
+   (ragged prompts are left-padded and masked with `valid`), not a paged cache. Its static mode
+   keeps every shape fixed (device-side slot, attention over all slots) so a decode step can be a
+   CUDA graph.
 4. FP8 checkpoints are dequantised to the model dtype when loaded; there is no FP8 compute.
-5. Expert load for the bias update is counted only in forwards run with grad enabled (training forwards),
-   so sampling does not move the router bias, and only on the tokens of load_mask (the response tokens, not
-   prompt padding); the sequence-wise aux loss ignores padding.
+5. Expert load for the bias update is counted only in forwards run with grad enabled (training
+   forwards), so sampling does not move the router bias, and only on the tokens of load_mask (the
+   response tokens, not prompt padding); the sequence-wise aux loss ignores padding.
 6. YaRN/Llama-3 scaling use static inverse frequencies (no dynamic NTK).
 
 Use:
     cfg = ModelConfig.from_preset("tiny-moe"); model = Transformer(cfg)
     logits = model(tokens)                                   # tokens (B, T) -> (B, T, V) float32
-    cache = model.make_cache(B, max_len); logits = model(prompt, cache=cache)   # then one token at a time
-    model = Transformer.from_pretrained("path/to/hf_dir")    # qwen2 / llama / deepseek_v3 / deepseek_v2
+    cache = model.make_cache(B, max_len); logits = model(prompt, cache=cache)   # then a token at a time
+    model = Transformer.from_pretrained("path/to/hf_dir")    # qwen2 / llama / deepseek_v3 / v2
     print(count_params(ModelConfig.from_preset("deepseek-v3"), active=True))
 
-Shape letters: B batch rows, T time (new tokens), S cache slots (keys), H heads, D head dim (MLA: Dn without
-RoPE, Dr with RoPE, Dv values), C model dim, V vocab, E routed experts, K active experts per token, EG expert
-groups, N flattened tokens (B*T), R kv latent rank, I expert width.
+Shape letters: B batch rows, T time (new tokens), S cache slots (keys), H heads, D head dim (MLA: Dn
+without RoPE, Dr with RoPE, Dv values), C model dim, V vocab, E routed experts, K active experts per
+token, EG expert groups, N flattened tokens (B*T), R kv latent rank, I expert width.
 """
 import json
 import math
@@ -43,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Config and presets
 
 
@@ -61,7 +63,7 @@ class ModelConfig:
     kv_lora_rank: int = 32  # R: the compressed latent c_kv, the only per-token K/V state cached
     # "nope" = no position embedding: the part of each query/key head that RoPE does not rotate
     qk_nope_head_dim: int = 16  # Dn: per-head query/key dims without RoPE, expanded from c_kv
-    qk_rope_head_dim: int = 8  # Dr: per-head query/key dims with RoPE (the key part k_pe is shared by heads)
+    qk_rope_head_dim: int = 8  # Dr: per-head query/key dims with RoPE (key part k_pe shared by heads)
     v_head_dim: int = 16  # Dv: per-head value dims
     # GQA
     n_kv_heads: int = 4
@@ -83,8 +85,8 @@ class ModelConfig:
     aux_loss_alpha: float = 0.0
     # RoPE
     rope_theta: float = 10000.0
-    rope_interleave: bool = True  # True: rotate pairs (2i, 2i+1) (DeepSeek); False: (i, i+D/2) (Qwen/Llama)
-    rope_scaling: dict | None = None  # {"type": "yarn", "factor", "original_max_position_embeddings", ...}
+    rope_interleave: bool = True  # rotate pairs (2i, 2i+1) (DeepSeek); False: (i, i+D/2) (Qwen/Llama)
+    rope_scaling: dict | None = None  # {"type": "yarn", "factor", "original_max_position_embeddings", ..}
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
     mla_absorb: bool = False  # the one switch: textbook (expand K/V) vs absorbed path
@@ -92,13 +94,15 @@ class ModelConfig:
 
     def __post_init__(self):
         self.q_lora_rank = self.q_lora_rank or 0
-        choices = {"attn": ("mla", "gqa"), "score_func": ("sigmoid", "softmax"), "moe_impl": ("loop", "fast")}
+        choices = {"attn": ("mla", "gqa"), "score_func": ("sigmoid", "softmax"),
+                   "moe_impl": ("loop", "fast")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; valid: {valid}")
-        positive = ["vocab_size", "dim", "n_layers", "n_heads", "max_seq_len", "inter_dim", "norm_eps"]
-        positive += ["kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"] if self.attn == "mla" \
-            else ["n_kv_heads", "head_dim"]
+        positive = ["vocab_size", "dim", "n_layers", "n_heads", "max_seq_len", "inter_dim",
+                    "norm_eps"]
+        positive += (["kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"]
+                     if self.attn == "mla" else ["n_kv_heads", "head_dim"])
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)} must be > 0")
@@ -106,26 +110,33 @@ class ModelConfig:
         if rope_dim % 2:
             raise ValueError(f"rope head dim {rope_dim} must be even")
         if self.attn == "gqa" and self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
+            raise ValueError(f"n_heads={self.n_heads} must be a multiple of "
+                             f"n_kv_heads={self.n_kv_heads}")
         if self.n_routed_experts:
             E, EG = self.n_routed_experts, self.n_expert_groups
             if not 0 <= self.n_dense_layers <= self.n_layers:
-                raise ValueError(f"n_dense_layers={self.n_dense_layers} must be in [0, n_layers={self.n_layers}]")
+                raise ValueError(f"n_dense_layers={self.n_dense_layers} must be in "
+                                 f"[0, n_layers={self.n_layers}]")
             if EG < 1 or E % EG:
                 raise ValueError(f"n_expert_groups={EG} must divide n_routed_experts={E}")
             if self.score_func == "sigmoid" and EG > 1 and E // EG < 2:
-                raise ValueError(f"sigmoid group routing needs >= 2 experts per group, got {E}/{EG}")
+                raise ValueError(f"sigmoid group routing needs >= 2 experts per group, "
+                                 f"got {E}/{EG}")
             if not 1 <= self.n_limited_groups <= EG:
-                raise ValueError(f"n_limited_groups={self.n_limited_groups} must be in [1, n_expert_groups={EG}]")
+                raise ValueError(f"n_limited_groups={self.n_limited_groups} must be in "
+                                 f"[1, n_expert_groups={EG}]")
             if not 1 <= self.n_activated_experts <= self.n_limited_groups * E // EG:
                 raise ValueError(f"n_activated_experts={self.n_activated_experts} must be in "
-                                 f"[1, {self.n_limited_groups * E // EG}] (experts in the limited groups)")
+                                 f"[1, {self.n_limited_groups * E // EG}] "
+                                 "(experts in the limited groups)")
             if self.moe_inter_dim <= 0 or self.n_shared_experts < 0:
                 raise ValueError("moe_inter_dim must be > 0 and n_shared_experts >= 0")
             if self.bias_update_speed < 0 or self.aux_loss_alpha < 0 or self.route_scale <= 0:
-                raise ValueError("bias_update_speed and aux_loss_alpha must be >= 0, route_scale > 0")
-        if self.rope_scaling is not None and self.rope_scaling.get("type") not in ("yarn", "llama3"):
-            raise ValueError(f"rope_scaling type {self.rope_scaling.get('type')!r}; valid: 'yarn', 'llama3' or None")
+                raise ValueError("bias_update_speed and aux_loss_alpha must be >= 0, "
+                                 "route_scale > 0")
+        kind = None if self.rope_scaling is None else self.rope_scaling.get("type")
+        if self.rope_scaling is not None and kind not in ("yarn", "llama3"):
+            raise ValueError(f"rope_scaling type {kind!r}; valid: 'yarn', 'llama3' or None")
 
     @classmethod
     def from_preset(cls, name, **overrides):
@@ -141,67 +152,77 @@ class ModelConfig:
         return self.n_routed_experts > 0 and i >= self.n_dense_layers
 
 
-_YARN_V3 = dict(type="yarn", factor=40.0, original_max_position_embeddings=4096, beta_fast=32, beta_slow=1,
-                mscale=1.0, mscale_all_dim=1.0)
-_QWEN = dict(attn="gqa", qkv_bias=True, rope_interleave=False, rope_theta=1e6, max_seq_len=32768, tie_embeddings=True)
+_YARN_V3 = dict(type="yarn", factor=40.0, original_max_position_embeddings=4096, beta_fast=32,
+                beta_slow=1, mscale=1.0, mscale_all_dim=1.0)
+_QWEN = dict(attn="gqa", qkv_bias=True, rope_interleave=False, rope_theta=1e6, max_seq_len=32768,
+             tie_embeddings=True)
 PRESETS = {
     # tiny shapes for tests (CPU, milliseconds)
     "tiny-mla": dict(dim=64, n_layers=2, n_heads=4, inter_dim=128),
-    "tiny-gqa": dict(attn="gqa", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, qkv_bias=True,
-                     rope_interleave=False, inter_dim=128),
-    "tiny-moe": dict(dim=64, n_layers=3, n_heads=4, q_lora_rank=32, inter_dim=128, n_routed_experts=8,
-                     n_activated_experts=2, moe_inter_dim=32, n_expert_groups=4, n_limited_groups=2,
-                     route_scale=2.0),
+    "tiny-gqa": dict(attn="gqa", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+                     qkv_bias=True, rope_interleave=False, inter_dim=128),
+    "tiny-moe": dict(dim=64, n_layers=3, n_heads=4, q_lora_rank=32, inter_dim=128,
+                     n_routed_experts=8, n_activated_experts=2, moe_inter_dim=32, n_expert_groups=4,
+                     n_limited_groups=2, route_scale=2.0),
     # from-scratch R1-Zero models (vocab_size comes from the tokenizer: pass vocab_size=tok.vocab_size)
-    "zero-tiny": dict(dim=128, n_layers=4, n_heads=4, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16,
-                      v_head_dim=32, inter_dim=384, n_routed_experts=8, n_activated_experts=2,
-                      n_shared_experts=1, moe_inter_dim=96, n_dense_layers=1, max_seq_len=512),
-    "zero-small": dict(dim=384, n_layers=8, n_heads=6, kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32,
-                       v_head_dim=64, inter_dim=1024, n_routed_experts=8, n_activated_experts=2,
-                       n_shared_experts=1, moe_inter_dim=256, n_dense_layers=1, max_seq_len=1024),
+    "zero-tiny": dict(dim=128, n_layers=4, n_heads=4, kv_lora_rank=64, qk_nope_head_dim=32,
+                      qk_rope_head_dim=16, v_head_dim=32, inter_dim=384, n_routed_experts=8,
+                      n_activated_experts=2, n_shared_experts=1, moe_inter_dim=96, n_dense_layers=1,
+                      max_seq_len=512),
+    "zero-small": dict(dim=384, n_layers=8, n_heads=6, kv_lora_rank=128, qk_nope_head_dim=64,
+                       qk_rope_head_dim=32, v_head_dim=64, inter_dim=1024, n_routed_experts=8,
+                       n_activated_experts=2, n_shared_experts=1, moe_inter_dim=256, n_dense_layers=1,
+                       max_seq_len=1024),
     # real shapes (print their parameter counts with count_params; load weights with from_pretrained)
-    "deepseek-v3": dict(vocab_size=129280, dim=7168, n_layers=61, n_heads=128, q_lora_rank=1536, kv_lora_rank=512,
-                        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, inter_dim=18432,
-                        n_routed_experts=256, n_dense_layers=3, n_shared_experts=1, n_activated_experts=8,
-                        moe_inter_dim=2048, route_scale=2.5, n_expert_groups=8, n_limited_groups=4,
-                        max_seq_len=163840, rope_scaling=_YARN_V3, aux_loss_alpha=1e-4),
+    "deepseek-v3": dict(vocab_size=129280, dim=7168, n_layers=61, n_heads=128, q_lora_rank=1536,
+                        kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+                        inter_dim=18432, n_routed_experts=256, n_dense_layers=3, n_shared_experts=1,
+                        n_activated_experts=8, moe_inter_dim=2048, route_scale=2.5,
+                        n_expert_groups=8, n_limited_groups=4, max_seq_len=163840,
+                        rope_scaling=_YARN_V3, aux_loss_alpha=1e-4),
     "deepseek-v2-lite": dict(vocab_size=102400, dim=2048, n_layers=27, n_heads=16, kv_lora_rank=512,
-                             qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, inter_dim=10944,
-                             n_routed_experts=64, n_dense_layers=1, n_shared_experts=2, n_activated_experts=6,
-                             moe_inter_dim=1408, score_func="softmax", norm_topk_prob=False, max_seq_len=163840,
+                             qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+                             inter_dim=10944, n_routed_experts=64, n_dense_layers=1,
+                             n_shared_experts=2, n_activated_experts=6, moe_inter_dim=1408,
+                             score_func="softmax", norm_topk_prob=False, max_seq_len=163840,
                              rope_scaling={**_YARN_V3, "mscale": 0.707, "mscale_all_dim": 0.707}),
     "moonlight-16b-a3b": dict(vocab_size=163840, dim=2048, n_layers=27, n_heads=16, kv_lora_rank=512,
-                              qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, inter_dim=11264,
-                              n_routed_experts=64, n_dense_layers=1, n_shared_experts=2, n_activated_experts=6,
-                              moe_inter_dim=1408, route_scale=2.446, rope_theta=50000.0, max_seq_len=8192),
-    "qwen2.5-0.5b": dict(_QWEN, vocab_size=151936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64,
-                         inter_dim=4864),
-    "qwen2.5-1.5b": dict(_QWEN, vocab_size=151936, dim=1536, n_layers=28, n_heads=12, n_kv_heads=2, head_dim=128,
-                         inter_dim=8960),
-    "qwen2.5-7b": dict(_QWEN, vocab_size=152064, dim=3584, n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128,
-                       inter_dim=18944, tie_embeddings=False),
-    "llama-3.2-1b": dict(attn="gqa", vocab_size=128256, dim=2048, n_layers=16, n_heads=32, n_kv_heads=8,
-                         head_dim=64, inter_dim=8192, rope_interleave=False, rope_theta=500000.0, norm_eps=1e-5,
-                         tie_embeddings=True, max_seq_len=131072,
-                         rope_scaling=dict(type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                              qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
+                              inter_dim=11264, n_routed_experts=64, n_dense_layers=1,
+                              n_shared_experts=2, n_activated_experts=6, moe_inter_dim=1408,
+                              route_scale=2.446, rope_theta=50000.0, max_seq_len=8192),
+    "qwen2.5-0.5b": dict(_QWEN, vocab_size=151936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2,
+                         head_dim=64, inter_dim=4864),
+    "qwen2.5-1.5b": dict(_QWEN, vocab_size=151936, dim=1536, n_layers=28, n_heads=12, n_kv_heads=2,
+                         head_dim=128, inter_dim=8960),
+    "qwen2.5-7b": dict(_QWEN, vocab_size=152064, dim=3584, n_layers=28, n_heads=28, n_kv_heads=4,
+                       head_dim=128, inter_dim=18944, tie_embeddings=False),
+    "llama-3.2-1b": dict(attn="gqa", vocab_size=128256, dim=2048, n_layers=16, n_heads=32,
+                         n_kv_heads=8, head_dim=64, inter_dim=8192, rope_interleave=False,
+                         rope_theta=500000.0, norm_eps=1e-5, tie_embeddings=True, max_seq_len=131072,
+                         rope_scaling=dict(type="llama3", factor=32.0, low_freq_factor=1.0,
+                                           high_freq_factor=4.0,
                                            original_max_position_embeddings=8192)),
 }
 
 
 def count_params(cfg, active=False):
-    """Parameter count from the config alone (no weights). active=True counts only the experts a token uses."""
+    """Parameter count from the config alone (no weights). active=True counts only the experts a token
+    uses."""
     C, H = cfg.dim, cfg.n_heads
     if cfg.attn == "mla":
         Dqk = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
-        q = C * H * Dqk if not cfg.q_lora_rank else C * cfg.q_lora_rank + cfg.q_lora_rank + cfg.q_lora_rank * H * Dqk
-        attn = q + C * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) + cfg.kv_lora_rank \
-            + cfg.kv_lora_rank * H * (cfg.qk_nope_head_dim + cfg.v_head_dim) + H * cfg.v_head_dim * C
+        Rq, R = cfg.q_lora_rank, cfg.kv_lora_rank
+        q = C * Rq + Rq + Rq * H * Dqk if Rq else C * H * Dqk
+        attn = q + C * (R + cfg.qk_rope_head_dim) + R \
+            + R * H * (cfg.qk_nope_head_dim + cfg.v_head_dim) + H * cfg.v_head_dim * C
     else:
         D, Hkv = cfg.head_dim, cfg.n_kv_heads
         attn = C * H * D + 2 * C * Hkv * D + H * D * C + (H * D + 2 * Hkv * D) * cfg.qkv_bias
     dense_ffn = 3 * C * cfg.inter_dim
     n_experts = cfg.n_activated_experts if active else cfg.n_routed_experts
-    moe_ffn = 3 * C * cfg.moe_inter_dim * (n_experts + cfg.n_shared_experts) + cfg.n_routed_experts * C
+    moe_ffn = 3 * C * cfg.moe_inter_dim * (n_experts + cfg.n_shared_experts) \
+        + cfg.n_routed_experts * C
     n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.n_layers))
     layers = cfg.n_layers * (attn + 2 * C) + (cfg.n_layers - n_moe) * dense_ffn + n_moe * moe_ffn
     embed = cfg.vocab_size * C * (1 if cfg.tie_embeddings else 2)
@@ -209,13 +230,14 @@ def count_params(cfg, active=False):
 
 
 def cache_bytes_per_token(cfg, dtype_bytes=2):
-    """KV-cache bytes one token costs in one layer: MLA caches c_kv + the shared rotated k_pe; GQA caches K and V."""
+    """KV-cache bytes one token costs in one layer: MLA caches c_kv + the shared rotated k_pe; GQA
+    caches K and V."""
     if cfg.attn == "mla":
         return (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * dtype_bytes
     return 2 * cfg.n_kv_heads * cfg.head_dim * dtype_bytes
 
 
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Building blocks: RMSNorm, RoPE, SwiGLU
 
 
@@ -293,15 +315,16 @@ def attend(q, k, v, mask, scale):
     return out.transpose(1, 2)  # (B, T, H, Dv)
 
 
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Attention: MLA and GQA
 
 
 class MLA(nn.Module):
-    """Multi-head Latent Attention. Keys/values come from a small latent c_kv (R dims, normed) plus one rotated
-    rope key k_pe shared by all heads; only (c_kv, k_pe) is cached. Textbook path: expand c_kv into per-head
-    k_nope and v with wkv_b. Absorbed path: fold W_UK into the query and W_UV into the output and attend in
-    latent space (cheaper decoding: no per-head K/V are ever built)."""
+    """Multi-head Latent Attention. Keys/values come from a small latent c_kv (R dims, normed) plus
+    one rotated rope key k_pe shared by all heads; only (c_kv, k_pe) is cached. Textbook path:
+    expand c_kv into per-head k_nope and v with wkv_b. Absorbed path: fold W_UK into the query and
+    W_UV into the output and attend in latent space (cheaper decoding: no per-head K/V are ever
+    built)."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -378,7 +401,7 @@ class GQA(nn.Module):
         return self.wo(out.reshape(B, T, -1))  # (B, T, C)
 
 
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # DeepSeekMoE
 
 
@@ -391,10 +414,11 @@ def expert_counts(idx, n_experts, mask=None):
 
 
 def moe_kernel(device, dtype):
-    """How MoE.experts_fast runs the experts here. "grouped": one torch._grouped_mm over expert slices whose offsets
-    stay on the device (bf16 on Hopper/Blackwell GPUs, where it has a native kernel; CPU inference). "dense": every
-    expert on every token, keeping the chosen (E/K times the FLOPs, but no host sync: other GPUs and dtypes, whose
-    _grouped_mm would copy the offsets to the host). "split": one matmul per expert slice (CPU training)."""
+    """How MoE.experts_fast runs the experts here. "grouped": one torch._grouped_mm over expert
+    slices whose offsets stay on the device (bf16 on Hopper/Blackwell GPUs, where it has a native
+    kernel; CPU inference). "dense": every expert on every token, keeping the chosen (E/K times the
+    FLOPs, but no host sync: other GPUs and dtypes, whose _grouped_mm would copy the offsets to the
+    host). "split": one matmul per expert slice (CPU training)."""
     if not hasattr(torch, "_grouped_mm"):
         return "dense" if device.type == "cuda" or torch.compiler.is_compiling() else "split"
     if device.type == "cuda":
@@ -407,10 +431,11 @@ def moe_kernel(device, dtype):
 
 class MoE(nn.Module):
     """y = shared(x) + sum over the K chosen experts of g_i * FFN_i(x).
-    Routing (V3): s = sigmoid(x W_g^T); choose experts by s + bias (bias only steers selection, never the
-    weights), restricted to the n_limited_groups best groups (group score = sum of its top-2 biased scores);
-    weights = s at the chosen experts, normalised to sum 1, times route_scale. V2: softmax scores, group
-    score = max. The bias is nudged by update_bias() from the load counted in training forwards."""
+    Routing (V3): s = sigmoid(x W_g^T); choose experts by s + bias (bias only steers selection,
+    never the weights), restricted to the n_limited_groups best groups (group score = sum of its
+    top-2 biased scores); weights = s at the chosen experts, normalised to sum 1, times route_scale.
+    V2: softmax scores, group score = max. The bias is nudged by update_bias() from the load counted
+    in training forwards."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -460,8 +485,9 @@ class MoE(nn.Module):
         return y
 
     def experts_fast(self, x, weights, idx):
-        """Batched, with no host sync on GPU: sort the N*K (token, expert) pairs by expert so each expert's tokens
-        are one contiguous slice, run the slices (see moe_kernel), scatter-add back. x (N, C) -> (N, C)."""
+        """Batched, with no host sync on GPU: sort the N*K (token, expert) pairs by expert so each
+        expert's tokens are one contiguous slice, run the slices (see moe_kernel), scatter-add back.
+        x (N, C) -> (N, C)."""
         N, K = idx.shape
         dev = x.device.type
         mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
@@ -535,16 +561,17 @@ class MoE(nn.Module):
         self.load.zero_()
 
 
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # KV cache and the transformer
 
 
 class KVCache:
-    """Per layer a pair of preallocated tensors: MLA (c_kv (B, S, R), k_pe (B, S, Dr)); GQA (k, v (B, S, Hkv, D)).
-    valid (B, S) marks slots holding real (non-padding) tokens. length: slots filled so far (same for all rows).
-    Dynamic (default): writes at slot `length` (a Python int) and attention sees slots 0 .. length-1, so shapes grow
-    by one per step. Static (to_static()): the next slot is a device tensor and attention always sees all S slots
-    (masked by valid), so every decode step has the same shapes and addresses: capturable in a CUDA graph."""
+    """Per layer a pair of preallocated tensors: MLA (c_kv (B, S, R), k_pe (B, S, Dr)); GQA (k, v
+    (B, S, Hkv, D)). valid (B, S) marks slots holding real (non-padding) tokens. length: slots
+    filled so far (same for all rows). Dynamic (default): writes at slot `length` (a Python int) and
+    attention sees slots 0 .. length-1, so shapes grow by one per step. Static (to_static()): the
+    next slot is a device tensor and attention always sees all S slots (masked by valid), so every
+    decode step has the same shapes and addresses: capturable in a CUDA graph."""
 
     def __init__(self, kv, valid):
         self.kv, self.valid, self.length = kv, valid, 0
@@ -616,8 +643,8 @@ class Transformer(nn.Module):
                 nn.init.normal_(w, std=0.02)
 
     def make_cache(self, batch_size, max_len, dtype=None, device=None):
-        """An empty KVCache for batch_size rows of up to max_len tokens (dtype defaults to the autocast dtype if
-        autocast is on, else the weights'; device to the weights')."""
+        """An empty KVCache for batch_size rows of up to max_len tokens (dtype defaults to the
+        autocast dtype if autocast is on, else the weights'; device to the weights')."""
         cfg, p = self.cfg, self.embed.weight
         device = device or p.device
         dtype = dtype or (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else p.dtype)
@@ -629,10 +656,13 @@ class Transformer(nn.Module):
         return KVCache(kv, torch.zeros(batch_size, max_len, dtype=torch.bool, device=device))
 
     def forward(self, tokens, cache=None, pos=None, valid=None, return_hidden=False, load_mask=None):
-        """tokens (B, T) -> logits (B, T, V) float32, or the final-normed hidden (B, T, C) if return_hidden.
-        pos (B, T): RoPE positions (default cache.length + arange(T)). valid (B, T): False marks (left) padding
-        no query may attend to. With a cache, K/V go to slots cache.length.., then cache.length += T.
-        load_mask (B, T) bool: the tokens MoE layers count as expert load (default all; pass the response mask)."""
+        """tokens (B, T) -> logits (B, T, V) float32, or the final-normed hidden (B, T, C) if
+        return_hidden.
+        pos (B, T): RoPE positions (default cache.length + arange(T)). valid (B, T): False marks
+        (left) padding no query may attend to. With a cache, K/V go to slots cache.length.., then
+        cache.length += T.
+        load_mask (B, T) bool: the tokens MoE layers count as expert load (default all; pass the
+        response mask)."""
         B, T = tokens.shape
         start = cache.length if cache is not None else 0
         if cache is not None and start + T > cache.valid.shape[1]:
@@ -680,8 +710,9 @@ class Transformer(nn.Module):
                 layer.ffn.update_bias()
 
     def expert_load(self):
-        """{layer index: (E,) fraction of routed tokens per expert}, counted since the last bias update, or
-        the counts that update used when nothing was counted since (e.g. logging right after a step)."""
+        """{layer index: (E,) fraction of routed tokens per expert}, counted since the last bias
+        update, or the counts that update used when nothing was counted since (e.g. logging right
+        after a step)."""
         loads = {i: l.ffn.load if l.ffn.load.sum() > 0 else l.ffn.last_load for i, l in enumerate(self.layers)
                  if isinstance(l.ffn, MoE)}
         return {i: (v / v.sum().clamp(min=1)).cpu() for i, v in loads.items()}
@@ -689,14 +720,15 @@ class Transformer(nn.Module):
     def num_params(self, active=False):
         return count_params(self.cfg, active)
 
-    # ------------------------------------------------------------------------------------------------------
+    # --------------------------------------------------------------------------------------------
     # Hugging Face checkpoints (config.json + safetensors)
 
     @classmethod
     def from_pretrained(cls, path, dtype=torch.float32, device="cpu", **overrides):
-        """Load a Hugging Face checkpoint directory (qwen2, llama, deepseek_v3, deepseek_v2). Weights are read
-        tensor by tensor from the memory-mapped shards straight into the (uninitialised) model, FP8 block-scaled
-        weights are dequantised on the way. overrides: ModelConfig fields (e.g. mla_absorb=True)."""
+        """Load a Hugging Face checkpoint directory (qwen2, llama, deepseek_v3, deepseek_v2).
+        Weights are read tensor by tensor from the memory-mapped shards straight into the
+        (uninitialised) model, FP8 block-scaled weights are dequantised on the way. overrides:
+        ModelConfig fields (e.g. mla_absorb=True)."""
         with open(_find(path, "config.json")) as f:
             hf = json.load(f)
         cfg = config_from_hf(hf, **overrides)  # rope_interleave=... may differ from the checkpoint's layout
@@ -873,10 +905,10 @@ def _copy(target, value):
 
 
 def load_hf_weights(model, path, ckpt_interleave=None, assign=_copy):
-    """Copy every tensor of the checkpoint at `path` into `model`, shard by shard. assign(target, full value)
-    does the copy (checkpoint.copy_full_ keeps each FSDP rank's slice); the experts of a stacked parameter are
-    collected into one full tensor first when assign is not the plain copy. Raises KeyError listing
-    missing/unexpected names and ValueError naming any shape mismatch."""
+    """Copy every tensor of the checkpoint at `path` into `model`, shard by shard. assign(target,
+    full value) does the copy (checkpoint.copy_full_ keeps each FSDP rank's slice); the experts of a
+    stacked parameter are collected into one full tensor first when assign is not the plain copy.
+    Raises KeyError listing missing/unexpected names and ValueError naming any shape mismatch."""
     import re
     from safetensors import safe_open
     index = os.path.join(path, "model.safetensors.index.json")
@@ -944,8 +976,9 @@ def load_hf_weights(model, path, ckpt_interleave=None, assign=_copy):
 
 
 def permute_rope_rows(w, hf, cfg, to_half):
-    """Reorder the rope rows of a q/k projection between the interleaved layout (pairs 2i, 2i+1; DeepSeek files)
-    and the half-split layout (pairs i, i+D/2; Qwen/Llama files). Other tensors are returned unchanged."""
+    """Reorder the rope rows of a q/k projection between the interleaved layout (pairs 2i, 2i+1;
+    DeepSeek files) and the half-split layout (pairs i, i+D/2; Qwen/Llama files). Other tensors are
+    returned unchanged."""
     if cfg.attn == "mla":
         Dr, block = cfg.qk_rope_head_dim, cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
         if hf.endswith(("q_proj.weight", "q_b_proj.weight")):
@@ -976,9 +1009,10 @@ def dequant_fp8(w, scale_inv, block=128):
 
 
 def hf_tensors(cfg, name, t):
-    """One of our state-dict tensors -> [(Hugging Face name, tensor)]: experts split one per expert as on the
-    hub, GQA rope rows in the half-split layout HF expects; [] for tensors HF files do not hold (a tied head,
-    V2's absent selection bias). Works on meta tensors too (checkpoint.py computes file headers with it)."""
+    """One of our state-dict tensors -> [(Hugging Face name, tensor)]: experts split one per expert
+    as on the hub, GQA rope rows in the half-split layout HF expects; [] for tensors HF files do not
+    hold (a tied head, V2's absent selection bias). Works on meta tensors too (checkpoint.py
+    computes file headers with it)."""
     if (name == "lm_head.weight" and cfg.tie_embeddings) or (name.endswith("ffn.bias") and cfg.score_func == "softmax"):
         return []
     hf = hf_name(name)
