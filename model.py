@@ -1,14 +1,13 @@
 """
-model.py: a DeepSeek-V3-style transformer in one file that also loads real Hugging Face checkpoints.
+model.py: a DeepSeek-V3-style transformer in one file, that also loads real Hugging Face checkpoints.
 
-What is here, top to bottom: the config dataclass and named presets (tiny test models, the zero-*
-models trained from scratch, and the real shapes of DeepSeek-V3/V2-Lite, Moonlight, Qwen2.5,
-Llama-3.2), a parameter count computed from the config alone, RMSNorm, RoPE (interleaved or
-half-split pairs) with YaRN and Llama-3 frequency scaling, Multi-head Latent Attention (MLA,
-textbook and weight-absorbed paths), grouped-query attention (GQA, for Qwen/Llama-shaped dense
-models), the SwiGLU MLP, DeepSeekMoE (shared + routed experts, sigmoid or softmax routing,
-group-limited top-k, auxiliary-loss-free bias balancing and the sequence-wise balance loss), the KV
-cache, and Hugging Face checkpoint loading and saving (safetensors).
+What is here, top to bottom: the config dataclass and named presets (tiny test models, the zero-* models
+trained from scratch, and the real shapes of DeepSeek-V3/V2-Lite, Moonlight, Qwen2.5, Llama-3.2), a
+parameter count computed from the config alone, RMSNorm, RoPE (interleaved or half-split pairs) with YaRN
+and Llama-3 frequency scaling, Multi-head Latent Attention (MLA, textbook and weight-absorbed paths),
+grouped-query attention (GQA, for Qwen/Llama-shaped dense models), the SwiGLU MLP, DeepSeekMoE (shared +
+routed experts, sigmoid or softmax routing, group-limited top-k, auxiliary-loss-free bias balancing and the
+sequence-wise balance loss), the KV cache, and Hugging Face checkpoint loading and saving (safetensors).
 
 Simplifications relative to the paper / production systems:
 1. No multi-token prediction (MTP) module; no tensor/expert parallelism (FSDP lives in train.py).
@@ -16,9 +15,8 @@ Simplifications relative to the paper / production systems:
    mask; MLA's absorbed path writes its own scores and softmax in latent space (einsums). No paged
    or FlashMLA kernels.
 3. The KV cache is one preallocated tensor pair per layer with a single shared length for the batch
-   (ragged prompts are left-padded and masked with `valid`), not a paged cache. Its static mode
-   keeps every shape fixed (device-side slot, attention over all slots) so a decode step can be a
-   CUDA graph.
+   (ragged prompts are left-padded and masked with `valid`), not a paged cache. Its static mode keeps every
+   shape fixed (device-side slot, attention over all slots) so a decode step can be a CUDA graph.
 4. FP8 checkpoints are dequantised to the model dtype when loaded; there is no FP8 compute.
 5. Expert load for the bias update is counted only in forwards run with grad enabled (training
    forwards), so sampling does not move the router bias, and only on the tokens of load_mask (the
@@ -28,13 +26,13 @@ Simplifications relative to the paper / production systems:
 Use:
     cfg = ModelConfig.from_preset("tiny-moe"); model = Transformer(cfg)
     logits = model(tokens)                                   # tokens (B, T) -> (B, T, V) float32
-    cache = model.make_cache(B, max_len); logits = model(prompt, cache=cache)   # then a token at a time
-    model = Transformer.from_pretrained("path/to/hf_dir")    # qwen2 / llama / deepseek_v3 / v2
+    cache = model.make_cache(B, max_len); logits = model(prompt, cache=cache)   # then one token at a time
+    model = Transformer.from_pretrained("path/to/hf_dir")    # qwen2 / llama / deepseek_v3 / deepseek_v2
     print(count_params(ModelConfig.from_preset("deepseek-v3"), active=True))
 
-Shape letters: B batch rows, T time (new tokens), S cache slots (keys), H heads, D head dim (MLA: Dn
-without RoPE, Dr with RoPE, Dv values), C model dim, V vocab, E routed experts, K active experts per
-token, EG expert groups, N flattened tokens (B*T), R kv latent rank, I expert width.
+Shape letters: B batch rows, T time (new tokens), S cache slots (keys), H heads, D head dim (MLA: Dn without
+RoPE, Dr with RoPE, Dv values), C model dim, V vocab, E routed experts, K active experts per token, EG expert
+groups, N flattened tokens (B*T), R kv latent rank, I expert width.
 """
 import json
 import math
@@ -63,7 +61,7 @@ class ModelConfig:
     kv_lora_rank: int = 32  # R: the compressed latent c_kv, the only per-token K/V state cached
     # "nope" = no position embedding: the part of each query/key head that RoPE does not rotate
     qk_nope_head_dim: int = 16  # Dn: per-head query/key dims without RoPE, expanded from c_kv
-    qk_rope_head_dim: int = 8  # Dr: per-head query/key dims with RoPE (key part k_pe shared by heads)
+    qk_rope_head_dim: int = 8  # Dr: per-head query/key dims with RoPE (the key part k_pe is shared by heads)
     v_head_dim: int = 16  # Dv: per-head value dims
     # GQA
     n_kv_heads: int = 4
@@ -85,8 +83,8 @@ class ModelConfig:
     aux_loss_alpha: float = 0.0
     # RoPE
     rope_theta: float = 10000.0
-    rope_interleave: bool = True  # rotate pairs (2i, 2i+1) (DeepSeek); False: (i, i+D/2) (Qwen/Llama)
-    rope_scaling: dict | None = None  # {"type": "yarn", "factor", "original_max_position_embeddings", ..}
+    rope_interleave: bool = True  # True: rotate pairs (2i, 2i+1) (DeepSeek); False: (i, i+D/2) (Qwen/Llama)
+    rope_scaling: dict | None = None  # {"type": "yarn", "factor", "original_max_position_embeddings", ...}
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
     mla_absorb: bool = False  # the one switch: textbook (expand K/V) vs absorbed path
@@ -94,15 +92,13 @@ class ModelConfig:
 
     def __post_init__(self):
         self.q_lora_rank = self.q_lora_rank or 0
-        choices = {"attn": ("mla", "gqa"), "score_func": ("sigmoid", "softmax"),
-                   "moe_impl": ("loop", "fast")}
+        choices = {"attn": ("mla", "gqa"), "score_func": ("sigmoid", "softmax"), "moe_impl": ("loop", "fast")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; valid: {valid}")
-        positive = ["vocab_size", "dim", "n_layers", "n_heads", "max_seq_len", "inter_dim",
-                    "norm_eps"]
-        positive += (["kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"]
-                     if self.attn == "mla" else ["n_kv_heads", "head_dim"])
+        positive = ["vocab_size", "dim", "n_layers", "n_heads", "max_seq_len", "inter_dim", "norm_eps"]
+        positive += ["kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"] if self.attn == "mla" \
+            else ["n_kv_heads", "head_dim"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)} must be > 0")
@@ -110,33 +106,26 @@ class ModelConfig:
         if rope_dim % 2:
             raise ValueError(f"rope head dim {rope_dim} must be even")
         if self.attn == "gqa" and self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} must be a multiple of "
-                             f"n_kv_heads={self.n_kv_heads}")
+            raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.n_routed_experts:
             E, EG = self.n_routed_experts, self.n_expert_groups
             if not 0 <= self.n_dense_layers <= self.n_layers:
-                raise ValueError(f"n_dense_layers={self.n_dense_layers} must be in "
-                                 f"[0, n_layers={self.n_layers}]")
+                raise ValueError(f"n_dense_layers={self.n_dense_layers} must be in [0, n_layers={self.n_layers}]")
             if EG < 1 or E % EG:
                 raise ValueError(f"n_expert_groups={EG} must divide n_routed_experts={E}")
             if self.score_func == "sigmoid" and EG > 1 and E // EG < 2:
-                raise ValueError(f"sigmoid group routing needs >= 2 experts per group, "
-                                 f"got {E}/{EG}")
+                raise ValueError(f"sigmoid group routing needs >= 2 experts per group, got {E}/{EG}")
             if not 1 <= self.n_limited_groups <= EG:
-                raise ValueError(f"n_limited_groups={self.n_limited_groups} must be in "
-                                 f"[1, n_expert_groups={EG}]")
+                raise ValueError(f"n_limited_groups={self.n_limited_groups} must be in [1, n_expert_groups={EG}]")
             if not 1 <= self.n_activated_experts <= self.n_limited_groups * E // EG:
                 raise ValueError(f"n_activated_experts={self.n_activated_experts} must be in "
-                                 f"[1, {self.n_limited_groups * E // EG}] "
-                                 "(experts in the limited groups)")
+                                 f"[1, {self.n_limited_groups * E // EG}] (experts in the limited groups)")
             if self.moe_inter_dim <= 0 or self.n_shared_experts < 0:
                 raise ValueError("moe_inter_dim must be > 0 and n_shared_experts >= 0")
             if self.bias_update_speed < 0 or self.aux_loss_alpha < 0 or self.route_scale <= 0:
-                raise ValueError("bias_update_speed and aux_loss_alpha must be >= 0, "
-                                 "route_scale > 0")
-        kind = None if self.rope_scaling is None else self.rope_scaling.get("type")
-        if self.rope_scaling is not None and kind not in ("yarn", "llama3"):
-            raise ValueError(f"rope_scaling type {kind!r}; valid: 'yarn', 'llama3' or None")
+                raise ValueError("bias_update_speed and aux_loss_alpha must be >= 0, route_scale > 0")
+        if self.rope_scaling is not None and self.rope_scaling.get("type") not in ("yarn", "llama3"):
+            raise ValueError(f"rope_scaling type {self.rope_scaling.get('type')!r}; valid: 'yarn', 'llama3' or None")
 
     @classmethod
     def from_preset(cls, name, **overrides):
@@ -152,77 +141,67 @@ class ModelConfig:
         return self.n_routed_experts > 0 and i >= self.n_dense_layers
 
 
-_YARN_V3 = dict(type="yarn", factor=40.0, original_max_position_embeddings=4096, beta_fast=32,
-                beta_slow=1, mscale=1.0, mscale_all_dim=1.0)
-_QWEN = dict(attn="gqa", qkv_bias=True, rope_interleave=False, rope_theta=1e6, max_seq_len=32768,
-             tie_embeddings=True)
+_YARN_V3 = dict(type="yarn", factor=40.0, original_max_position_embeddings=4096, beta_fast=32, beta_slow=1,
+                mscale=1.0, mscale_all_dim=1.0)
+_QWEN = dict(attn="gqa", qkv_bias=True, rope_interleave=False, rope_theta=1e6, max_seq_len=32768, tie_embeddings=True)
 PRESETS = {
     # tiny shapes for tests (CPU, milliseconds)
     "tiny-mla": dict(dim=64, n_layers=2, n_heads=4, inter_dim=128),
-    "tiny-gqa": dict(attn="gqa", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
-                     qkv_bias=True, rope_interleave=False, inter_dim=128),
-    "tiny-moe": dict(dim=64, n_layers=3, n_heads=4, q_lora_rank=32, inter_dim=128,
-                     n_routed_experts=8, n_activated_experts=2, moe_inter_dim=32, n_expert_groups=4,
-                     n_limited_groups=2, route_scale=2.0),
-    # from-scratch R1-Zero models (vocab_size comes from the tokenizer: pass vocab_size=tok.vocab_size)
-    "zero-tiny": dict(dim=128, n_layers=4, n_heads=4, kv_lora_rank=64, qk_nope_head_dim=32,
-                      qk_rope_head_dim=16, v_head_dim=32, inter_dim=384, n_routed_experts=8,
-                      n_activated_experts=2, n_shared_experts=1, moe_inter_dim=96, n_dense_layers=1,
-                      max_seq_len=512),
-    "zero-small": dict(dim=384, n_layers=8, n_heads=6, kv_lora_rank=128, qk_nope_head_dim=64,
-                       qk_rope_head_dim=32, v_head_dim=64, inter_dim=1024, n_routed_experts=8,
-                       n_activated_experts=2, n_shared_experts=1, moe_inter_dim=256, n_dense_layers=1,
-                       max_seq_len=1024),
-    # real shapes (print their parameter counts with count_params; load weights with from_pretrained)
-    "deepseek-v3": dict(vocab_size=129280, dim=7168, n_layers=61, n_heads=128, q_lora_rank=1536,
-                        kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
-                        inter_dim=18432, n_routed_experts=256, n_dense_layers=3, n_shared_experts=1,
-                        n_activated_experts=8, moe_inter_dim=2048, route_scale=2.5,
-                        n_expert_groups=8, n_limited_groups=4, max_seq_len=163840,
-                        rope_scaling=_YARN_V3, aux_loss_alpha=1e-4),
+    "tiny-gqa": dict(attn="gqa", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, qkv_bias=True,
+                     rope_interleave=False, inter_dim=128),
+    "tiny-moe": dict(dim=64, n_layers=3, n_heads=4, q_lora_rank=32, inter_dim=128, n_routed_experts=8,
+                     n_activated_experts=2, moe_inter_dim=32, n_expert_groups=4, n_limited_groups=2,
+                     route_scale=2.0),
+    # from-scratch R1-Zero models (vocab_size from the tokenizer: pass vocab_size=tok.vocab_size)
+    "zero-tiny": dict(dim=128, n_layers=4, n_heads=4, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16,
+                      v_head_dim=32, inter_dim=384, n_routed_experts=8, n_activated_experts=2,
+                      n_shared_experts=1, moe_inter_dim=96, n_dense_layers=1, max_seq_len=512),
+    "zero-small": dict(dim=384, n_layers=8, n_heads=6, kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32,
+                       v_head_dim=64, inter_dim=1024, n_routed_experts=8, n_activated_experts=2,
+                       n_shared_experts=1, moe_inter_dim=256, n_dense_layers=1, max_seq_len=1024),
+    # real shapes (parameter counts: count_params; weights: Transformer.from_pretrained)
+    "deepseek-v3": dict(vocab_size=129280, dim=7168, n_layers=61, n_heads=128, q_lora_rank=1536, kv_lora_rank=512,
+                        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, inter_dim=18432,
+                        n_routed_experts=256, n_dense_layers=3, n_shared_experts=1, n_activated_experts=8,
+                        moe_inter_dim=2048, route_scale=2.5, n_expert_groups=8, n_limited_groups=4,
+                        max_seq_len=163840, rope_scaling=_YARN_V3, aux_loss_alpha=1e-4),
     "deepseek-v2-lite": dict(vocab_size=102400, dim=2048, n_layers=27, n_heads=16, kv_lora_rank=512,
-                             qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
-                             inter_dim=10944, n_routed_experts=64, n_dense_layers=1,
-                             n_shared_experts=2, n_activated_experts=6, moe_inter_dim=1408,
-                             score_func="softmax", norm_topk_prob=False, max_seq_len=163840,
+                             qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, inter_dim=10944,
+                             n_routed_experts=64, n_dense_layers=1, n_shared_experts=2, n_activated_experts=6,
+                             moe_inter_dim=1408, score_func="softmax", norm_topk_prob=False, max_seq_len=163840,
                              rope_scaling={**_YARN_V3, "mscale": 0.707, "mscale_all_dim": 0.707}),
     "moonlight-16b-a3b": dict(vocab_size=163840, dim=2048, n_layers=27, n_heads=16, kv_lora_rank=512,
-                              qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128,
-                              inter_dim=11264, n_routed_experts=64, n_dense_layers=1,
-                              n_shared_experts=2, n_activated_experts=6, moe_inter_dim=1408,
-                              route_scale=2.446, rope_theta=50000.0, max_seq_len=8192),
-    "qwen2.5-0.5b": dict(_QWEN, vocab_size=151936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2,
-                         head_dim=64, inter_dim=4864),
-    "qwen2.5-1.5b": dict(_QWEN, vocab_size=151936, dim=1536, n_layers=28, n_heads=12, n_kv_heads=2,
-                         head_dim=128, inter_dim=8960),
-    "qwen2.5-7b": dict(_QWEN, vocab_size=152064, dim=3584, n_layers=28, n_heads=28, n_kv_heads=4,
-                       head_dim=128, inter_dim=18944, tie_embeddings=False),
-    "llama-3.2-1b": dict(attn="gqa", vocab_size=128256, dim=2048, n_layers=16, n_heads=32,
-                         n_kv_heads=8, head_dim=64, inter_dim=8192, rope_interleave=False,
-                         rope_theta=500000.0, norm_eps=1e-5, tie_embeddings=True, max_seq_len=131072,
-                         rope_scaling=dict(type="llama3", factor=32.0, low_freq_factor=1.0,
-                                           high_freq_factor=4.0,
+                              qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, inter_dim=11264,
+                              n_routed_experts=64, n_dense_layers=1, n_shared_experts=2, n_activated_experts=6,
+                              moe_inter_dim=1408, route_scale=2.446, rope_theta=50000.0, max_seq_len=8192),
+    "qwen2.5-0.5b": dict(_QWEN, vocab_size=151936, dim=896, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64,
+                         inter_dim=4864),
+    "qwen2.5-1.5b": dict(_QWEN, vocab_size=151936, dim=1536, n_layers=28, n_heads=12, n_kv_heads=2, head_dim=128,
+                         inter_dim=8960),
+    "qwen2.5-7b": dict(_QWEN, vocab_size=152064, dim=3584, n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128,
+                       inter_dim=18944, tie_embeddings=False),
+    "llama-3.2-1b": dict(attn="gqa", vocab_size=128256, dim=2048, n_layers=16, n_heads=32, n_kv_heads=8,
+                         head_dim=64, inter_dim=8192, rope_interleave=False, rope_theta=500000.0, norm_eps=1e-5,
+                         tie_embeddings=True, max_seq_len=131072,
+                         rope_scaling=dict(type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                            original_max_position_embeddings=8192)),
 }
 
 
 def count_params(cfg, active=False):
-    """Parameter count from the config alone (no weights). active=True counts only the experts a token
-    uses."""
+    """Parameter count from the config alone (no weights). active=True counts only the experts a token uses."""
     C, H = cfg.dim, cfg.n_heads
     if cfg.attn == "mla":
         Dqk = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
-        Rq, R = cfg.q_lora_rank, cfg.kv_lora_rank
-        q = C * Rq + Rq + Rq * H * Dqk if Rq else C * H * Dqk
-        attn = q + C * (R + cfg.qk_rope_head_dim) + R \
-            + R * H * (cfg.qk_nope_head_dim + cfg.v_head_dim) + H * cfg.v_head_dim * C
+        q = C * H * Dqk if not cfg.q_lora_rank else C * cfg.q_lora_rank + cfg.q_lora_rank + cfg.q_lora_rank * H * Dqk
+        attn = q + C * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) + cfg.kv_lora_rank \
+            + cfg.kv_lora_rank * H * (cfg.qk_nope_head_dim + cfg.v_head_dim) + H * cfg.v_head_dim * C
     else:
         D, Hkv = cfg.head_dim, cfg.n_kv_heads
         attn = C * H * D + 2 * C * Hkv * D + H * D * C + (H * D + 2 * Hkv * D) * cfg.qkv_bias
     dense_ffn = 3 * C * cfg.inter_dim
     n_experts = cfg.n_activated_experts if active else cfg.n_routed_experts
-    moe_ffn = 3 * C * cfg.moe_inter_dim * (n_experts + cfg.n_shared_experts) \
-        + cfg.n_routed_experts * C
+    moe_ffn = 3 * C * cfg.moe_inter_dim * (n_experts + cfg.n_shared_experts) + cfg.n_routed_experts * C
     n_moe = sum(cfg.is_moe_layer(i) for i in range(cfg.n_layers))
     layers = cfg.n_layers * (attn + 2 * C) + (cfg.n_layers - n_moe) * dense_ffn + n_moe * moe_ffn
     embed = cfg.vocab_size * C * (1 if cfg.tie_embeddings else 2)
@@ -230,8 +209,7 @@ def count_params(cfg, active=False):
 
 
 def cache_bytes_per_token(cfg, dtype_bytes=2):
-    """KV-cache bytes one token costs in one layer: MLA caches c_kv + the shared rotated k_pe; GQA
-    caches K and V."""
+    """KV-cache bytes one token costs in one layer: MLA caches c_kv + the shared rotated k_pe; GQA caches K and V."""
     if cfg.attn == "mla":
         return (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * dtype_bytes
     return 2 * cfg.n_kv_heads * cfg.head_dim * dtype_bytes
@@ -263,10 +241,10 @@ def rope_frequencies(dim, theta, scaling=None):
     if scaling is None:
         return inv_freq, 1.0
     factor, orig = scaling["factor"], scaling["original_max_position_embeddings"]
-    if scaling["type"] == "llama3":  # long wavelengths slowed by `factor`, short kept, smooth ramp between
+    if scaling["type"] == "llama3":  # long wavelengths slowed by `factor`, short kept, ramp between
         lo, hi = scaling["low_freq_factor"], scaling["high_freq_factor"]
         wavelen = 2 * math.pi / inv_freq  # (D/2,)
-        smooth = ((orig / wavelen - lo) / (hi - lo)).clamp(0, 1)  # (D/2,) 0 -> interpolate, 1 -> keep
+        smooth = ((orig / wavelen - lo) / (hi - lo)).clamp(0, 1)  # (D/2,) 0: interpolate, 1: keep
         return (1 - smooth) * inv_freq / factor + smooth * inv_freq, 1.0
     # YaRN: dims that rotate more than beta_fast times over the original context keep their frequency,
     # dims rotating fewer than beta_slow times are interpolated by `factor`, linear ramp in between.
@@ -306,12 +284,12 @@ class MLP(nn.Module):
 
 
 def attend(q, k, v, mask, scale):
-    """q (B, T, H, Dqk), k (B, S, Hk, Dqk), v (B, S, Hk, Dv), mask (B, 1, T, S) bool (True = may attend)
-    or None (plain causal) -> (B, T, H, Dv). Hk may be smaller than H (GQA)."""
+    """q (B, T, H, Dqk), k (B, S, Hk, Dqk), v (B, S, Hk, Dv), mask (B, 1, T, S) bool (True = may
+    attend) or None (plain causal) -> (B, T, H, Dv). Hk may be smaller than H (GQA)."""
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), (B, Hk, S, D)
     gqa = k.shape[1] != q.shape[1]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
-                                         enable_gqa=gqa)  # (B, H, T, Dv)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                         scale=scale, enable_gqa=gqa)  # (B, H, T, Dv)
     return out.transpose(1, 2)  # (B, T, H, Dv)
 
 
@@ -320,11 +298,10 @@ def attend(q, k, v, mask, scale):
 
 
 class MLA(nn.Module):
-    """Multi-head Latent Attention. Keys/values come from a small latent c_kv (R dims, normed) plus
-    one rotated rope key k_pe shared by all heads; only (c_kv, k_pe) is cached. Textbook path:
-    expand c_kv into per-head k_nope and v with wkv_b. Absorbed path: fold W_UK into the query and
-    W_UV into the output and attend in latent space (cheaper decoding: no per-head K/V are ever
-    built)."""
+    """Multi-head Latent Attention. Keys/values come from a small latent c_kv (R dims, normed) plus one rotated
+    rope key k_pe shared by all heads; only (c_kv, k_pe) is cached. Textbook path: expand c_kv into per-head
+    k_nope and v with wkv_b. Absorbed path: fold W_UK into the query and W_UV into the output and attend in
+    latent space (cheaper decoding: no per-head K/V are ever built)."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -414,11 +391,10 @@ def expert_counts(idx, n_experts, mask=None):
 
 
 def moe_kernel(device, dtype):
-    """How MoE.experts_fast runs the experts here. "grouped": one torch._grouped_mm over expert
-    slices whose offsets stay on the device (bf16 on Hopper/Blackwell GPUs, where it has a native
-    kernel; CPU inference). "dense": every expert on every token, keeping the chosen (E/K times the
-    FLOPs, but no host sync: other GPUs and dtypes, whose _grouped_mm would copy the offsets to the
-    host). "split": one matmul per expert slice (CPU training)."""
+    """How MoE.experts_fast runs the experts here. "grouped": one torch._grouped_mm over expert slices whose offsets
+    stay on the device (bf16 on Hopper/Blackwell GPUs, where it has a native kernel; CPU inference). "dense": every
+    expert on every token, keeping the chosen (E/K times the FLOPs, but no host sync: other GPUs and dtypes, whose
+    _grouped_mm would copy the offsets to the host). "split": one matmul per expert slice (CPU training)."""
     if not hasattr(torch, "_grouped_mm"):
         return "dense" if device.type == "cuda" or torch.compiler.is_compiling() else "split"
     if device.type == "cuda":
@@ -431,11 +407,10 @@ def moe_kernel(device, dtype):
 
 class MoE(nn.Module):
     """y = shared(x) + sum over the K chosen experts of g_i * FFN_i(x).
-    Routing (V3): s = sigmoid(x W_g^T); choose experts by s + bias (bias only steers selection,
-    never the weights), restricted to the n_limited_groups best groups (group score = sum of its
-    top-2 biased scores); weights = s at the chosen experts, normalised to sum 1, times route_scale.
-    V2: softmax scores, group score = max. The bias is nudged by update_bias() from the load counted
-    in training forwards."""
+    Routing (V3): s = sigmoid(x W_g^T); choose experts by s + bias (bias only steers selection, never the
+    weights), restricted to the n_limited_groups best groups (group score = sum of its top-2 biased scores);
+    weights = s at the chosen experts, normalised to sum 1, times route_scale. V2: softmax scores, group
+    score = max. The bias is nudged by update_bias() from the load counted in training forwards."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -455,9 +430,9 @@ class MoE(nn.Module):
         """x (N, C) -> weights (N, K) fp32, expert ids (N, K), scores (N, E) fp32."""
         cfg = self.cfg
         E, EG, K = cfg.n_routed_experts, cfg.n_expert_groups, cfg.n_activated_experts
-        with torch.autocast(x.device.type, enabled=False):  # fp32 routing: bias steps of 1e-3 must register
+        with torch.autocast(x.device.type, enabled=False):  # fp32: bias steps of 1e-3 must register
             logits = F.linear(x.float(), self.gate.weight.float())  # (N, E)
-        scores = logits.sigmoid() if cfg.score_func == "sigmoid" else logits.softmax(dim=-1)  # (N, E)
+        scores = logits.sigmoid() if cfg.score_func == "sigmoid" else logits.softmax(-1)  # (N, E)
         choice = scores + self.bias.float()  # (N, E) used only to pick experts
         if EG > 1:
             grouped = choice.view(-1, EG, E // EG)  # (N, EG, E/EG)
@@ -477,7 +452,7 @@ class MoE(nn.Module):
         y = torch.zeros_like(x)  # (N, C)
         w1, w2, w3 = self.w1.unbind(0), self.w2.unbind(0), self.w3.unbind(0)  # E views; one backward op each
         for e in range(self.cfg.n_routed_experts):
-            tok, slot = torch.where(idx == e)  # (n,), (n,) tokens routed to e and which of their K slots
+            tok, slot = torch.where(idx == e)  # (n,), (n,) tokens routed to e, and in which K slot
             if tok.numel() == 0:
                 continue
             h = F.silu(x[tok] @ w1[e].T) * (x[tok] @ w3[e].T)  # (n, I)
@@ -485,9 +460,8 @@ class MoE(nn.Module):
         return y
 
     def experts_fast(self, x, weights, idx):
-        """Batched, with no host sync on GPU: sort the N*K (token, expert) pairs by expert so each
-        expert's tokens are one contiguous slice, run the slices (see moe_kernel), scatter-add back.
-        x (N, C) -> (N, C)."""
+        """Batched, with no host sync on GPU: sort the N*K (token, expert) pairs by expert so each expert's tokens
+        are one contiguous slice, run the slices (see moe_kernel), scatter-add back. x (N, C) -> (N, C)."""
         N, K = idx.shape
         dev = x.device.type
         mm_dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
@@ -497,7 +471,7 @@ class MoE(nn.Module):
             xm = x.to(mm_dtype)  # (N, C)
             h = F.silu(torch.einsum("nc,eic->eni", xm, w1)) * torch.einsum("nc,eic->eni", xm, w3)  # (E, N, I)
             y_all = torch.einsum("eni,eci->enc", h, w2)  # (E, N, C)
-            ys = y_all[idx, torch.arange(N, device=x.device)[:, None]]  # (N, K, C) the chosen experts' outputs
+            ys = y_all[idx, torch.arange(N, device=x.device)[:, None]]  # (N, K, C) chosen experts
             return (ys * weights[..., None].to(ys.dtype)).sum(1).to(x.dtype)  # (N, C)
         order = idx.flatten().argsort(stable=True)  # (N*K,) pair ids sorted by expert
         tok = order // K  # (N*K,) source token of each sorted pair
@@ -531,7 +505,7 @@ class MoE(nn.Module):
         weights, idx, scores = self.route(xf)  # (N, K), (N, K), (N, E)
         experts = self.experts_fast if cfg.moe_impl == "fast" else self.experts_loop
         y = experts(xf, weights, idx).view(B, T, C)  # (B, T, C)
-        if torch.is_grad_enabled():  # load for the bias update: only the tokens load_mask marks (default all)
+        if torch.is_grad_enabled():  # load for the bias update: tokens load_mask marks (default all)
             mask = load_mask.reshape(B * T) if load_mask is not None else None  # (N,)
             self.load += expert_counts(idx, cfg.n_routed_experts, mask).to(self.load)  # (E,)
         if cfg.aux_loss_alpha > 0 and torch.is_grad_enabled():
@@ -566,12 +540,11 @@ class MoE(nn.Module):
 
 
 class KVCache:
-    """Per layer a pair of preallocated tensors: MLA (c_kv (B, S, R), k_pe (B, S, Dr)); GQA (k, v
-    (B, S, Hkv, D)). valid (B, S) marks slots holding real (non-padding) tokens. length: slots
-    filled so far (same for all rows). Dynamic (default): writes at slot `length` (a Python int) and
-    attention sees slots 0 .. length-1, so shapes grow by one per step. Static (to_static()): the
-    next slot is a device tensor and attention always sees all S slots (masked by valid), so every
-    decode step has the same shapes and addresses: capturable in a CUDA graph."""
+    """Per layer a pair of preallocated tensors: MLA (c_kv (B, S, R), k_pe (B, S, Dr)); GQA (k, v (B, S, Hkv, D)).
+    valid (B, S) marks slots holding real (non-padding) tokens. length: slots filled so far (same for all rows).
+    Dynamic (default): writes at slot `length` (a Python int) and attention sees slots 0 .. length-1, so shapes grow
+    by one per step. Static (to_static()): the next slot is a device tensor and attention always sees all S slots
+    (masked by valid), so every decode step has the same shapes and addresses: capturable in a CUDA graph."""
 
     def __init__(self, kv, valid):
         self.kv, self.valid, self.length = kv, valid, 0
@@ -656,13 +629,10 @@ class Transformer(nn.Module):
         return KVCache(kv, torch.zeros(batch_size, max_len, dtype=torch.bool, device=device))
 
     def forward(self, tokens, cache=None, pos=None, valid=None, return_hidden=False, load_mask=None):
-        """tokens (B, T) -> logits (B, T, V) float32, or the final-normed hidden (B, T, C) if
-        return_hidden.
-        pos (B, T): RoPE positions (default cache.length + arange(T)). valid (B, T): False marks
-        (left) padding no query may attend to. With a cache, K/V go to slots cache.length.., then
-        cache.length += T.
-        load_mask (B, T) bool: the tokens MoE layers count as expert load (default all; pass the
-        response mask)."""
+        """tokens (B, T) -> logits (B, T, V) float32, or the final-normed hidden (B, T, C) if return_hidden.
+        pos (B, T): RoPE positions (default cache.length + arange(T)). valid (B, T): False marks (left) padding
+        no query may attend to. With a cache, K/V go to slots cache.length.., then cache.length += T.
+        load_mask (B, T) bool: the tokens MoE layers count as expert load (default all; pass the response mask)."""
         B, T = tokens.shape
         start = cache.length if cache is not None else 0
         if cache is not None and start + T > cache.valid.shape[1]:
@@ -688,7 +658,7 @@ class Transformer(nn.Module):
                 valid = cache.valid[:, :start + T]  # (B, S)
             q_slot = slots[:, None]  # (T, 1)
             k_slot = torch.arange(valid.shape[1], device=tokens.device)[None, :]  # (1, S)
-            # a query sees earlier real tokens, and always itself (so padding rows never have an empty softmax)
+            # a query sees earlier real tokens, and itself (padding rows never have an empty softmax)
             mask = ((k_slot <= q_slot) & valid[:, None, :]) | (k_slot == q_slot)  # (B, T, S)
             mask = mask.unsqueeze(1)  # (B, 1, T, S)
         for i, layer in enumerate(self.layers):
@@ -697,7 +667,7 @@ class Transformer(nn.Module):
             cache.length += T
             if static:
                 cache.slot.add_(T)
-        self.aux_loss = torch.zeros((), device=x.device)  # sequence-wise balance loss, add it to the training loss
+        self.aux_loss = torch.zeros((), device=x.device)  # sequence-wise balance loss: add to the loss
         if self.cfg.aux_loss_alpha > 0 and torch.is_grad_enabled():
             self.aux_loss = self.aux_loss + sum(l.ffn.aux_loss for l in self.layers if isinstance(l.ffn, MoE))
         h = self.norm(x)  # (B, T, C)
@@ -710,9 +680,8 @@ class Transformer(nn.Module):
                 layer.ffn.update_bias()
 
     def expert_load(self):
-        """{layer index: (E,) fraction of routed tokens per expert}, counted since the last bias
-        update, or the counts that update used when nothing was counted since (e.g. logging right
-        after a step)."""
+        """{layer index: (E,) fraction of routed tokens per expert}, counted since the last bias update, or
+        the counts that update used when nothing was counted since (e.g. logging right after a step)."""
         loads = {i: l.ffn.load if l.ffn.load.sum() > 0 else l.ffn.last_load for i, l in enumerate(self.layers)
                  if isinstance(l.ffn, MoE)}
         return {i: (v / v.sum().clamp(min=1)).cpu() for i, v in loads.items()}
@@ -725,23 +694,22 @@ class Transformer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path, dtype=torch.float32, device="cpu", **overrides):
-        """Load a Hugging Face checkpoint directory (qwen2, llama, deepseek_v3, deepseek_v2).
-        Weights are read tensor by tensor from the memory-mapped shards straight into the
-        (uninitialised) model, FP8 block-scaled weights are dequantised on the way. overrides:
-        ModelConfig fields (e.g. mla_absorb=True)."""
+        """Load a Hugging Face checkpoint directory (qwen2, llama, deepseek_v3, deepseek_v2). Weights are read
+        tensor by tensor from the memory-mapped shards straight into the (uninitialised) model, FP8 block-scaled
+        weights are dequantised on the way. overrides: ModelConfig fields (e.g. mla_absorb=True)."""
         with open(_find(path, "config.json")) as f:
             hf = json.load(f)
-        cfg = config_from_hf(hf, **overrides)  # rope_interleave=... may differ from the checkpoint's layout
+        cfg = config_from_hf(hf, **overrides)  # rope_interleave may differ from the file's layout
         ckpt_interleave = config_from_hf(hf).rope_interleave
-        with torch.device("meta"):  # build without allocating, then allocate once in the target dtype
+        with torch.device("meta"):  # build without allocating, then allocate once in the dtype
             model = cls(cfg)
         model = model.to(dtype).to_empty(device=device)
         if cfg.tie_embeddings:
             model.lm_head.weight = model.embed.weight
-        model.inv_freq = rope_frequencies(*_rope_args(cfg))[0].to(device)  # (D/2,) not in the checkpoint
+        model.inv_freq = rope_frequencies(*_rope_args(cfg))[0].to(device)  # (D/2,) not in the file
         model.aux_loss = torch.zeros((), device=device)
         for layer in model.layers:
-            if isinstance(layer.ffn, MoE):  # fp32: the tiny +-gamma bias updates would vanish in bf16
+            if isinstance(layer.ffn, MoE):  # fp32: the tiny +-gamma bias steps would vanish in bf16
                 layer.ffn.bias = torch.zeros(cfg.n_routed_experts, device=device)
                 layer.ffn.load = torch.zeros(cfg.n_routed_experts, device=device)
         load_hf_weights(model, path, ckpt_interleave)
@@ -959,7 +927,7 @@ def load_hf_weights(model, path, ckpt_interleave=None, assign=_copy):
                 assign(target, value)
             elif assign is _copy:
                 _copy(target[e], value)
-            else:  # stage the experts of one stacked parameter (E, ...), assign it whole once all have arrived
+            else:  # stage the experts of one stacked parameter (E, ...), assign it whole when complete
                 whole, left = staged.get(id(target), (torch.empty(target.shape, dtype=target.dtype), set()))
                 whole[e] = value
                 left = (left or set(range(target.shape[0]))) - {e}
@@ -976,9 +944,8 @@ def load_hf_weights(model, path, ckpt_interleave=None, assign=_copy):
 
 
 def permute_rope_rows(w, hf, cfg, to_half):
-    """Reorder the rope rows of a q/k projection between the interleaved layout (pairs 2i, 2i+1;
-    DeepSeek files) and the half-split layout (pairs i, i+D/2; Qwen/Llama files). Other tensors are
-    returned unchanged."""
+    """Reorder the rope rows of a q/k projection between the interleaved layout (pairs 2i, 2i+1; DeepSeek files)
+    and the half-split layout (pairs i, i+D/2; Qwen/Llama files). Other tensors are returned unchanged."""
     if cfg.attn == "mla":
         Dr, block = cfg.qk_rope_head_dim, cfg.qk_nope_head_dim + cfg.qk_rope_head_dim
         if hf.endswith(("q_proj.weight", "q_b_proj.weight")):
@@ -993,7 +960,7 @@ def permute_rope_rows(w, hf, cfg, to_half):
             starts = range(0, w.shape[0], Dr)
         else:
             return w
-    half = torch.cat([torch.arange(0, Dr, 2), torch.arange(1, Dr, 2)])  # new row j <- interleaved row half[j]
+    half = torch.cat([torch.arange(0, Dr, 2), torch.arange(1, Dr, 2)])  # row j <- interleaved half[j]
     one = half if to_half else half.argsort()  # (Dr,)
     perm = torch.arange(w.shape[0])  # (rows,)
     for s in starts:
@@ -1009,10 +976,9 @@ def dequant_fp8(w, scale_inv, block=128):
 
 
 def hf_tensors(cfg, name, t):
-    """One of our state-dict tensors -> [(Hugging Face name, tensor)]: experts split one per expert
-    as on the hub, GQA rope rows in the half-split layout HF expects; [] for tensors HF files do not
-    hold (a tied head, V2's absent selection bias). Works on meta tensors too (checkpoint.py
-    computes file headers with it)."""
+    """One of our state-dict tensors -> [(Hugging Face name, tensor)]: experts split one per expert as on the
+    hub, GQA rope rows in the half-split layout HF expects; [] for tensors HF files do not hold (a tied head,
+    V2's absent selection bias). Works on meta tensors too (checkpoint.py computes file headers with it)."""
     if (name == "lm_head.weight" and cfg.tie_embeddings) or (name.endswith("ffn.bias") and cfg.score_func == "softmax"):
         return []
     hf = hf_name(name)
