@@ -23,7 +23,10 @@ fails prints an error row; the others still run. Flags take underscores or dashe
 
 Simplifications: 1. Numbers are medians of a few repeats after a warm-up, not a statistical study. 2. GPU targets
 are only claimed by the GPU run that measured them; on CPU a section reports CPU numbers or says it needs a GPU.
-3. Projections (bench_decode) are arithmetic on measured counts and stated assumptions, labelled as such.
+3. Projections (bench_decode.py) are arithmetic on measured counts and stated assumptions, labelled as such.
+
+Shapes: B batch rows, T positions (T_prompt prompt tokens, T_new generated tokens), N flattened tokens,
+V vocab, C model dim. The sampling temperature is `temperature`, never T.
 """
 import argparse
 import glob
@@ -228,18 +231,18 @@ def _bench_sample(args):
     device = torch.device("cuda" if cuda else "cpu")
     if cuda and not quick:
         cfg = ModelConfig.from_preset("qwen2.5-0.5b", max_seq_len=1024)
-        B, P, T, dtype = 64, 128, 256, torch.bfloat16
+        B, T_prompt, T_new, dtype = 64, 128, 256, torch.bfloat16
     elif cuda or not quick:
         cfg = ModelConfig.from_preset("qwen2.5-0.5b", vocab_size=32000, dim=512, n_layers=8, n_heads=8,
                                       n_kv_heads=2, head_dim=64, inter_dim=1536, max_seq_len=1024)
-        B, P, T, dtype = 16, 64, 64, torch.bfloat16 if cuda else torch.float32
+        B, T_prompt, T_new, dtype = 16, 64, 64, torch.bfloat16 if cuda else torch.float32
     else:
         cfg = ModelConfig.from_preset("qwen2.5-0.5b", vocab_size=4096, dim=256, n_layers=4, n_heads=4,
                                       n_kv_heads=2, head_dim=64, inter_dim=768, max_seq_len=512)
-        B, P, T, dtype = 8, 32, 32, torch.float32
+        B, T_prompt, T_new, dtype = 8, 32, 32, torch.float32
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"[sample] device: {name}; model: dim {cfg.dim}, {cfg.n_layers} layers, vocab {cfg.vocab_size}, "
-          f"GQA {cfg.n_heads}/{cfg.n_kv_heads} heads; batch {B}, prompt {P}, new tokens {T}, {dtype}")
+          f"GQA {cfg.n_heads}/{cfg.n_kv_heads} heads; batch {B}, prompt {T_prompt}, new tokens {T_new}, {dtype}")
 
     def sync():
         if cuda:
@@ -275,41 +278,41 @@ def _bench_sample(args):
     cfg = ours.cfg
 
     g = torch.Generator().manual_seed(0)
-    prompt = torch.randint(3, cfg.vocab_size, (B, P), generator=g)  # (B, P)
+    prompt = torch.randint(3, cfg.vocab_size, (B, T_prompt), generator=g)  # (B, T_prompt)
     prompts = prompt.tolist()
     prompt = prompt.to(device)
-    res = {"device": name, "batch": B, "prompt": P, "new_tokens": T}
+    res = {"device": name, "batch": B, "prompt": T_prompt, "new_tokens": T_new}
 
     # 1) ours: KV cache, prefill once, one token per step
     def ours_run(n_new, compile=False, **kw):  # default loop: the static one on CUDA, the eager twin on CPU
         return generate(ours, prompts, max_new_tokens=n_new, temperature=0, compile=compile, **kw)
-    t_ours, gen = timed(lambda: ours_run(T))
+    t_ours, gen = timed(lambda: ours_run(T_new))
     t_prefill, _ = timed(lambda: ours_run(1))
-    res["ours_tok_s"] = per_s(B * T, t_ours)
-    res["ours_decode_tok_s"] = per_s(B * (T - 1), t_ours - t_prefill)  # nan if the difference is ~0
+    res["ours_tok_s"] = per_s(B * T_new, t_ours)
+    res["ours_decode_tok_s"] = per_s(B * (T_new - 1), t_ours - t_prefill)  # nan if the difference is ~0
     print(f"[sample] ours (KV cache):      {t_ours:.3f} s, {res['ours_tok_s']:.1f} tok/s end-to-end, "
           f"{res['ours_decode_tok_s']:.1f} tok/s decode only (prefill {t_prefill:.3f} s)")
     if cuda:
-        t_c, gen_c = timed(lambda: ours_run(T, compile=True))
+        t_c, gen_c = timed(lambda: ours_run(T_new, compile=True))
         t_cp, _ = timed(lambda: ours_run(1, compile=True))
-        res["ours_compiled_tok_s"] = per_s(B * T, t_c)
-        res["ours_compiled_decode_tok_s"] = per_s(B * (T - 1), t_c - t_cp)
+        res["ours_compiled_tok_s"] = per_s(B * T_new, t_c)
+        res["ours_compiled_decode_tok_s"] = per_s(B * (T_new - 1), t_c - t_cp)
         res["compiled_tokens_equal"] = float((gen_c.tokens == gen.tokens).all(-1).float().mean())
         print(f"[sample] ours compile=True:    {t_c:.3f} s, {res['ours_compiled_tok_s']:.1f} tok/s end-to-end, "
               f"{res['ours_compiled_decode_tok_s']:.1f} tok/s decode only; rows equal to plain loop: "
               f"{res['compiled_tokens_equal']:.2f}")
-        t_g, gen_g = timed(lambda: ours_run(T, cuda_graph=True))
+        t_g, gen_g = timed(lambda: ours_run(T_new, cuda_graph=True))
         t_gp, _ = timed(lambda: ours_run(1, cuda_graph=True))
-        t_e, _ = timed(lambda: ours_run(T, static=False))
-        res["ours_graph_decode_tok_s"] = per_s(B * (T - 1), t_g - t_gp)
-        res["ours_graph_tok_s"], res["ours_eager_twin_tok_s"] = per_s(B * T, t_g), per_s(B * T, t_e)
+        t_e, _ = timed(lambda: ours_run(T_new, static=False))
+        res["ours_graph_decode_tok_s"] = per_s(B * (T_new - 1), t_g - t_gp)
+        res["ours_graph_tok_s"], res["ours_eager_twin_tok_s"] = per_s(B * T_new, t_g), per_s(B * T_new, t_e)
         res["graph_tokens_equal"] = float((gen_g.tokens == gen.tokens).all(-1).float().mean())
         print(f"[sample] ours cuda_graph=True: {t_g:.3f} s, {res['ours_graph_tok_s']:.1f} tok/s end-to-end, "
               f"{res['ours_graph_decode_tok_s']:.1f} tok/s decode only; eager twin {res['ours_eager_twin_tok_s']:.1f} "
               f"tok/s; rows equal to the static loop: {res['graph_tokens_equal']:.2f}")
 
     # 2) no cache: recompute the whole sequence for every new token
-    n_nc = T if quick else T // 4  # the no-cache loop is slow on big runs: time a quarter of the steps
+    n_nc = T_new if quick else T_new // 4  # the no-cache loop is slow on big runs: time a quarter of the steps
 
     @torch.inference_mode()
     def no_cache_part():
@@ -317,24 +320,24 @@ def _bench_sample(args):
         for _ in range(n_nc):
             h = ours(seq, return_hidden=True)[:, -1]  # (B, C) the whole sequence, every step
             nxt = ours.lm_head(h).argmax(-1)  # (B,)
-            seq = torch.cat([seq, nxt[:, None]], 1)  # (B, P+t)
+            seq = torch.cat([seq, nxt[:, None]], 1)  # (B, T_prompt+t)
         return seq
     t_nc, seq_nc = timed(no_cache_part, repeat=1, warmup=0)  # slow: one run (the model is warm already)
     res["no_cache_tok_s"] = per_s(B * n_nc, t_nc)
     print(f"[sample] no cache (recompute): {t_nc:.3f} s for {n_nc} tokens, {res['no_cache_tok_s']:.1f} tok/s"
-          + ("" if n_nc == T else " (first quarter of the steps: an upper bound on its rate)"))
-    res["no_cache_tokens_equal"] = float((seq_nc[:, P:] == gen.tokens[:, :n_nc]).all(-1).float().mean())
+          + ("" if n_nc == T_new else " (first quarter of the steps: an upper bound on its rate)"))
+    res["no_cache_tokens_equal"] = float((seq_nc[:, T_prompt:] == gen.tokens[:, :n_nc]).all(-1).float().mean())
 
-    # 3) transformers generate (dynamic KV cache), greedy, exactly T new tokens
-    mask = torch.ones_like(prompt)  # (B, P)
+    # 3) transformers generate (dynamic KV cache), greedy, exactly T_new new tokens
+    mask = torch.ones_like(prompt)  # (B, T_prompt)
 
     @torch.inference_mode()
     def hf_run():
-        return hf.generate(prompt, attention_mask=mask, max_new_tokens=T, min_new_tokens=T, do_sample=False,
+        return hf.generate(prompt, attention_mask=mask, max_new_tokens=T_new, min_new_tokens=T_new, do_sample=False,
                            pad_token_id=0, eos_token_id=None)
     t_hf, out_hf = timed(hf_run)
-    res["hf_tok_s"] = per_s(B * T, t_hf)
-    res["hf_tokens_equal"] = float((out_hf[:, P:] == gen.tokens).all(-1).float().mean())
+    res["hf_tok_s"] = per_s(B * T_new, t_hf)
+    res["hf_tokens_equal"] = float((out_hf[:, T_prompt:] == gen.tokens).all(-1).float().mean())
     print(f"[sample] transformers generate: {t_hf:.3f} s, {res['hf_tok_s']:.1f} tok/s end-to-end")
     print(f"[sample] greedy rows identical to ours: transformers {res['hf_tokens_equal']:.2f}, "
           f"no-cache {res['no_cache_tokens_equal']:.2f}")
@@ -350,7 +353,7 @@ def _bench_sample(args):
     if not cfg.tie_embeddings:  # an untied embedding table is only gathered (B rows), not streamed
         weight_bytes -= ours.embed.weight.numel() * ours.embed.weight.element_size()
     elt = torch.finfo(dtype).bits // 8
-    kv_bytes = B * (P + T / 2) * cache_bytes_per_token(cfg, elt) * cfg.n_layers
+    kv_bytes = B * (T_prompt + T_new / 2) * cache_bytes_per_token(cfg, elt) * cfg.n_layers
     step_s = (weight_bytes + kv_bytes) / bw
     res.update(copy_GB_s=bw / 1e9, weight_MB=weight_bytes / 1e6, kv_MB=kv_bytes / 1e6, bound_tok_s=per_s(B, step_s))
     rates = [res["ours_decode_tok_s"], res.get("ours_compiled_decode_tok_s"), res.get("ours_graph_decode_tok_s")]
@@ -402,11 +405,11 @@ def bench_kernels(args):
     from kernels import linear_token_logprobs, token_logprobs
 
     quick = bool(getattr(args, "quick", False))
-    T = 0.9
+    temperature = 0.9
 
     def eager(logits, targets, ref):
         """The reference: what a plain PyTorch GRPO step computes. logits (N, V), targets (N,)."""
-        logz = torch.log_softmax(logits.float() / T, dim=-1)              # (N, V)
+        logz = torch.log_softmax(logits.float() / temperature, dim=-1)      # (N, V)
         logp = logz.gather(1, targets[:, None]).squeeze(1)                  # (N,)
         entropy = -(logz.exp() * logz).sum(-1)                              # (N,)
         d = ref - logp                                                      # (N,)
@@ -414,7 +417,7 @@ def bench_kernels(args):
         return logp, entropy, kl
 
     def fused(logits, targets, ref):
-        s = token_logprobs(logits, targets, T, ref, return_entropy=True)
+        s = token_logprobs(logits, targets, temperature, ref, return_entropy=True)
         return s.logp, s.entropy, s.kl
 
     if not torch.cuda.is_available():
@@ -539,11 +542,11 @@ def bench_kernels(args):
 
         def fb():
             x.grad = None
-            s = token_logprobs(x, targets, T, return_entropy=True, **knobs)
+            s = token_logprobs(x, targets, temperature, return_entropy=True, **knobs)
             (s.logp.sum() + s.entropy.sum()).backward()
         try:
             with torch.no_grad():
-                f_ms = timed(lambda: token_logprobs(logits, targets, T, return_entropy=True, **knobs), reps)
+                f_ms = timed(lambda: token_logprobs(logits, targets, temperature, return_entropy=True, **knobs), reps)
             fb_ms = timed(fb, reps)
         except Exception as e:  # e.g. out of shared memory / resources for a large block
             print(f"[kernels] BLOCK_V={block} stages={stages}: failed ({type(e).__name__})")
@@ -564,11 +567,11 @@ def bench_kernels(args):
     ref = torch.randn(N, device=dev, generator=g) - 10.0                               # (N,)
 
     def full():
-        s = token_logprobs(h @ W.t(), targets, T, ref, return_entropy=True)
+        s = token_logprobs(h @ W.t(), targets, temperature, ref, return_entropy=True)
         (s.logp.sum() + s.entropy.sum() + s.kl.sum()).backward()
 
     def chunked():
-        s = linear_token_logprobs(h, W, targets, T, ref, return_entropy=True, chunk_size=2048)
+        s = linear_token_logprobs(h, W, targets, temperature, ref, return_entropy=True, chunk_size=2048)
         (s.logp.sum() + s.entropy.sum() + s.kl.sum()).backward()
 
     for label, fn in [("full", full), ("chunked", chunked)]:

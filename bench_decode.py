@@ -12,7 +12,8 @@ Simplifications: 1. Counts are taken on CPU; a GPU launches one kernel per leaf 
 what is counted. 2. The projection is arithmetic on the measured counts and stated assumptions, not a
 measurement. 3. Per step = (a run of 1 + S steps - a run of 1 step) / S, so prefill and set-up cancel.
 
-Shapes: B rows being decoded (prompts x samples per prompt), T new tokens, V vocab.
+Shapes: P prompts, G samples per prompt, B = P*G rows being decoded, T new tokens (T_prompt: a prompt's
+length), V vocab, H heads, R kv latent rank, Dr RoPE head dim.
 """
 import contextlib
 import time
@@ -140,9 +141,9 @@ def _bench_decode(quick):
     torch.manual_seed(0)
     m = Transformer(cfg).eval()
     device = f"CPU ({torch.get_num_threads()} threads)"
-    n_prompts, n, steps, repeats = (2, 2, 16, 3) if quick else (4, 4, 32, 5)
+    P, G, steps, repeats = (2, 2, 16, 3) if quick else (4, 4, 32, 5)  # prompts, samples per prompt
     g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, cfg.vocab_size, (40 + 7 * i,), generator=g).tolist() for i in range(n_prompts)]
+    prompts = [torch.randint(3, cfg.vocab_size, (40 + 7 * i,), generator=g).tolist() for i in range(P)]
 
     class CharTokenizer:  # one CJK character per id: "</answer>" can never complete, so every row runs every step
         vocab_size, eos_id, pad_id, special_tokens = cfg.vocab_size, 1, 0, {}
@@ -150,12 +151,12 @@ def _bench_decode(quick):
         def decode(self, ids):
             return "".join(chr(0x4E00 + i) for i in ids)
 
-    kw = dict(n=n, temperature=1.0, stop_strings=["</answer>"], tokenizer=CharTokenizer(), seed=0)
+    kw = dict(n=G, temperature=1.0, stop_strings=["</answer>"], tokenizer=CharTokenizer(), seed=0)
     loops = {"before": dict(static=False, moe="split"), "eager twin": dict(static=False),
              "static": dict(static=True, check_every=16)}
     print(f"[decode] device: {device}; zero-small model: dim {cfg.dim}, {cfg.n_layers} layers, "
           f"{cfg.n_routed_experts} experts (top-{cfg.n_activated_experts}), vocab {cfg.vocab_size}; "
-          f"{n_prompts * n} rows, {steps} steps counted")
+          f"{P * G} rows, {steps} steps counted")
 
     def run(T, opts):
         real_kernel = model_mod.moe_kernel
@@ -194,7 +195,7 @@ def _bench_decode(quick):
 
     # the model step alone (what a CUDA graph replays): profile one static decode step
     with torch.no_grad():
-        cache, logits, pos = sample._prefill(m, prompts, n, 8, 0, torch.device("cpu"))
+        cache, logits, pos = sample._prefill(m, prompts, G, 8, 0, torch.device("cpu"))
         cache.to_static()
         tok = logits.argmax(-1)
         sample._decode_step(m, cache, tok, pos)
@@ -208,19 +209,19 @@ def _bench_decode(quick):
           f"launches")
 
     # projection at zero-small's rollout shape: prompts_per_step x group_size rows, max_new_tokens steps
-    R, T_new, P = preset["prompts_per_step"] * preset["group_size"], preset["max_new_tokens"], 64
-    b_dyn, fl = decode_bytes_flops(cfg, R, P + T_new / 2, P + T_new / 2)
-    b_static, _ = decode_bytes_flops(cfg, R, P + T_new / 2, P + T_new)
+    B, T_new, T_prompt = preset["prompts_per_step"] * preset["group_size"], preset["max_new_tokens"], 64
+    b_dyn, fl = decode_bytes_flops(cfg, B, T_prompt + T_new / 2, T_prompt + T_new / 2)
+    b_static, _ = decode_bytes_flops(cfg, B, T_prompt + T_new / 2, T_prompt + T_new)
     st, bf = res["static"], res["before"]
     proj = {"before": project_decode_step(bf["top_ops"], bf["launches"], 0, b_dyn, fl, bf["syncs"]),
             "static": project_decode_step(st["top_ops"], st["launches"], 0, b_static, fl, st["syncs"]),
             "static + CUDA graph": project_decode_step(st["top_ops"] - step_top + 1, st["launches"] - step_launches,
                                                        step_launches, b_static, fl, st["syncs"])}
-    res["projection"] = dict(rows=R, prompt=P, new_tokens=T_new, bytes_dynamic=b_dyn, bytes_static=b_static,
+    res["projection"] = dict(rows=B, prompt=T_prompt, new_tokens=T_new, bytes_dynamic=b_dyn, bytes_static=b_static,
                              flops=fl, step_ms={k: v * 1e3 for k, v in proj.items()})
     print(f"[decode] PROJECTION (not a measurement) of one zero-small decode step on an H200 at the rollout shape "
-          f"({R} rows, prompt {P} (assumed) + {T_new} new tokens, bf16): bytes read {b_dyn / 1e6:.0f} MB dynamic "
-          f"cache / {b_static / 1e6:.0f} MB static (all slots), {fl / 1e9:.1f} GFLOP; assumptions: "
+          f"({B} rows, prompt {T_prompt} (assumed) + {T_new} new tokens, bf16): bytes read {b_dyn / 1e6:.0f} MB "
+          f"dynamic cache / {b_static / 1e6:.0f} MB static (all slots), {fl / 1e9:.1f} GFLOP; assumptions: "
           f"{HOST_S_PER_OP * 1e6:.0f} us host per eager op, {KERNEL_MIN_S * 1e6:.1f} us per eager kernel, "
           f"{KERNEL_MIN_GRAPH_S * 1e6:.1f} us per graph kernel, {HBM_EFFICIENCY:.0%} of "
           f"{H200_HBM_BYTES_S / 1e12:.1f} TB/s, {H200_BF16_FLOPS / 1e12:.0f} TFLOP/s")

@@ -23,7 +23,8 @@ Use
     from evaluate import evaluate
     res = evaluate(model, tok, problems, k=8)                      # res["pass@1"], res["ci"]["pass@1"], ...
 
-Shapes: few tensors live here (sample.generate makes them): k samples per problem, B = problems x k rows.
+Shapes: one tensor here, sample.generate's gen.tokens (B, T): B rows = the call's problems x samples per
+problem (problem-major), T generated tokens. k is the paper's samples per problem (pass@k), never a shape.
 """
 import argparse
 import json
@@ -287,16 +288,16 @@ def evaluate(model, tokenizer, problems, k=8, temperature=0.6, top_p=0.95, max_n
         callback = show_speed
     pending = {}  # problem index -> sample dicts so far (a problem split over several calls)
     try:
-        for c, (idx, n) in enumerate(calls):
+        for c, (idx, per_problem) in enumerate(calls):  # per_problem: samples of each problem in this call
             idx = [i for i in idx if i not in records]
             if not idx:
                 continue
             gen = generate(model, [prompts[i] for i in idx], max_new_tokens=max_new_tokens, temperature=temperature,
-                           top_p=top_p, top_k=top_k, n=n, stop_tokens=stop_tokens, stop_strings=stop_strings,
+                           top_p=top_p, top_k=top_k, n=per_problem, stop_tokens=stop_tokens, stop_strings=stop_strings,
                            tokenizer=tokenizer, pad_id=tokenizer.pad_id, seed=seed + c, callback=callback)
             finished = []
-            for r in range(len(idx) * n):
-                i = idx[r // n]
+            for r in range(len(idx) * per_problem):  # rows are problem-major (sample.generate)
+                i = idx[r // per_problem]
                 ids = gen.tokens[r, :gen.lengths[r]].tolist()
                 completion = tokenizer.decode(ids[:-1] if ids and ids[-1] in end_ids else ids)
                 thinks = texts[i].rstrip().endswith("<think>")
@@ -321,8 +322,8 @@ def evaluate(model, tokenizer, problems, k=8, temperature=0.6, top_p=0.95, max_n
             bar.close()
     done = [records[i] for i in range(len(problems))]
     samples = [{"question": r["problem"], "gold": r["answer"], "bucket": r["bucket"], "completion": c, "pred": p,
-                "correct": ok, "format": fm, "length": n, "truncated": tr} for r in done
-               for c, p, ok, fm, n, tr in zip(r["samples"], r["preds"], r["verdicts"], r["formats"], r["lengths"],
+                "correct": ok, "format": fm, "length": length, "truncated": tr} for r in done
+               for c, p, ok, fm, length, tr in zip(r["samples"], r["preds"], r["verdicts"], r["formats"], r["lengths"],
                                               r["truncated"])]
     result = summarize(samples, k, n_boot, seed)
     result.update(k=k, samples=samples, records=done)
