@@ -1,7 +1,7 @@
-"""Tests for evaluating checkpoints (evaluate.py, and its CLI also reached as sample.py --eval): pass@k against a brute-force count,
-bootstrap intervals on known cases, grading per template, batching by a token budget, resumable results, problem
-files in each format, and the CLI end to end on a tiny random Qwen2-shaped Hugging Face checkpoint whose embedding
-is larger than its tokenizer (ids in the gap are sampled and must decode)."""
+"""Tests for evaluating checkpoints (evaluate.py; its CLI is also reached as sample.py --eval): pass@k against a
+brute-force count, bootstrap intervals on known cases, grading per template, batching by a token budget, resumable
+results, problem files in each format, and the CLI end to end on a tiny random Qwen2-shaped Hugging Face checkpoint
+whose embedding is larger than its tokenizer (ids in the gap are sampled and must decode)."""
 import itertools
 import json
 import math
