@@ -11,20 +11,24 @@ Sections (each prints the device and every number it measured beside its baselin
   model    forward+backward tokens/s and MFU, dense vs MoE; KV-cache bytes per token, MLA vs GQA
   sample   decode tokens/s: our KV-cached sampler vs full recompute vs transformers generate; bandwidth bound
   decode   aten ops, kernel launches and host syncs per decode step at zero-small's size, static loop vs eager
-           twin (torch.profiler), CPU ms per step, and the projected H200 decode-step time (a projection)
+           twin (torch.profiler), CPU ms per step, and the projected H200 decode-step time (a projection);
+           in bench_decode.py
   kernels  fused log-prob/entropy/KL: Triton vs eager vs torch.compile; GB/s, % of copy bandwidth, memory (GPU)
   rewards  math checks/s and sandboxed programs/s
   data     tokenizer training time and synthetic-corpus MB/s
-  fsdp     step time and peak memory, FSDP2 path vs plain training, ~1B model (GPU)
+  fsdp     step time and peak memory, FSDP2 path vs plain training, ~1B model (GPU); in bench_fsdp.py
+  head     peak extra memory of the fused lm_head + log-prob path per chunk size vs plain logits (CPU)
 At the end one table: each figure beside its baseline measured in the same run, and the device. A section that
 fails prints an error row; the others still run. Flags take underscores or dashes (--out_dir = --out-dir).
 
 Simplifications: 1. Numbers are medians of a few repeats after a warm-up, not a statistical study. 2. GPU targets
 are only claimed by the GPU run that measured them; on CPU a section reports CPU numbers or says it needs a GPU.
-3. Projections (bench_decode) are arithmetic on measured counts and stated assumptions, labelled as such.
+3. Projections (bench_decode.py) are arithmetic on measured counts and stated assumptions, labelled as such.
+
+Shapes: B batch rows, T positions (T_prompt prompt tokens, T_new generated tokens), N flattened tokens,
+V vocab, C model dim. The sampling temperature is `temperature`, never T.
 """
 import argparse
-import contextlib
 import glob
 import json
 import math
@@ -227,18 +231,18 @@ def _bench_sample(args):
     device = torch.device("cuda" if cuda else "cpu")
     if cuda and not quick:
         cfg = ModelConfig.from_preset("qwen2.5-0.5b", max_seq_len=1024)
-        B, P, T, dtype = 64, 128, 256, torch.bfloat16
+        B, T_prompt, T_new, dtype = 64, 128, 256, torch.bfloat16
     elif cuda or not quick:
         cfg = ModelConfig.from_preset("qwen2.5-0.5b", vocab_size=32000, dim=512, n_layers=8, n_heads=8,
                                       n_kv_heads=2, head_dim=64, inter_dim=1536, max_seq_len=1024)
-        B, P, T, dtype = 16, 64, 64, torch.bfloat16 if cuda else torch.float32
+        B, T_prompt, T_new, dtype = 16, 64, 64, torch.bfloat16 if cuda else torch.float32
     else:
         cfg = ModelConfig.from_preset("qwen2.5-0.5b", vocab_size=4096, dim=256, n_layers=4, n_heads=4,
                                       n_kv_heads=2, head_dim=64, inter_dim=768, max_seq_len=512)
-        B, P, T, dtype = 8, 32, 32, torch.float32
+        B, T_prompt, T_new, dtype = 8, 32, 32, torch.float32
     name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"[sample] device: {name}; model: dim {cfg.dim}, {cfg.n_layers} layers, vocab {cfg.vocab_size}, "
-          f"GQA {cfg.n_heads}/{cfg.n_kv_heads} heads; batch {B}, prompt {P}, new tokens {T}, {dtype}")
+          f"GQA {cfg.n_heads}/{cfg.n_kv_heads} heads; batch {B}, prompt {T_prompt}, new tokens {T_new}, {dtype}")
 
     def sync():
         if cuda:
@@ -274,41 +278,41 @@ def _bench_sample(args):
     cfg = ours.cfg
 
     g = torch.Generator().manual_seed(0)
-    prompt = torch.randint(3, cfg.vocab_size, (B, P), generator=g)  # (B, P)
+    prompt = torch.randint(3, cfg.vocab_size, (B, T_prompt), generator=g)  # (B, T_prompt)
     prompts = prompt.tolist()
     prompt = prompt.to(device)
-    res = {"device": name, "batch": B, "prompt": P, "new_tokens": T}
+    res = {"device": name, "batch": B, "prompt": T_prompt, "new_tokens": T_new}
 
     # 1) ours: KV cache, prefill once, one token per step
     def ours_run(n_new, compile=False, **kw):  # default loop: the static one on CUDA, the eager twin on CPU
         return generate(ours, prompts, max_new_tokens=n_new, temperature=0, compile=compile, **kw)
-    t_ours, gen = timed(lambda: ours_run(T))
+    t_ours, gen = timed(lambda: ours_run(T_new))
     t_prefill, _ = timed(lambda: ours_run(1))
-    res["ours_tok_s"] = per_s(B * T, t_ours)
-    res["ours_decode_tok_s"] = per_s(B * (T - 1), t_ours - t_prefill)  # nan if the difference is ~0
+    res["ours_tok_s"] = per_s(B * T_new, t_ours)
+    res["ours_decode_tok_s"] = per_s(B * (T_new - 1), t_ours - t_prefill)  # nan if the difference is ~0
     print(f"[sample] ours (KV cache):      {t_ours:.3f} s, {res['ours_tok_s']:.1f} tok/s end-to-end, "
           f"{res['ours_decode_tok_s']:.1f} tok/s decode only (prefill {t_prefill:.3f} s)")
     if cuda:
-        t_c, gen_c = timed(lambda: ours_run(T, compile=True))
+        t_c, gen_c = timed(lambda: ours_run(T_new, compile=True))
         t_cp, _ = timed(lambda: ours_run(1, compile=True))
-        res["ours_compiled_tok_s"] = per_s(B * T, t_c)
-        res["ours_compiled_decode_tok_s"] = per_s(B * (T - 1), t_c - t_cp)
+        res["ours_compiled_tok_s"] = per_s(B * T_new, t_c)
+        res["ours_compiled_decode_tok_s"] = per_s(B * (T_new - 1), t_c - t_cp)
         res["compiled_tokens_equal"] = float((gen_c.tokens == gen.tokens).all(-1).float().mean())
         print(f"[sample] ours compile=True:    {t_c:.3f} s, {res['ours_compiled_tok_s']:.1f} tok/s end-to-end, "
               f"{res['ours_compiled_decode_tok_s']:.1f} tok/s decode only; rows equal to plain loop: "
               f"{res['compiled_tokens_equal']:.2f}")
-        t_g, gen_g = timed(lambda: ours_run(T, cuda_graph=True))
+        t_g, gen_g = timed(lambda: ours_run(T_new, cuda_graph=True))
         t_gp, _ = timed(lambda: ours_run(1, cuda_graph=True))
-        t_e, _ = timed(lambda: ours_run(T, static=False))
-        res["ours_graph_decode_tok_s"] = per_s(B * (T - 1), t_g - t_gp)
-        res["ours_graph_tok_s"], res["ours_eager_twin_tok_s"] = per_s(B * T, t_g), per_s(B * T, t_e)
+        t_e, _ = timed(lambda: ours_run(T_new, static=False))
+        res["ours_graph_decode_tok_s"] = per_s(B * (T_new - 1), t_g - t_gp)
+        res["ours_graph_tok_s"], res["ours_eager_twin_tok_s"] = per_s(B * T_new, t_g), per_s(B * T_new, t_e)
         res["graph_tokens_equal"] = float((gen_g.tokens == gen.tokens).all(-1).float().mean())
         print(f"[sample] ours cuda_graph=True: {t_g:.3f} s, {res['ours_graph_tok_s']:.1f} tok/s end-to-end, "
               f"{res['ours_graph_decode_tok_s']:.1f} tok/s decode only; eager twin {res['ours_eager_twin_tok_s']:.1f} "
               f"tok/s; rows equal to the static loop: {res['graph_tokens_equal']:.2f}")
 
     # 2) no cache: recompute the whole sequence for every new token
-    n_nc = T if quick else T // 4  # the no-cache loop is slow on big runs: time a quarter of the steps
+    n_nc = T_new if quick else T_new // 4  # the no-cache loop is slow on big runs: time a quarter of the steps
 
     @torch.inference_mode()
     def no_cache_part():
@@ -316,24 +320,24 @@ def _bench_sample(args):
         for _ in range(n_nc):
             h = ours(seq, return_hidden=True)[:, -1]  # (B, C) the whole sequence, every step
             nxt = ours.lm_head(h).argmax(-1)  # (B,)
-            seq = torch.cat([seq, nxt[:, None]], 1)  # (B, P+t)
+            seq = torch.cat([seq, nxt[:, None]], 1)  # (B, T_prompt+t)
         return seq
     t_nc, seq_nc = timed(no_cache_part, repeat=1, warmup=0)  # slow: one run (the model is warm already)
     res["no_cache_tok_s"] = per_s(B * n_nc, t_nc)
     print(f"[sample] no cache (recompute): {t_nc:.3f} s for {n_nc} tokens, {res['no_cache_tok_s']:.1f} tok/s"
-          + ("" if n_nc == T else " (first quarter of the steps: an upper bound on its rate)"))
-    res["no_cache_tokens_equal"] = float((seq_nc[:, P:] == gen.tokens[:, :n_nc]).all(-1).float().mean())
+          + ("" if n_nc == T_new else " (first quarter of the steps: an upper bound on its rate)"))
+    res["no_cache_tokens_equal"] = float((seq_nc[:, T_prompt:] == gen.tokens[:, :n_nc]).all(-1).float().mean())
 
-    # 3) transformers generate (dynamic KV cache), greedy, exactly T new tokens
-    mask = torch.ones_like(prompt)  # (B, P)
+    # 3) transformers generate (dynamic KV cache), greedy, exactly T_new new tokens
+    mask = torch.ones_like(prompt)  # (B, T_prompt)
 
     @torch.inference_mode()
     def hf_run():
-        return hf.generate(prompt, attention_mask=mask, max_new_tokens=T, min_new_tokens=T, do_sample=False,
+        return hf.generate(prompt, attention_mask=mask, max_new_tokens=T_new, min_new_tokens=T_new, do_sample=False,
                            pad_token_id=0, eos_token_id=None)
     t_hf, out_hf = timed(hf_run)
-    res["hf_tok_s"] = per_s(B * T, t_hf)
-    res["hf_tokens_equal"] = float((out_hf[:, P:] == gen.tokens).all(-1).float().mean())
+    res["hf_tok_s"] = per_s(B * T_new, t_hf)
+    res["hf_tokens_equal"] = float((out_hf[:, T_prompt:] == gen.tokens).all(-1).float().mean())
     print(f"[sample] transformers generate: {t_hf:.3f} s, {res['hf_tok_s']:.1f} tok/s end-to-end")
     print(f"[sample] greedy rows identical to ours: transformers {res['hf_tokens_equal']:.2f}, "
           f"no-cache {res['no_cache_tokens_equal']:.2f}")
@@ -349,7 +353,7 @@ def _bench_sample(args):
     if not cfg.tie_embeddings:  # an untied embedding table is only gathered (B rows), not streamed
         weight_bytes -= ours.embed.weight.numel() * ours.embed.weight.element_size()
     elt = torch.finfo(dtype).bits // 8
-    kv_bytes = B * (P + T / 2) * cache_bytes_per_token(cfg, elt) * cfg.n_layers
+    kv_bytes = B * (T_prompt + T_new / 2) * cache_bytes_per_token(cfg, elt) * cfg.n_layers
     step_s = (weight_bytes + kv_bytes) / bw
     res.update(copy_GB_s=bw / 1e9, weight_MB=weight_bytes / 1e6, kv_MB=kv_bytes / 1e6, bound_tok_s=per_s(B, step_s))
     rates = [res["ours_decode_tok_s"], res.get("ours_compiled_decode_tok_s"), res.get("ours_graph_decode_tok_s")]
@@ -375,228 +379,12 @@ def _bench_sample(args):
     return res
 
 # ====================================================================================================
-# decode
-# bench_decode(args): what one decode step of sample.generate costs in launches and host syncs, at zero-small's
-# model size (model preset "zero-small", vocab from train.TRAIN_PRESETS["zero-small"]), for three loops:
-#   before      the eager twin (static=False: dynamic cache, a host check every step, stop strings checked on the
-#               host for every row) with the per-expert MoE (.tolist() per MoE layer): what the code ran before
-#   eager twin  the same loop with today's MoE fast path (torch._grouped_mm, offsets on the device)
-#   static      the static loop (static cache, stops on the device, one host check every 16 steps)
-# Counted on this CPU: aten ops (torch.profiler: every aten:: event, nested included, minus the CPU-only insides of
-# _grouped_mm), kernel launches (leaf aten ops that compute, i.e. not views; on a GPU each is one launch) and host
-# syncs (count_host_syncs: calls of .tolist() / .cpu() / .item() / .nonzero() / bool() / int() on device tensors,
-# each of which blocks on a GPU; the loops use no boolean-mask indexing). Per step = (generate(1 + S steps) -
-# generate(1 step)) / S, so prefill and set-up cancel. CPU ms per step:
-# the same difference, timed, median of repeats after a warm-up. Then project_decode_step() turns the counts into a
-# projected H200 time per step (a projection, with its assumptions printed).
-
-VIEW_OPS = {"aten::" + op for op in (  # ops that make views or metadata only: no kernel
-    "view reshape expand as_strided transpose t unsqueeze squeeze slice select permute split split_with_sizes chunk "
-    "unbind empty empty_like empty_strided _unsafe_view alias detach lift_fresh resolve_conj resolve_neg result_type "
-    "_reshape_alias flatten view_as expand_as narrow contiguous to _to_copy is_nonzero size stride numel dim item "
-    "_local_scalar_dense _has_compatible_shallow_copy_type set_ unfold").split()}
-HOST_S_PER_OP = 5e-6  # assumed host cost of one aten op called from Python on a GPU server (dispatch, launch), s
-KERNEL_MIN_S = 3e-6  # assumed device time of a tiny kernel launched eagerly (launch-latency bound), seconds
-KERNEL_MIN_GRAPH_S = 1.5e-6  # the same inside a CUDA graph (no per-launch CPU work), seconds
-HBM_EFFICIENCY = 0.8  # assumed fraction of H200_HBM_BYTES_S a decode step's reads reach
-
-
-def gpu_visible_ops(prof):
-    """The aten events of a CPU profile, minus the insides of aten::_grouped_mm: on CPU it loops over the experts
-    (reading the offsets on the host), on a Hopper GPU it is one kernel with the offsets on the device."""
-    def inside_grouped(e):
-        p = e.cpu_parent
-        while p is not None:
-            if p.name == "aten::_grouped_mm":
-                return True
-            p = p.cpu_parent
-        return False
-    return [e for e in prof.events() if e.name.startswith("aten::") and not inside_grouped(e)]
-
-
-@contextlib.contextmanager
-def count_host_syncs():
-    """Count the tensor methods that block on a GPU (.tolist(), .cpu(), .item(), .nonzero(), bool()/int()/float())
-    while inside; yields a one-element list holding the count. Calls on host copies (results of .cpu(), and their
-    views) are not counted: on a GPU they would not wait for it."""
-    import torch
-    names = ("tolist", "cpu", "item", "nonzero", "__bool__", "__int__", "__float__")
-    real, calls = {name: getattr(torch.Tensor, name) for name in names}, [0]
-
-    def wrap(name):
-        def f(self, *a, **k):
-            base = self._base if self._base is not None else self
-            if not getattr(base, "_host_copy", False):
-                calls[0] += 1
-            out = real[name](self, *a, **k)
-            if name == "cpu":
-                out._host_copy = True
-            return out
-        return f
-    for name in names:
-        setattr(torch.Tensor, name, wrap(name))
-    try:
-        yield calls
-    finally:
-        for name, f in real.items():
-            setattr(torch.Tensor, name, f)
-
-
-def count_launches(events):
-    """Kernel launches a GPU would make for these events: leaf ops that compute (not views), and each
-    _grouped_mm once."""
-    return sum(1 for e in events if (not e.cpu_children and e.name not in VIEW_OPS) or e.name == "aten::_grouped_mm")
-
-
-def decode_bytes_flops(cfg, rows, context, slots, dtype_bytes=2):
-    """Bytes read and FLOPs of one decode step for `rows` sequences: bf16 weights (all experts: at hundreds of rows
-    every expert is hit; the input embedding only gathers rows), KV cache over `slots` per row (the static cache
-    reads all its slots; the dynamic one the mean context), and 2 x active matmul params + absorbed-MLA attention
-    over `context` keys (FLOPs)."""
-    from model import cache_bytes_per_token, count_params
-    weights = (count_params(cfg) - cfg.vocab_size * cfg.dim) * dtype_bytes
-    kv = rows * slots * cache_bytes_per_token(cfg, dtype_bytes) * cfg.n_layers
-    H, R, Dr = cfg.n_heads, cfg.kv_lora_rank, cfg.qk_rope_head_dim
-    attn = 2 * H * context * (2 * R + Dr) + 2 * H * R * (cfg.qk_nope_head_dim + cfg.v_head_dim)  # per row and layer
-    flops = rows * (2 * (count_params(cfg, active=True) - cfg.vocab_size * cfg.dim) + cfg.n_layers * attn)
-    return weights + kv, flops
-
-
-def project_decode_step(host_ops, launches, graph_launches, bytes_, flops, syncs_per_step):
-    """Projected H200 seconds for one decode step (a projection, not a measurement). host = host_ops (aten ops
-    called from Python) x HOST_S_PER_OP; device = launches x KERNEL_MIN_S + graph_launches x KERNEL_MIN_GRAPH_S
-    + max(bytes at HBM_EFFICIENCY x H200_HBM_BYTES_S, flops at H200_BF16_FLOPS). With a host sync every step the
-    host waits for the device (host + device); without one it runs ahead (the slower of the two)."""
-    host = host_ops * HOST_S_PER_OP
-    device = launches * KERNEL_MIN_S + graph_launches * KERNEL_MIN_GRAPH_S \
-        + max(bytes_ / (HBM_EFFICIENCY * H200_HBM_BYTES_S), flops / H200_BF16_FLOPS)
-    return host + device if syncs_per_step >= 1 else max(host, device)
-
+# decode: bench_decode.py (aten ops, kernel launches and host syncs per decode step; a projected H200 step time)
 
 def bench_decode(args):
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small ops: one thread avoids OpenMP contention on a shared host
-    try:
-        return _bench_decode(bool(getattr(args, "quick", False)))
-    finally:
-        torch.set_num_threads(threads)
+    from bench_decode import bench_decode as run
+    return run(args)
 
-
-def _bench_decode(quick):
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    import model as model_mod
-    import sample
-    from model import ModelConfig, Transformer
-    from train import TRAIN_PRESETS
-
-    preset = TRAIN_PRESETS["zero-small"]
-    cfg = ModelConfig.from_preset(preset["model"], vocab_size=preset["vocab_size"])
-    torch.manual_seed(0)
-    m = Transformer(cfg).eval()
-    device = f"CPU ({torch.get_num_threads()} threads)"
-    n_prompts, n, steps, repeats = (2, 2, 16, 3) if quick else (4, 4, 32, 5)
-    g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, cfg.vocab_size, (40 + 7 * i,), generator=g).tolist() for i in range(n_prompts)]
-
-    class CharTokenizer:  # one CJK character per id: "</answer>" can never complete, so every row runs every step
-        vocab_size, eos_id, pad_id, special_tokens = cfg.vocab_size, 1, 0, {}
-
-        def decode(self, ids):
-            return "".join(chr(0x4E00 + i) for i in ids)
-
-    kw = dict(n=n, temperature=1.0, stop_strings=["</answer>"], tokenizer=CharTokenizer(), seed=0)
-    loops = {"before": dict(static=False, moe="split"), "eager twin": dict(static=False),
-             "static": dict(static=True, check_every=16)}
-    print(f"[decode] device: {device}; zero-small model: dim {cfg.dim}, {cfg.n_layers} layers, "
-          f"{cfg.n_routed_experts} experts (top-{cfg.n_activated_experts}), vocab {cfg.vocab_size}; "
-          f"{n_prompts * n} rows, {steps} steps counted")
-
-    def run(T, opts):
-        real_kernel = model_mod.moe_kernel
-        if opts.get("moe"):
-            model_mod.moe_kernel = lambda device, dtype: opts["moe"]
-        try:
-            return sample.generate(m, prompts, max_new_tokens=T, static=opts["static"],
-                                   check_every=opts.get("check_every", 16), **kw)
-        finally:
-            model_mod.moe_kernel = real_kernel
-
-    def counts(T, opts):
-        """(aten ops, kernel launches, host syncs) of one generate() call of T steps."""
-        with count_host_syncs() as syncs, profile(activities=[ProfilerActivity.CPU]) as prof:
-            run(T, opts)
-        ev = gpu_visible_ops(prof)
-        top = sum(1 for e in ev if e.cpu_parent is None)  # called from Python: what the host pays dispatch for
-        return len(ev), top, count_launches(ev), syncs[0]
-
-    res, rows = {}, []
-    for label, opts in loops.items():
-        run(4, opts)  # warm-up
-        c1, c2 = counts(1, opts), counts(1 + steps, opts)
-        ops, top, launches, syncs = ((b - a) / steps for a, b in zip(c1, c2))
-        t1, t2 = [], []
-        for _ in range(repeats):
-            for T, ts in ((1, t1), (1 + steps, t2)):
-                t0 = time.perf_counter()
-                run(T, opts)
-                ts.append(time.perf_counter() - t0)
-        ms = (median(t2) - median(t1)) / steps * 1e3
-        res[label] = dict(ops=ops, top_ops=top, launches=launches, syncs=syncs,
-                          cpu_ms=ms if ms > 0 else float("nan"))
-        print(f"[decode] {label:10s}: {ops:7.1f} aten ops ({top:6.1f} called from Python), {launches:6.1f} kernel "
-              f"launches, {syncs:5.2f} host syncs per step; {ms:.2f} CPU ms per step", flush=True)
-
-    # the model step alone (what a CUDA graph replays): profile one static decode step
-    with torch.no_grad():
-        cache, logits, pos = sample._prefill(m, prompts, n, 8, 0, torch.device("cpu"))
-        cache.to_static()
-        tok = logits.argmax(-1)
-        sample._decode_step(m, cache, tok, pos)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            sample._decode_step(m, cache, tok, pos + 1)
-    cfg.mla_absorb = False
-    ev = gpu_visible_ops(prof)
-    step_ops, step_top, step_launches = len(ev), sum(1 for e in ev if e.cpu_parent is None), count_launches(ev)
-    res["model_step"] = dict(ops=step_ops, top_ops=step_top, launches=step_launches)
-    print(f"[decode] model step alone: {step_ops} aten ops ({step_top} called from Python), {step_launches} kernel "
-          f"launches")
-
-    # projection at zero-small's rollout shape: prompts_per_step x group_size rows, max_new_tokens steps
-    R, T_new, P = preset["prompts_per_step"] * preset["group_size"], preset["max_new_tokens"], 64
-    b_dyn, fl = decode_bytes_flops(cfg, R, P + T_new / 2, P + T_new / 2)
-    b_static, _ = decode_bytes_flops(cfg, R, P + T_new / 2, P + T_new)
-    st, bf = res["static"], res["before"]
-    proj = {"before": project_decode_step(bf["top_ops"], bf["launches"], 0, b_dyn, fl, bf["syncs"]),
-            "static": project_decode_step(st["top_ops"], st["launches"], 0, b_static, fl, st["syncs"]),
-            "static + CUDA graph": project_decode_step(st["top_ops"] - step_top + 1, st["launches"] - step_launches,
-                                                       step_launches, b_static, fl, st["syncs"])}
-    res["projection"] = dict(rows=R, prompt=P, new_tokens=T_new, bytes_dynamic=b_dyn, bytes_static=b_static,
-                             flops=fl, step_ms={k: v * 1e3 for k, v in proj.items()})
-    print(f"[decode] PROJECTION (not a measurement) of one zero-small decode step on an H200 at the rollout shape "
-          f"({R} rows, prompt {P} (assumed) + {T_new} new tokens, bf16): bytes read {b_dyn / 1e6:.0f} MB dynamic "
-          f"cache / {b_static / 1e6:.0f} MB static (all slots), {fl / 1e9:.1f} GFLOP; assumptions: "
-          f"{HOST_S_PER_OP * 1e6:.0f} us host per eager op, {KERNEL_MIN_S * 1e6:.1f} us per eager kernel, "
-          f"{KERNEL_MIN_GRAPH_S * 1e6:.1f} us per graph kernel, {HBM_EFFICIENCY:.0%} of "
-          f"{H200_HBM_BYTES_S / 1e12:.1f} TB/s, {H200_BF16_FLOPS / 1e12:.0f} TFLOP/s")
-    for k, v in proj.items():
-        print(f"[decode]   {k:20s}: {v * 1e3:6.2f} ms/step -> {v * T_new:5.2f} s per rollout batch of {T_new} steps")
-
-    for label in ("eager twin", "static"):
-        r = res[label]
-        rows += [row("decode", f"aten ops/step, {label}", r["ops"], "ops", "before", bf["ops"], device, False),
-                 row("decode", f"kernel launches/step, {label}", r["launches"], "launches", "before",
-                     bf["launches"], device, False),
-                 row("decode", f"host syncs/step, {label}", r["syncs"], "syncs", "before", bf["syncs"], device,
-                     False),
-                 row("decode", f"CPU ms/step, {label}", r["cpu_ms"], "ms", "before", bf["cpu_ms"], device, False)]
-    for k in ("static", "static + CUDA graph"):
-        rows.append(row("decode", f"PROJECTED H200 ms/step, {k}", proj[k] * 1e3, "ms", "before (projected)",
-                        proj["before"] * 1e3, "H200 (projection)", False))
-    res["rows"] = rows
-    return res
 
 # ====================================================================================================
 # kernels
@@ -617,11 +405,11 @@ def bench_kernels(args):
     from kernels import linear_token_logprobs, token_logprobs
 
     quick = bool(getattr(args, "quick", False))
-    T = 0.9
+    temperature = 0.9
 
     def eager(logits, targets, ref):
         """The reference: what a plain PyTorch GRPO step computes. logits (N, V), targets (N,)."""
-        logz = torch.log_softmax(logits.float() / T, dim=-1)              # (N, V)
+        logz = torch.log_softmax(logits.float() / temperature, dim=-1)      # (N, V)
         logp = logz.gather(1, targets[:, None]).squeeze(1)                  # (N,)
         entropy = -(logz.exp() * logz).sum(-1)                              # (N,)
         d = ref - logp                                                      # (N,)
@@ -629,7 +417,7 @@ def bench_kernels(args):
         return logp, entropy, kl
 
     def fused(logits, targets, ref):
-        s = token_logprobs(logits, targets, T, ref, return_entropy=True)
+        s = token_logprobs(logits, targets, temperature, ref, return_entropy=True)
         return s.logp, s.entropy, s.kl
 
     if not torch.cuda.is_available():
@@ -754,11 +542,11 @@ def bench_kernels(args):
 
         def fb():
             x.grad = None
-            s = token_logprobs(x, targets, T, return_entropy=True, **knobs)
+            s = token_logprobs(x, targets, temperature, return_entropy=True, **knobs)
             (s.logp.sum() + s.entropy.sum()).backward()
         try:
             with torch.no_grad():
-                f_ms = timed(lambda: token_logprobs(logits, targets, T, return_entropy=True, **knobs), reps)
+                f_ms = timed(lambda: token_logprobs(logits, targets, temperature, return_entropy=True, **knobs), reps)
             fb_ms = timed(fb, reps)
         except Exception as e:  # e.g. out of shared memory / resources for a large block
             print(f"[kernels] BLOCK_V={block} stages={stages}: failed ({type(e).__name__})")
@@ -779,11 +567,11 @@ def bench_kernels(args):
     ref = torch.randn(N, device=dev, generator=g) - 10.0                               # (N,)
 
     def full():
-        s = token_logprobs(h @ W.t(), targets, T, ref, return_entropy=True)
+        s = token_logprobs(h @ W.t(), targets, temperature, ref, return_entropy=True)
         (s.logp.sum() + s.entropy.sum() + s.kl.sum()).backward()
 
     def chunked():
-        s = linear_token_logprobs(h, W, targets, T, ref, return_entropy=True, chunk_size=2048)
+        s = linear_token_logprobs(h, W, targets, temperature, ref, return_entropy=True, chunk_size=2048)
         (s.logp.sum() + s.entropy.sum() + s.kl.sum()).backward()
 
     for label, fn in [("full", full), ("chunked", chunked)]:
@@ -950,268 +738,13 @@ def bench_data(args=None) -> dict:
     res.update(tok_train_diverse_s=cpu, tok_train_diverse_mb=n / 1e6)
     print(f"tokenizer: 4096 vocab on {n / 1e6:.0f} MB of stdlib source in {cpu:.1f}s CPU ({wall:.1f}s wall)")
     return res
-
 # ====================================================================================================
-# fsdp
-# bench_fsdp(args): peak memory and step time of one training step through train.py's FSDP2 path (fully_shard per
-# block, bf16 compute, fp32 reduction; a 1-rank process group) vs plain single-GPU training (fp32 weights + bf16
-# autocast) for a ~1B-parameter model (llama-3.2-1b shape, random weights), AdamW, batch 4 x 1024 tokens.
-# With one rank FSDP shards nothing: the comparison shows its overhead; memory savings scale with the world size
-# (see the README's table). On CPU it says it needs a GPU.
-
-def _fsdp_memory_rank(rank: int, mode: str, preset: str, over: dict, out: str, port: int, seq: int) -> None:
-    """One of 2 CPU ranks (gloo) of bench_fsdp's memory measurement; writes OUT/{mode}_rank{rank}.json with the
-    peak resident memory (GiB, ru_maxrss: the peak so far) after each phase. mode "streamed": this code
-    (sharded before allocation, sampling copy refreshed one gathered parameter at a time, streamed save);
-    "gathered": the earlier code, kept here as the baseline (full model before sharding, a full fp32 state
-    dict gathered for every refresh into a randomly initialised copy, full model + optimizer dicts to save).
-    Each phase reports its own peak (Linux VmHWM, reset between phases)."""
-    import json
-    import time
-
-    import torch
-
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    import checkpoint
-    import train
-    from model import ModelConfig, Transformer
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
-
-    train.dist_init("cpu")
-
-    def peak():  # GiB: the peak resident memory since the last reset (VmHWM), then reset it
-        with open("/proc/self/status") as f:
-            hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 2**20  # KiB -> GiB
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # Linux: reset the peak to the current resident size
-        return hwm
-
-    cfg, rows, t0 = ModelConfig.from_preset(preset, **over), [], time.time()
-    peak()
-
-    def phase(name):
-        train.barrier()
-        rows.append((name, peak(), time.time() - t0))
-
-    torch.manual_seed(0)
-    if mode == "streamed":
-        model = checkpoint.empty_model(cfg, shard=train.shard)  # each rank allocates its slice only
-        with torch.no_grad():
-            for p in model.parameters():
-                p.to_local().normal_(0.0, 0.02)  # random weights at the real shape
-    else:
-        model = train.shard(Transformer(cfg))
-    phase("model (fp32 shards)")
-
-    full = StateDictOptions(full_state_dict=True)
-    if mode == "streamed":
-        replica = train.Replica(model)
-        sampler = replica.get
-    else:
-        copy = {}
-
-        def sampler():
-            sd = get_model_state_dict(model, options=full)
-            if not copy:
-                copy["m"] = Transformer(cfg)
-            copy["m"].load_state_dict(sd, strict=False)
-            return copy["m"]
-    sampler()
-    phase("+ sampling copy (fp32 on CPU)")
-    opt = train.make_optimizer(model, 1e-5, 0.0) if mode == "streamed" else \
-        torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
-    batch = torch.randint(0, cfg.vocab_size, (1, seq + 1))  # (1, T+1) per rank
-    train.pretrain_step(model, opt, batch, 1e-5)
-    phase("+ 1 training step (grads, AdamW state)")
-    sampler()
-    phase("+ refresh of the sampling copy")
-    path = os.path.join(out, f"ckpt_{mode}")
-    if mode == "streamed":
-        train.save_checkpoint(path, model, opt)
-    else:
-        from safetensors.torch import save_file
-        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        osd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if train.RANK == 0:
-            save_file({k: v.contiguous() for k, v in sd.items() if k != "lm_head.weight"},
-                      os.path.join(out, "old.safetensors"))
-        del sd, osd  # both were alive at once on rank 0, as in the earlier save
-    phase("+ final checkpoint (weights + optimizer)")
-    with open(os.path.join(out, f"{mode}_rank{rank}.json"), "w") as f:
-        json.dump(rows, f)
-    torch.distributed.destroy_process_group()
-
+# fsdp: bench_fsdp.py (peak memory and step time, FSDP2 path vs plain training)
 
 def bench_fsdp(args):
-    """GPU: step time and peak memory of the FSDP2 path vs plain training (1 rank). CPU: peak resident memory per
-    rank of 2 FSDP ranks (gloo) at Qwen2.5-0.5B shape (--quick: tiny-gqa) through model, sampling copy, a
-    training step, a refresh and the final checkpoint, this code vs the earlier gathered-state-dict code; then
-    fused vs unfused AdamW step time and checkpoint load time (meta-device init vs random init + copy)."""
-    import time
+    from bench_fsdp import bench_fsdp as run
+    return run(args)
 
-    import torch
-
-    if not torch.cuda.is_available():
-        return _bench_fsdp_cpu(args)
-    import torch.distributed as dist
-
-    import train
-    from model import ModelConfig, Transformer
-
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29533")
-    dev = torch.device("cuda")
-    shape = "tiny-gqa" if args.quick else "llama-3.2-1b"
-    B, T = (2, 128) if args.quick else (4, 1024)
-    out = {}
-    for mode in ("plain", "fsdp"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        torch.manual_seed(0)
-        model = Transformer(ModelConfig.from_preset(shape)).to(dev)
-        if mode == "fsdp":
-            if not dist.is_initialized():
-                dist.init_process_group("nccl", rank=0, world_size=1)
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # train.shard() skips world 1
-            mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-            for block in model.layers:
-                fully_shard(block, mp_policy=mp)
-            fully_shard(model, mp_policy=mp)
-        opt = train.make_optimizer(model, 1e-4, 0.1)
-        batch = torch.randint(0, model.cfg.vocab_size, (B, T + 1), device=dev)
-        times = []
-        for i in range(6):
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            train.pretrain_step(model, opt, batch, 1e-4)
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        ms = sorted(times[2:])[len(times[2:]) // 2] * 1e3
-        peak = torch.cuda.max_memory_allocated() / 2**30
-        params = sum(p.numel() for p in model.parameters())
-        print(f"fsdp: {mode:5s} {shape} ({params / 1e9:.2f}B params) step {ms:.1f} ms, peak memory {peak:.2f} GiB "
-              f"on {torch.cuda.get_device_name()}")
-        out[mode] = {"ms": ms, "peak_gib": peak}
-        del model, opt
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    print(f"fsdp: step time fsdp/plain {out['fsdp']['ms'] / out['plain']['ms']:.2f}x, "
-          f"peak memory fsdp/plain {out['fsdp']['peak_gib'] / out['plain']['peak_gib']:.2f}x (1 rank)")
-    return out
-
-
-def _bench_fsdp_cpu(args):
-    import json
-    import shutil
-    import tempfile
-    import time
-
-    import torch
-    import torch.multiprocessing as mp
-
-    import checkpoint
-    from model import ModelConfig, Transformer, count_params
-
-    quick = bool(getattr(args, "quick", False))
-    preset = "tiny-gqa" if quick else "qwen2.5-0.5b"
-    cfg = ModelConfig.from_preset(preset)
-    N = count_params(cfg)
-    out = {"device": "CPU", "preset": preset, "params": N}
-    # The earlier code would need ~10 GiB per rank at the full shape: on a shared 24 GiB machine both codes are
-    # compared at the real width and vocabulary with 6 of the 24 layers, and this code also runs at full size.
-    runs = [({}, ["streamed", "gathered"])] if quick else [({"n_layers": 6}, ["streamed", "gathered"]),
-                                                          ({}, ["streamed"])]
-    for over, modes in runs:
-        n = count_params(ModelConfig.from_preset(preset, **over))
-        print(f"fsdp: CPU, 2 ranks (gloo, 1 thread each), {preset} {over or ''} ({n / 1e6:.1f}M params, vocab "
-              f"{cfg.vocab_size}), random weights, 32 tokens per rank; peak resident memory per rank (GiB) "
-              f"during each phase; 4N = one fp32 copy = {4 * n / 2**30:.2f} GiB")
-        tmp = tempfile.mkdtemp(prefix="bench_fsdp_")
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)  # ranks: freed buffers >= 1 MiB leave the RSS at once
-        try:
-            for i, mode in enumerate(modes):
-                mp.spawn(_fsdp_memory_rank, args=(mode, preset, over, tmp, 29600 + i + os.getpid() % 200, 32),
-                         nprocs=2)
-            res = {m: [json.load(open(os.path.join(tmp, f"{m}_rank{r}.json"))) for r in range(2)] for m in modes}
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        head = {"streamed": "this code", "gathered": "earlier code"}
-        print("| phase | " + " | ".join(f"{head[m]} rank {r}" for m in modes for r in range(2)) + " |\n|---|"
-              + "---|" * (2 * len(modes)))
-        for j, (name, _, _) in enumerate(res[modes[0]][0]):
-            print(f"| {name} | " + " | ".join(f"{res[m][r][j][1]:.2f}" for m in modes for r in range(2)) + " |")
-        print("fsdp: wall time " + ", ".join(f"{head[m]} {res[m][0][-1][2]:.0f}s" for m in modes))
-        out[f"memory{over or ''}"] = res
-
-    # AdamW on the model's parameter shapes: fused (one kernel over all tensors) vs the default (foreach)
-    torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in _param_shapes(cfg)]
-    for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
-    times = {}
-    for fused in (False, True):
-        opt = torch.optim.AdamW(params, lr=1e-5, fused=fused)
-        ts = []
-        for _ in range(4):
-            t0 = time.perf_counter()
-            opt.step()
-            ts.append(time.perf_counter() - t0)
-        times[fused] = (ts[0], sorted(ts[1:])[1])
-        del opt
-    del params
-    print(f"| AdamW step ({N / 1e6:.0f}M params, {torch.get_num_threads()} threads) | first step | median |\n"
-          f"|---|---|---|\n| default (foreach) | {times[False][0]:.2f}s | {times[False][1]:.2f}s |\n"
-          f"| fused=True | {times[True][0]:.2f}s | {times[True][1]:.2f}s |")
-    out["adamw_s"] = {"foreach": times[False], "fused": times[True]}
-
-    # checkpoint load: meta-device init + per-tensor copy vs random init of the whole model, then copy
-    lcfg = ModelConfig(attn="gqa", vocab_size=32768, dim=768, n_layers=2 if quick else 12, n_heads=12, n_kv_heads=4,
-                       head_dim=64, inter_dim=2048, qkv_bias=True, rope_interleave=False, max_seq_len=2048)
-    tmp = tempfile.mkdtemp(prefix="bench_load_")
-    try:
-        from safetensors.torch import load_file
-        from tokenizer import Tokenizer
-        tok = Tokenizer.train(["a b c 1 2 3"], 270)
-        checkpoint.save(tmp, Transformer(lcfg), tok)
-        ours = {k: v.contiguous() for k, v in Transformer(lcfg).state_dict().items()}
-        from safetensors.torch import save_file
-        save_file(ours, os.path.join(tmp, "ours.safetensors"))
-        del ours
-
-        def random_init_then_copy():
-            m = Transformer(lcfg)
-            m.load_state_dict(load_file(os.path.join(tmp, "ours.safetensors")))
-
-        def meta_init():
-            checkpoint.load(tmp)
-
-        res = {}
-        for name, fn in (("random init + load_state_dict (before)", random_init_then_copy),
-                         ("checkpoint.load: meta init, per-tensor copy", meta_init)):
-            ts = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t0)
-            res[name] = sorted(ts)[1]
-        print(f"| load {count_params(lcfg) / 1e6:.0f}M-param checkpoint (median of 3) | seconds |\n|---|---|")
-        for k, v in res.items():
-            print(f"| {k} | {v:.2f} |")
-        out["load_s"] = res
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _param_shapes(cfg):
-    """The parameter shapes of a model config, without building it."""
-    import torch
-    from model import Transformer
-    with torch.device("meta"):
-        return [p.shape for p in Transformer(cfg).parameters()]
 
 
 def _head_memory_run(path: str, N: int, V: int, C: int, chunk: int, q) -> None:

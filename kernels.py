@@ -43,7 +43,8 @@ Simplifications vs production kernels (Liger, verl, Unsloth, Cut-CE):
 6. Fused-linear variant (`linear_token_logprobs`) chunks over tokens with a plain matmul per chunk;
    it recomputes the chunk's logits in backward instead of fusing the matmul into the kernel.
 
-Shapes: N flattened tokens, V vocab, C model dim.
+Shapes: N flattened tokens (the B x T response tokens of grpo.py, B batch rows, T positions), V vocab,
+C model dim. The temperature is `temperature` (tau in the math above), never T.
 
 Use:
     from kernels import token_logprobs

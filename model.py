@@ -11,14 +11,16 @@ sequence-wise balance loss), the KV cache, and Hugging Face checkpoint loading a
 
 Simplifications relative to the paper / production systems:
 1. No multi-token prediction (MTP) module; no tensor/expert parallelism (FSDP lives in train.py).
-2. Attention is torch's scaled_dot_product_attention with a boolean mask; no paged or FlashMLA kernels.
+2. Attention: GQA and MLA's textbook path call torch's scaled_dot_product_attention with a boolean
+   mask; MLA's absorbed path writes its own scores and softmax in latent space (einsums). No paged
+   or FlashMLA kernels.
 3. The KV cache is one preallocated tensor pair per layer with a single shared length for the batch
    (ragged prompts are left-padded and masked with `valid`), not a paged cache. Its static mode keeps every
    shape fixed (device-side slot, attention over all slots) so a decode step can be a CUDA graph.
 4. FP8 checkpoints are dequantised to the model dtype when loaded; there is no FP8 compute.
-5. Expert load for the bias update is counted only in forwards run with grad enabled (training forwards),
-   so sampling does not move the router bias, and only on the tokens of load_mask (the response tokens, not
-   prompt padding); the sequence-wise aux loss ignores padding.
+5. Expert load for the bias update is counted only in forwards run with grad enabled (training
+   forwards), so sampling does not move the router bias, and only on the tokens of load_mask (the
+   response tokens, not prompt padding); the sequence-wise aux loss ignores padding.
 6. YaRN/Llama-3 scaling use static inverse frequencies (no dynamic NTK).
 
 Use:
@@ -28,8 +30,9 @@ Use:
     model = Transformer.from_pretrained("path/to/hf_dir")    # qwen2 / llama / deepseek_v3 / deepseek_v2
     print(count_params(ModelConfig.from_preset("deepseek-v3"), active=True))
 
-Shape letters: B batch, T time (new tokens), S cache slots (keys), H heads, D head dim, C model dim,
-V vocab, E experts, K active experts per token, N flattened tokens (B*T), R kv latent rank, I expert width.
+Shape letters: B batch rows, T time (new tokens), S cache slots (keys), H heads, D head dim (MLA: Dn without
+RoPE, Dr with RoPE, Dv values), C model dim, V vocab, E routed experts, K active experts per token, EG expert
+groups, N flattened tokens (B*T), R kv latent rank, I expert width.
 """
 import json
 import math
@@ -40,7 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Config and presets
 
 
@@ -53,11 +56,13 @@ class ModelConfig:
     max_seq_len: int = 512
     attn: str = "mla"  # "mla" | "gqa"
     # MLA
-    q_lora_rank: int = 0  # 0 -> plain wq
-    kv_lora_rank: int = 32
-    qk_nope_head_dim: int = 16
-    qk_rope_head_dim: int = 8
-    v_head_dim: int = 16
+    # "lora" = low rank (as in LoRA): a projection factored through a narrow bottleneck
+    q_lora_rank: int = 0  # query bottleneck: x -> wq_a (C -> q_lora_rank) -> wq_b; 0 -> plain wq
+    kv_lora_rank: int = 32  # R: the compressed latent c_kv, the only per-token K/V state cached
+    # "nope" = no position embedding: the part of each query/key head that RoPE does not rotate
+    qk_nope_head_dim: int = 16  # Dn: per-head query/key dims without RoPE, expanded from c_kv
+    qk_rope_head_dim: int = 8  # Dr: per-head query/key dims with RoPE (the key part k_pe is shared by heads)
+    v_head_dim: int = 16  # Dv: per-head value dims
     # GQA
     n_kv_heads: int = 4
     head_dim: int = 16
@@ -103,18 +108,18 @@ class ModelConfig:
         if self.attn == "gqa" and self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         if self.n_routed_experts:
-            E, G = self.n_routed_experts, self.n_expert_groups
+            E, EG = self.n_routed_experts, self.n_expert_groups
             if not 0 <= self.n_dense_layers <= self.n_layers:
                 raise ValueError(f"n_dense_layers={self.n_dense_layers} must be in [0, n_layers={self.n_layers}]")
-            if G < 1 or E % G:
-                raise ValueError(f"n_expert_groups={G} must divide n_routed_experts={E}")
-            if self.score_func == "sigmoid" and G > 1 and E // G < 2:
-                raise ValueError(f"sigmoid group routing needs >= 2 experts per group, got {E}/{G}")
-            if not 1 <= self.n_limited_groups <= G:
-                raise ValueError(f"n_limited_groups={self.n_limited_groups} must be in [1, n_expert_groups={G}]")
-            if not 1 <= self.n_activated_experts <= self.n_limited_groups * E // G:
+            if EG < 1 or E % EG:
+                raise ValueError(f"n_expert_groups={EG} must divide n_routed_experts={E}")
+            if self.score_func == "sigmoid" and EG > 1 and E // EG < 2:
+                raise ValueError(f"sigmoid group routing needs >= 2 experts per group, got {E}/{EG}")
+            if not 1 <= self.n_limited_groups <= EG:
+                raise ValueError(f"n_limited_groups={self.n_limited_groups} must be in [1, n_expert_groups={EG}]")
+            if not 1 <= self.n_activated_experts <= self.n_limited_groups * E // EG:
                 raise ValueError(f"n_activated_experts={self.n_activated_experts} must be in "
-                                 f"[1, {self.n_limited_groups * E // G}] (experts in the limited groups)")
+                                 f"[1, {self.n_limited_groups * E // EG}] (experts in the limited groups)")
             if self.moe_inter_dim <= 0 or self.n_shared_experts < 0:
                 raise ValueError("moe_inter_dim must be > 0 and n_shared_experts >= 0")
             if self.bias_update_speed < 0 or self.aux_loss_alpha < 0 or self.route_scale <= 0:
@@ -147,14 +152,14 @@ PRESETS = {
     "tiny-moe": dict(dim=64, n_layers=3, n_heads=4, q_lora_rank=32, inter_dim=128, n_routed_experts=8,
                      n_activated_experts=2, moe_inter_dim=32, n_expert_groups=4, n_limited_groups=2,
                      route_scale=2.0),
-    # from-scratch R1-Zero models (vocab_size comes from the tokenizer: pass vocab_size=tok.vocab_size)
+    # from-scratch R1-Zero models (vocab_size from the tokenizer: pass vocab_size=tok.vocab_size)
     "zero-tiny": dict(dim=128, n_layers=4, n_heads=4, kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=16,
                       v_head_dim=32, inter_dim=384, n_routed_experts=8, n_activated_experts=2,
                       n_shared_experts=1, moe_inter_dim=96, n_dense_layers=1, max_seq_len=512),
     "zero-small": dict(dim=384, n_layers=8, n_heads=6, kv_lora_rank=128, qk_nope_head_dim=64, qk_rope_head_dim=32,
                        v_head_dim=64, inter_dim=1024, n_routed_experts=8, n_activated_experts=2,
                        n_shared_experts=1, moe_inter_dim=256, n_dense_layers=1, max_seq_len=1024),
-    # real shapes (print their parameter counts with count_params; load weights with from_pretrained)
+    # real shapes (parameter counts: count_params; weights: Transformer.from_pretrained)
     "deepseek-v3": dict(vocab_size=129280, dim=7168, n_layers=61, n_heads=128, q_lora_rank=1536, kv_lora_rank=512,
                         qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, inter_dim=18432,
                         n_routed_experts=256, n_dense_layers=3, n_shared_experts=1, n_activated_experts=8,
@@ -210,7 +215,7 @@ def cache_bytes_per_token(cfg, dtype_bytes=2):
     return 2 * cfg.n_kv_heads * cfg.head_dim * dtype_bytes
 
 
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Building blocks: RMSNorm, RoPE, SwiGLU
 
 
@@ -236,10 +241,10 @@ def rope_frequencies(dim, theta, scaling=None):
     if scaling is None:
         return inv_freq, 1.0
     factor, orig = scaling["factor"], scaling["original_max_position_embeddings"]
-    if scaling["type"] == "llama3":  # long wavelengths slowed by `factor`, short kept, smooth ramp between
+    if scaling["type"] == "llama3":  # long wavelengths slowed by `factor`, short kept, ramp between
         lo, hi = scaling["low_freq_factor"], scaling["high_freq_factor"]
         wavelen = 2 * math.pi / inv_freq  # (D/2,)
-        smooth = ((orig / wavelen - lo) / (hi - lo)).clamp(0, 1)  # (D/2,) 0 -> interpolate, 1 -> keep
+        smooth = ((orig / wavelen - lo) / (hi - lo)).clamp(0, 1)  # (D/2,) 0: interpolate, 1: keep
         return (1 - smooth) * inv_freq / factor + smooth * inv_freq, 1.0
     # YaRN: dims that rotate more than beta_fast times over the original context keep their frequency,
     # dims rotating fewer than beta_slow times are interpolated by `factor`, linear ramp in between.
@@ -279,16 +284,16 @@ class MLP(nn.Module):
 
 
 def attend(q, k, v, mask, scale):
-    """q (B, T, H, Dqk), k (B, S, Hk, Dqk), v (B, S, Hk, Dv), mask (B, 1, T, S) bool (True = may attend)
-    or None (plain causal) -> (B, T, H, Dv). Hk may be smaller than H (GQA)."""
+    """q (B, T, H, Dqk), k (B, S, Hk, Dqk), v (B, S, Hk, Dv), mask (B, 1, T, S) bool (True = may
+    attend) or None (plain causal) -> (B, T, H, Dv). Hk may be smaller than H (GQA)."""
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D), (B, Hk, S, D)
     gqa = k.shape[1] != q.shape[1]
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
-                                         enable_gqa=gqa)  # (B, H, T, Dv)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                         scale=scale, enable_gqa=gqa)  # (B, H, T, Dv)
     return out.transpose(1, 2)  # (B, T, H, Dv)
 
 
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # Attention: MLA and GQA
 
 
@@ -373,7 +378,7 @@ class GQA(nn.Module):
         return self.wo(out.reshape(B, T, -1))  # (B, T, C)
 
 
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # DeepSeekMoE
 
 
@@ -424,18 +429,18 @@ class MoE(nn.Module):
     def route(self, x):
         """x (N, C) -> weights (N, K) fp32, expert ids (N, K), scores (N, E) fp32."""
         cfg = self.cfg
-        E, G, K = cfg.n_routed_experts, cfg.n_expert_groups, cfg.n_activated_experts
-        with torch.autocast(x.device.type, enabled=False):  # fp32 routing: bias steps of 1e-3 must register
+        E, EG, K = cfg.n_routed_experts, cfg.n_expert_groups, cfg.n_activated_experts
+        with torch.autocast(x.device.type, enabled=False):  # fp32: bias steps of 1e-3 must register
             logits = F.linear(x.float(), self.gate.weight.float())  # (N, E)
-        scores = logits.sigmoid() if cfg.score_func == "sigmoid" else logits.softmax(dim=-1)  # (N, E)
+        scores = logits.sigmoid() if cfg.score_func == "sigmoid" else logits.softmax(-1)  # (N, E)
         choice = scores + self.bias.float()  # (N, E) used only to pick experts
-        if G > 1:
-            grouped = choice.view(-1, G, E // G)  # (N, G, E/G)
+        if EG > 1:
+            grouped = choice.view(-1, EG, E // EG)  # (N, EG, E/EG)
             group_score = grouped.topk(2, dim=-1)[0].sum(-1) if cfg.score_func == "sigmoid" \
-                else grouped.amax(dim=-1)  # (N, G)
+                else grouped.amax(dim=-1)  # (N, EG)
             keep = group_score.topk(cfg.n_limited_groups, dim=-1)[1]  # (N, n_limited)
-            group_mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, keep, True)  # (N, G)
-            choice = choice.masked_fill(~group_mask.repeat_interleave(E // G, dim=1), float("-inf"))  # (N, E)
+            group_mask = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, keep, True)  # (N, EG)
+            choice = choice.masked_fill(~group_mask.repeat_interleave(E // EG, dim=1), float("-inf"))  # (N, E)
         idx = choice.topk(K, dim=-1)[1]  # (N, K)
         weights = scores.gather(1, idx)  # (N, K)
         if cfg.norm_topk_prob:
@@ -447,7 +452,7 @@ class MoE(nn.Module):
         y = torch.zeros_like(x)  # (N, C)
         w1, w2, w3 = self.w1.unbind(0), self.w2.unbind(0), self.w3.unbind(0)  # E views; one backward op each
         for e in range(self.cfg.n_routed_experts):
-            tok, slot = torch.where(idx == e)  # (n,), (n,) tokens routed to e and which of their K slots
+            tok, slot = torch.where(idx == e)  # (n,), (n,) tokens routed to e, and in which K slot
             if tok.numel() == 0:
                 continue
             h = F.silu(x[tok] @ w1[e].T) * (x[tok] @ w3[e].T)  # (n, I)
@@ -466,7 +471,7 @@ class MoE(nn.Module):
             xm = x.to(mm_dtype)  # (N, C)
             h = F.silu(torch.einsum("nc,eic->eni", xm, w1)) * torch.einsum("nc,eic->eni", xm, w3)  # (E, N, I)
             y_all = torch.einsum("eni,eci->enc", h, w2)  # (E, N, C)
-            ys = y_all[idx, torch.arange(N, device=x.device)[:, None]]  # (N, K, C) the chosen experts' outputs
+            ys = y_all[idx, torch.arange(N, device=x.device)[:, None]]  # (N, K, C) chosen experts
             return (ys * weights[..., None].to(ys.dtype)).sum(1).to(x.dtype)  # (N, C)
         order = idx.flatten().argsort(stable=True)  # (N*K,) pair ids sorted by expert
         tok = order // K  # (N*K,) source token of each sorted pair
@@ -500,7 +505,7 @@ class MoE(nn.Module):
         weights, idx, scores = self.route(xf)  # (N, K), (N, K), (N, E)
         experts = self.experts_fast if cfg.moe_impl == "fast" else self.experts_loop
         y = experts(xf, weights, idx).view(B, T, C)  # (B, T, C)
-        if torch.is_grad_enabled():  # load for the bias update: only the tokens load_mask marks (default all)
+        if torch.is_grad_enabled():  # load for the bias update: tokens load_mask marks (default all)
             mask = load_mask.reshape(B * T) if load_mask is not None else None  # (N,)
             self.load += expert_counts(idx, cfg.n_routed_experts, mask).to(self.load)  # (E,)
         if cfg.aux_loss_alpha > 0 and torch.is_grad_enabled():
@@ -530,7 +535,7 @@ class MoE(nn.Module):
         self.load.zero_()
 
 
-# ----------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------
 # KV cache and the transformer
 
 
@@ -611,8 +616,8 @@ class Transformer(nn.Module):
                 nn.init.normal_(w, std=0.02)
 
     def make_cache(self, batch_size, max_len, dtype=None, device=None):
-        """An empty KVCache for batch_size rows of up to max_len tokens (dtype defaults to the autocast dtype if
-        autocast is on, else the weights'; device to the weights')."""
+        """An empty KVCache for batch_size rows of up to max_len tokens (dtype defaults to the
+        autocast dtype if autocast is on, else the weights'; device to the weights')."""
         cfg, p = self.cfg, self.embed.weight
         device = device or p.device
         dtype = dtype or (torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else p.dtype)
@@ -653,7 +658,7 @@ class Transformer(nn.Module):
                 valid = cache.valid[:, :start + T]  # (B, S)
             q_slot = slots[:, None]  # (T, 1)
             k_slot = torch.arange(valid.shape[1], device=tokens.device)[None, :]  # (1, S)
-            # a query sees earlier real tokens, and always itself (so padding rows never have an empty softmax)
+            # a query sees earlier real tokens, and itself (padding rows never have an empty softmax)
             mask = ((k_slot <= q_slot) & valid[:, None, :]) | (k_slot == q_slot)  # (B, T, S)
             mask = mask.unsqueeze(1)  # (B, 1, T, S)
         for i, layer in enumerate(self.layers):
@@ -662,7 +667,7 @@ class Transformer(nn.Module):
             cache.length += T
             if static:
                 cache.slot.add_(T)
-        self.aux_loss = torch.zeros((), device=x.device)  # sequence-wise balance loss, add it to the training loss
+        self.aux_loss = torch.zeros((), device=x.device)  # sequence-wise balance loss: add to the loss
         if self.cfg.aux_loss_alpha > 0 and torch.is_grad_enabled():
             self.aux_loss = self.aux_loss + sum(l.ffn.aux_loss for l in self.layers if isinstance(l.ffn, MoE))
         h = self.norm(x)  # (B, T, C)
@@ -684,7 +689,7 @@ class Transformer(nn.Module):
     def num_params(self, active=False):
         return count_params(self.cfg, active)
 
-    # ------------------------------------------------------------------------------------------------------
+    # --------------------------------------------------------------------------------------------
     # Hugging Face checkpoints (config.json + safetensors)
 
     @classmethod
@@ -694,17 +699,17 @@ class Transformer(nn.Module):
         weights are dequantised on the way. overrides: ModelConfig fields (e.g. mla_absorb=True)."""
         with open(_find(path, "config.json")) as f:
             hf = json.load(f)
-        cfg = config_from_hf(hf, **overrides)  # rope_interleave=... may differ from the checkpoint's layout
+        cfg = config_from_hf(hf, **overrides)  # rope_interleave may differ from the file's layout
         ckpt_interleave = config_from_hf(hf).rope_interleave
-        with torch.device("meta"):  # build without allocating, then allocate once in the target dtype
+        with torch.device("meta"):  # build without allocating, then allocate once in the dtype
             model = cls(cfg)
         model = model.to(dtype).to_empty(device=device)
         if cfg.tie_embeddings:
             model.lm_head.weight = model.embed.weight
-        model.inv_freq = rope_frequencies(*_rope_args(cfg))[0].to(device)  # (D/2,) not in the checkpoint
+        model.inv_freq = rope_frequencies(*_rope_args(cfg))[0].to(device)  # (D/2,) not in the file
         model.aux_loss = torch.zeros((), device=device)
         for layer in model.layers:
-            if isinstance(layer.ffn, MoE):  # fp32: the tiny +-gamma bias updates would vanish in bf16
+            if isinstance(layer.ffn, MoE):  # fp32: the tiny +-gamma bias steps would vanish in bf16
                 layer.ffn.bias = torch.zeros(cfg.n_routed_experts, device=device)
                 layer.ffn.load = torch.zeros(cfg.n_routed_experts, device=device)
         load_hf_weights(model, path, ckpt_interleave)
@@ -868,10 +873,10 @@ def _copy(target, value):
 
 
 def load_hf_weights(model, path, ckpt_interleave=None, assign=_copy):
-    """Copy every tensor of the checkpoint at `path` into `model`, shard by shard. assign(target, full value)
-    does the copy (checkpoint.copy_full_ keeps each FSDP rank's slice); the experts of a stacked parameter are
-    collected into one full tensor first when assign is not the plain copy. Raises KeyError listing
-    missing/unexpected names and ValueError naming any shape mismatch."""
+    """Copy every tensor of the checkpoint at `path` into `model`, shard by shard. assign(target,
+    full value) does the copy (checkpoint.copy_full_ keeps each FSDP rank's slice); the experts of a
+    stacked parameter are collected into one full tensor first when assign is not the plain copy.
+    Raises KeyError listing missing/unexpected names and ValueError naming any shape mismatch."""
     import re
     from safetensors import safe_open
     index = os.path.join(path, "model.safetensors.index.json")
@@ -922,7 +927,7 @@ def load_hf_weights(model, path, ckpt_interleave=None, assign=_copy):
                 assign(target, value)
             elif assign is _copy:
                 _copy(target[e], value)
-            else:  # stage the experts of one stacked parameter (E, ...), assign it whole once all have arrived
+            else:  # stage the experts of one stacked parameter (E, ...), assign it whole when complete
                 whole, left = staged.get(id(target), (torch.empty(target.shape, dtype=target.dtype), set()))
                 whole[e] = value
                 left = (left or set(range(target.shape[0]))) - {e}
@@ -955,7 +960,7 @@ def permute_rope_rows(w, hf, cfg, to_half):
             starts = range(0, w.shape[0], Dr)
         else:
             return w
-    half = torch.cat([torch.arange(0, Dr, 2), torch.arange(1, Dr, 2)])  # new row j <- interleaved row half[j]
+    half = torch.cat([torch.arange(0, Dr, 2), torch.arange(1, Dr, 2)])  # row j <- interleaved half[j]
     one = half if to_half else half.argsort()  # (Dr,)
     perm = torch.arange(w.shape[0])  # (rows,)
     for s in starts:

@@ -37,6 +37,8 @@ Use:
     tok = Tokenizer.from_pretrained("path/to/DeepSeek-R1-Distill-Qwen-1.5B")
     ids = tok.encode("User: hi <think>"); text = tok.decode(ids)
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+
+Shape letters: none; no tensors live here (token ids are Python lists of ints).
 """
 
 import base64
@@ -275,7 +277,8 @@ class Tokenizer:
     # ids of the named specials; None when this vocabulary has no such token (e.g. Qwen has no bos)
     bos_id = property(lambda self: self.special_tokens.get(self.bos_token) if self.bos_token else None)
     eos_id = property(lambda self: self.special_tokens.get(self.eos_token) if self.eos_token else None)
-    pad_id = property(lambda self: self.special_tokens.get(self.pad_token, self.eos_id) if self.pad_token else self.eos_id)
+    pad_id = property(lambda self: self.special_tokens.get(self.pad_token, self.eos_id) if self.pad_token
+                      else self.eos_id)
 
     def encode(self, text: str) -> list[int]:
         """Text -> ids. Special-token strings in the text are recognised as special tokens."""
@@ -412,10 +415,12 @@ class Tokenizer:
 
     @staticmethod
     def load(path_dir: str) -> "Tokenizer":
-        ranks_path, meta_path = os.path.join(path_dir, "tokenizer.tiktoken"), os.path.join(path_dir, "tokenizer_meta.json")
+        ranks_path = os.path.join(path_dir, "tokenizer.tiktoken")
+        meta_path = os.path.join(path_dir, "tokenizer_meta.json")
         for p in (ranks_path, meta_path):
             if not os.path.exists(p):
-                raise FileNotFoundError(f"{p} not found (Tokenizer.save writes tokenizer.tiktoken + tokenizer_meta.json)")
+                raise FileNotFoundError(f"{p} not found (Tokenizer.save writes tokenizer.tiktoken + "
+                                        "tokenizer_meta.json)")
         ranks = {}
         with open(ranks_path) as f:
             for lineno, line in enumerate(f, 1):

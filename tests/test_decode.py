@@ -239,3 +239,16 @@ def test_bench_guards_flags_and_independent_sections(monkeypatch, capsys, tmp_pa
     assert "[first] FAILED: RuntimeError: no namespaces here" in out
     assert "| second | speed | 30 tok/s | baseline | 10 tok/s | 3.00x (higher is better) | CPU |" in out
     assert "| first | ERROR |" in (tmp_path / "bench_first-second.md").read_text()
+
+
+def test_bench_sections_in_their_own_files_are_reached_by_name(monkeypatch, capsys):
+    """bench.py decode and bench.py fsdp run bench_decode.py's and bench_fsdp.py's functions (split for length)."""
+    import bench
+    import bench_decode
+    import bench_fsdp
+    for module, name in ((bench_decode, "decode"), (bench_fsdp, "fsdp")):
+        monkeypatch.setattr(module, f"bench_{name}", lambda args, name=name: {
+            "rows": [bench.row(name, "reached", 1.0, "x", "baseline", 2.0, "CPU")]})
+    bench.main(["decode", "fsdp", "--quick"])
+    out = capsys.readouterr().out
+    assert "| decode | reached |" in out and "| fsdp | reached |" in out and "FAILED" not in out

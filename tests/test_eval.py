@@ -1,7 +1,7 @@
-"""Tests for evaluating checkpoints (sample.py's evaluation side and CLI): pass@k against a brute-force count,
-bootstrap intervals on known cases, grading per template, batching by a token budget, resumable results, problem
-files in each format, and the CLI end to end on a tiny random Qwen2-shaped Hugging Face checkpoint whose embedding
-is larger than its tokenizer (ids in the gap are sampled and must decode)."""
+"""Tests for evaluating checkpoints (evaluate.py; its CLI is also reached as sample.py --eval): pass@k against a
+brute-force count, bootstrap intervals on known cases, grading per template, batching by a token budget, resumable
+results, problem files in each format, and the CLI end to end on a tiny random Qwen2-shaped Hugging Face checkpoint
+whose embedding is larger than its tokenizer (ids in the gap are sampled and must decode)."""
 import itertools
 import json
 import math
@@ -9,10 +9,11 @@ import math
 import pytest
 import torch
 
+import evaluate as evaluate_mod
 import sample
 import tasks
-from sample import (ResultsFile, bootstrap_ci, evaluate, grade, pass_at_k, per_problem_scores, plan_calls,
-                    summarize)
+from evaluate import (ResultsFile, bootstrap_ci, evaluate, grade, pass_at_k, per_problem_scores, plan_calls,
+                      summarize)
 from tasks import Problem
 from test_sample import ByteTokenizer  # one token per character; 256 = eos, 257 = pad
 
@@ -325,6 +326,7 @@ def test_cli_errors_are_one_line_before_any_work(tmp_path, ckpt, capsys, monkeyp
     def no_load(*a, **k):
         raise AssertionError("the checkpoint was loaded before the error")
     monkeypatch.setattr(sample, "load_checkpoint", no_load)
+    monkeypatch.setattr(evaluate_mod, "load_checkpoint", no_load)
     run_dir = tmp_path / "smoke"
     (run_dir / "rl" / "step_000002").mkdir(parents=True)
     (run_dir / "rl" / "step_000002" / "config.json").write_text("{}")
@@ -349,7 +351,7 @@ def test_cli_errors_are_one_line_before_any_work(tmp_path, ckpt, capsys, monkeyp
         (["--ckpt", bare, "--prompt", "x", "--template", "chat"], ["has no chat template", "r1-zero, none"]),
         (["--ckpt", ckpt, "--prompt", "x", "--tempreature", 1], ["unknown flag --tempreature",
                                                                  "did you mean --temperature"]),
-        (["--ckpt", ckpt, "--prompt", "x", "--k", "many"], ["--k", "'many'"]),
+        (["--ckpt", ckpt, "--prompt", "x", "--top_k", "many"], ["--top_k", "'many'"]),
         (["--ckpt", ckpt, "--prompt", "x", "--device", "tpu"], ["--device tpu", "cpu"]),
     ]
     for args, needles in cases:
@@ -361,11 +363,31 @@ def test_cli_errors_are_one_line_before_any_work(tmp_path, ckpt, capsys, monkeyp
 
 
 def test_cli_help_grouped(capsys):
-    code, out, _ = run_cli(["--help"], capsys)
-    assert code == 0
-    for group in ("what to run:", "problems (--eval):", "prompt:", "sampling:", "batching and output (--eval):"):
+    code, out, _ = run_cli(["--eval", "--help"], capsys)  # sample.py --eval --help: evaluate.py's help
+    assert code == 0 and out.startswith("usage: sample.py")
+    for group in ("what to run:", "problems:", "prompt:", "sampling:", "batching and output:"):
         assert group in out
-    assert "--max_new_tokens" in out and "0.6 for --eval" in out and "else 8" in out
+    assert "--max_new_tokens" in out and "0.6, the paper's" in out and "else 8" in out and "--problems" in out
+    code, out, _ = run_cli(["--help"], capsys)  # sample.py alone: one prompt; it points at evaluate.py
+    assert code == 0 and "--prompt" in out and "--problems" not in out and "evaluate.py --help" in out
+
+
+def test_evaluate_py_is_the_cli_sample_py_eval_delegates_to(tmp_path, ckpt, capsys):
+    """python evaluate.py --ckpt DIR --problems FILE and python sample.py --ckpt DIR --eval --problems FILE are
+    the same command: same settings, same samples, same report."""
+    common = ["--ckpt", ckpt, "--problems", write_problems(tmp_path, "gsm8k"), "--k", 2, "--max_new_tokens", 6]
+    code = 0
+    try:
+        evaluate_mod.main([str(a) for a in common + ["--out", tmp_path / "a.jsonl"]])
+    except SystemExit as e:
+        code = e.code
+    direct, err = capsys.readouterr()
+    assert code in (0, None), err
+    code, via_sample, err = run_cli(common + ["--eval", "--out", tmp_path / "b.jsonl"], capsys)
+    assert code in (0, None), err
+    assert direct == via_sample and direct.startswith(str(tmp_path / "gsm8k.jsonl") + ": 2 problems x 2 samples")
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    assert sample.evaluate is evaluate and sample.pass_at_k is pass_at_k  # the old names still work (train.py)
 
 
 def test_cli_context_limit_and_gap_ids_decode(tmp_path, ckpt, capsys):
@@ -382,14 +404,14 @@ def test_cli_context_limit_and_gap_ids_decode(tmp_path, ckpt, capsys):
 
 
 def test_cli_ctrl_c_saves_and_names_the_resume_command(tmp_path, ckpt, capsys, monkeypatch):
-    real, calls = sample.generate, []
+    real, calls = evaluate_mod.generate, []
 
     def interrupted(*a, **k):  # Ctrl-C during the second generate() call
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
         return real(*a, **k)
-    monkeypatch.setattr(sample, "generate", interrupted)
+    monkeypatch.setattr(evaluate_mod, "generate", interrupted)
     rows = [{"problem": f"Find {i} + 1.", "answer": str(i + 1)} for i in range(3)]
     args = ["--ckpt", ckpt, "--eval", "--problems", write_problems(tmp_path, "aime", rows), "--k", 2,
             "--max_new_tokens", 4, "--batch_size", 2, "--out", tmp_path / "r.jsonl"]

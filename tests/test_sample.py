@@ -10,7 +10,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sample  # noqa: E402
-from sample import evaluate, filter_logits, generate, majority_vote, pass_at_k, sample_next, summarize  # noqa: E402
+from evaluate import evaluate, majority_vote, pass_at_k, summarize  # noqa: E402
+from sample import filter_logits, generate, sample_next  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- helpers
