@@ -17,8 +17,9 @@ What is here:
     amplify behaviour pretraining put within reach, so the corpus holds, like web text, worked
     problems in several styles without ever saying which style pays where:
       drill     skill drills outside any template: times tables, one-digit x many-digit products
-                with explicit carries, column additions, one-digit sums, digit-sum (casting out nines)
-                checks; for count, running-count walks and counting up;
+                with explicit carries, column additions, one-digit sums, two-digit + one-digit sums
+                answered directly, digit-sum (casting out nines) checks; for count, running-count walks and
+                counting up;
       textbook  "Problem: ... Solution: ... Answer: ..." worked examples in modes D/S/L/LV;
       dialogue  the exact R1-Zero template + " <think> ... </think> <answer> N </answer>", the mode
                 drawn independently of difficulty (mostly D/S, a minority L/LV), ~30% with format
@@ -32,8 +33,9 @@ What is here:
     partial product where a third of traces inject a slip, then "wait, that's wrong", then the
     redone step. For addition: D '4736 + 2819 = 7555'; S 'split 2819 = 2810 + 9 : ...'; L one column per
     digit, same layout ('add 4736 + 2819 : 6 + 9 = 15 carry 1 -> 5 ; 473 + 281 : ...'); LV opens 'add and
-    check', adds again with the operands swapped, compares, and on a mismatch says "wait, that's wrong"
-    and redoes the sum (a third of traces inject a slip into the first sum).
+    check', adds by columns, states the sum, checks it by casting out nines digit by digit (another route,
+    no far copy), and on a mismatch says "wait, that's wrong" and redoes the sum (a third of traces inject a
+    slip of a small model's kinds: a wrong column fact, a miscopied remainder digit, a miscopied sum).
     For count: D "count : 4"; S "matches c a e m so 4"; L "step a yes 1 b no 1 ... m no 4 so 4" (one look-up
     per letter of a..m with a running count: no copying of the list, which a tiny model trained for minutes
     does not learn); LV = L with a possible slip + "wait, that's wrong" and a check. With the corpus-trained
@@ -50,6 +52,8 @@ Simplifications vs the paper / production data pipelines:
   4. The chat template is one user message (DeepSeek's recommended math prompt), no system prompt.
   5. Times-table facts (both factors < 10) are skills every mode uses, so they are exempt from the
      split; Countdown searches may multiply two small numbers that happen to be a test problem.
+
+No tensors here: problems and text only.
 
 Use:
     from tasks import make_problems, r1_zero_prompt, corpus_stream, corpus_stats, render_response
