@@ -321,7 +321,7 @@ def _bench_sample(args):
 
     @torch.inference_mode()
     def no_cache_part():
-        seq = prompt
+        seq = prompt  # (B, T_prompt)
         for _ in range(n_nc):
             h = ours(seq, return_hidden=True)[:, -1]  # (B, C) the whole sequence, every step
             nxt = ours.lm_head(h).argmax(-1)  # (B,)
@@ -465,7 +465,7 @@ def bench_kernels(args):
 
     # device-to-device copy bandwidth, measured in this run (read + write bytes / time)
     src = torch.empty(2 * 1024**3, dtype=torch.uint8, device=dev)  # (2 GiB,) bytes
-    dst = torch.empty_like(src)
+    dst = torch.empty_like(src)  # (2 GiB,)
     copy_ms = timed(lambda: dst.copy_(src), 20)
     copy_gbs = 2 * src.numel() / copy_ms / 1e6
     del src, dst
@@ -572,7 +572,7 @@ def bench_kernels(args):
     ref = torch.randn(N, device=dev, generator=g) - 10.0                               # (N,)
 
     def full():
-        s = token_logprobs(h @ W.t(), targets, temperature, ref, return_entropy=True)
+        s = token_logprobs(h @ W.t(), targets, temperature, ref, return_entropy=True)  # all logits (N, V) at once
         (s.logp.sum() + s.entropy.sum() + s.kl.sum()).backward()
 
     def chunked():

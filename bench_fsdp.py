@@ -213,7 +213,7 @@ def _bench_fsdp_cpu(args):
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in _param_shapes(cfg)]  # one per parameter shape
     for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
+        p.grad = torch.randn_like(p) * 1e-3  # p.shape
     times = {}
     for fused in (False, True):
         opt = torch.optim.AdamW(params, lr=1e-5, fused=fused)

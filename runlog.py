@@ -22,7 +22,7 @@ Simplifications:
 Use (what train.stage_rl does):
     run = RunLog(out_dir, log, rank)            # log: a callable printing and appending to log.txt
     run.open_metrics(resumed_step)              # 0 for a fresh run
-    run.train_step(step, rows, diag, seconds)   # rows: one dict per response (bucket, text, reward, ...)
+    run.train_step(step, rows, diag, seconds, expert_imbalance(model))   # rows: one dict per response
     run.eval_step(step, metrics, seconds); run.transcripts(step, problems, texts, scores, group_size)
     summary = run.finish()
 
@@ -82,11 +82,12 @@ class RunLog:
                            step=entry["step"])
 
     def train_step(self, step: int, rows: list[dict], diag: dict, seconds: float,
-                   expert_load: float = float("nan")) -> dict:
-        """Record one RL step from per-response rows and grpo.rl_step's diagnostics; print its console line."""
+                   imbalance: float = float("nan")) -> dict:
+        """Record one RL step from per-response rows (one dict each: bucket, text, reward, ...), grpo.rl_step's
+        diagnostics and the MoE load imbalance (expert_imbalance(model); nan for dense models); print its line."""
         if not self.active:
             return {}
-        m = {"kind": "train", "step": step, **step_metrics(rows), **diag, "expert_imbalance": expert_load,
+        m = {"kind": "train", "step": step, **step_metrics(rows), **diag, "expert_imbalance": imbalance,
              "seconds": seconds}
         self.record(m)
         parts = [f"reward {m['reward']:.3f}"] + [f"{short} {m[k]:.3f}" for k, short in
