@@ -116,10 +116,10 @@ def boxed_answer(text):
     boxes = _boxes(text)
     if not boxes or boxes[-1] is None:
         return None
-    k = len(boxes) - 1
-    while k > 0 and re.fullmatch(r"[\s$,;.]*", _GAP_WORDS.sub(" ", text[boxes[k - 1][1]: boxes[k][0]])):
-        k -= 1
-    return ", ".join(b[2] for b in boxes[k:])
+    first = len(boxes) - 1  # the first box of the run joined by separators that ends with the last box
+    while first > 0 and re.fullmatch(r"[\s$,;.]*", _GAP_WORDS.sub(" ", text[boxes[first - 1][1]: boxes[first][0]])):
+        first -= 1
+    return ", ".join(b[2] for b in boxes[first:])
 
 
 # ----------------------------------------------------------------------------- math: normalisation

@@ -101,6 +101,7 @@ class SandboxUnavailable(RuntimeError):
 
 
 def _strip_fences(code):
+    """The code inside the first ```python (or ```py, or bare ```) fence; the text itself without one (rewards.py)."""
     m = re.search(r"```(?:python|py)?\s*\n(.*?)```", code, re.DOTALL)
     return m.group(1) if m else code
 
@@ -123,11 +124,13 @@ def _claim_uid():
 
 
 def _release_uid(fd):
+    """Give back a uid claimed by _claim_uid."""
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
 
 
 def _world_executable(path):
+    """True if any uid may execute path: every directory on its real path, and the file, has the x bit for others."""
     p = os.path.realpath(path)
     while p != "/":
         if not os.stat(p).st_mode & 0o001:
@@ -260,6 +263,7 @@ def _cgroup_mounts():
 
 
 def _write(path, text):
+    """Write text to a (cgroup control) file."""
     with open(path, "w") as f:
         f.write(text)
 
@@ -356,6 +360,7 @@ def _cgroup_create(setup, memory_bytes, max_procs):
 
 
 def _cgroup_pids(d):
+    """The pids in cgroup directory d ([] if it is gone)."""
     try:
         with open(os.path.join(d, "cgroup.procs")) as f:
             return [int(x) for x in f.read().split()]
@@ -603,6 +608,7 @@ def _is_solution_call(node):
 
 
 def _solution_name(node):
+    """A bare name that is neither a safe function nor a builtin: a solution's function (for nested-call checks)."""
     return isinstance(node, ast.Name) and node.id not in _SAFE_FUNCS and not hasattr(builtins, node.id)
 
 
