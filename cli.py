@@ -1,7 +1,7 @@
 """cli.py: the command-line conventions every entry point shares (train.py, distill.py, r1.py; sample.py,
-evaluate.py and bench.py keep their own parsers with the same spelling): --field=value or --field value for each field of a
-config dataclass, dashes read as underscores, one-line errors that name the bad value and the valid ones, and
---help grouped from the dataclass source.
+evaluate.py and bench.py keep their own parsers with the same spelling): --field=value or --field value for each
+field of a config dataclass, dashes read as underscores, one-line errors that name the bad value and the valid
+ones, and --help grouped from the dataclass source.
 
 Simplifications:
  1. No argparse: a config dataclass is the whole interface, so its fields, types and defaults are the flags and
