@@ -21,12 +21,15 @@ Sections (each prints the device and every number it measured beside its baselin
 At the end one table: each figure beside its baseline measured in the same run, and the device. A section that
 fails prints an error row; the others still run. Flags take underscores or dashes (--out_dir = --out-dir).
 
-Simplifications: 1. Numbers are medians of a few repeats after a warm-up, not a statistical study. 2. GPU targets
-are only claimed by the GPU run that measured them; on CPU a section reports CPU numbers or says it needs a GPU.
-3. Projections (bench_decode.py) are arithmetic on measured counts and stated assumptions, labelled as such.
+Simplifications:
+ 1. Numbers are medians of a few repeats after a warm-up, not a statistical study.
+ 2. GPU targets are only claimed by the GPU run that measured them; on CPU a section reports CPU numbers or says
+    it needs a GPU.
+ 3. Projections (bench_decode.py) are arithmetic on measured counts and stated assumptions, labelled as such.
 
 Shapes: B batch rows, T positions (T_prompt prompt tokens, T_new generated tokens), N flattened tokens,
-V vocab, C model dim. The sampling temperature is `temperature`, never T.
+V vocab, C model dim, H heads, D head dim (D_qk query/key, D_v value). The sampling temperature is `temperature`,
+never T.
 """
 import argparse
 import glob
@@ -58,6 +61,7 @@ def ratio(a, b):
 
 
 def median(xs):
+    """The middle value (the mean of the two middle ones for an even count)."""
     xs = sorted(xs)
     return xs[len(xs) // 2] if len(xs) % 2 else 0.5 * (xs[len(xs) // 2 - 1] + xs[len(xs) // 2])
 
@@ -77,9 +81,10 @@ def row(section, figure, value, unit, baseline=None, base_value=None, device="",
 #
 # Models (GPU, full size): "dense" ~125M params (dim 768, 12 layers, 12 heads, MLA, SwiGLU 2048, vocab 32768)
 # and "moe" with the same attention and the same active FFN width per token (1 shared + 2 of 16 routed experts
-# of width 704, first layer dense). CPU or args.quick: the same shapes shrunk (dim 128-256) so it runs in seconds.
-# FLOPs per token = 6 * N_active (all matmul weights a token touches: attention, active experts, router, lm_head;
-# not the input embedding lookup) + causal attention scores 6 * L * T/2 * H * (D_qk + D_v) (forward + backward).
+# of width inter_dim // 3 = 682, first layer dense). CPU or args.quick: the same shapes shrunk (dim 128-256) so it
+# runs in seconds. FLOPs per token = 6 x active params (all matmul weights a token touches: attention, active
+# experts, router, lm_head; not the input embedding lookup) + causal attention scores
+# 6 * n_layers * T/2 * H * (D_qk + D_v) (forward + backward).
 # MFU = FLOPs/s over the peak: H200_BF16_FLOPS (790e12 measured dense bf16, not the 989e12 datasheet figure);
 # on CPU only tokens/s is reported, since MFU needs a GPU peak. args.compile: torch.compile the model.
 # Prints the device and every measured number; returns them as a dict.
@@ -132,11 +137,11 @@ def bench_model(args):
             torch.manual_seed(0)
             model = Transformer(cfg).to(device=device, dtype=dtype).train()
             fwd = torch.compile(model) if compile_ else model
-            tokens = torch.randint(0, cfg.vocab_size, (B, T + 1), device=device)
+            tokens = torch.randint(0, cfg.vocab_size, (B, T + 1), device=device)  # (B, T+1)
 
             def step():
                 logits = fwd(tokens[:, :-1])  # (B, T, V)
-                loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+                loss = F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())  # (B*T, V) vs (B*T,) -> ()
                 loss.backward()
                 model.zero_grad(set_to_none=True)
 
@@ -297,7 +302,7 @@ def _bench_sample(args):
         t_cp, _ = timed(lambda: ours_run(1, compile=True))
         res["ours_compiled_tok_s"] = per_s(B * T_new, t_c)
         res["ours_compiled_decode_tok_s"] = per_s(B * (T_new - 1), t_c - t_cp)
-        res["compiled_tokens_equal"] = float((gen_c.tokens == gen.tokens).all(-1).float().mean())
+        res["compiled_tokens_equal"] = float((gen_c.tokens == gen.tokens).all(-1).float().mean())  # (B,) -> share
         print(f"[sample] ours compile=True:    {t_c:.3f} s, {res['ours_compiled_tok_s']:.1f} tok/s end-to-end, "
               f"{res['ours_compiled_decode_tok_s']:.1f} tok/s decode only; rows equal to plain loop: "
               f"{res['compiled_tokens_equal']:.2f}")
@@ -306,7 +311,7 @@ def _bench_sample(args):
         t_e, _ = timed(lambda: ours_run(T_new, static=False))
         res["ours_graph_decode_tok_s"] = per_s(B * (T_new - 1), t_g - t_gp)
         res["ours_graph_tok_s"], res["ours_eager_twin_tok_s"] = per_s(B * T_new, t_g), per_s(B * T_new, t_e)
-        res["graph_tokens_equal"] = float((gen_g.tokens == gen.tokens).all(-1).float().mean())
+        res["graph_tokens_equal"] = float((gen_g.tokens == gen.tokens).all(-1).float().mean())  # (B,) -> share
         print(f"[sample] ours cuda_graph=True: {t_g:.3f} s, {res['ours_graph_tok_s']:.1f} tok/s end-to-end, "
               f"{res['ours_graph_decode_tok_s']:.1f} tok/s decode only; eager twin {res['ours_eager_twin_tok_s']:.1f} "
               f"tok/s; rows equal to the static loop: {res['graph_tokens_equal']:.2f}")
@@ -316,17 +321,17 @@ def _bench_sample(args):
 
     @torch.inference_mode()
     def no_cache_part():
-        seq = prompt
+        seq = prompt  # (B, T_prompt)
         for _ in range(n_nc):
             h = ours(seq, return_hidden=True)[:, -1]  # (B, C) the whole sequence, every step
             nxt = ours.lm_head(h).argmax(-1)  # (B,)
-            seq = torch.cat([seq, nxt[:, None]], 1)  # (B, T_prompt+t)
+            seq = torch.cat([seq, nxt[:, None]], 1)  # (B, T_prompt + tokens so far)
         return seq
     t_nc, seq_nc = timed(no_cache_part, repeat=1, warmup=0)  # slow: one run (the model is warm already)
     res["no_cache_tok_s"] = per_s(B * n_nc, t_nc)
     print(f"[sample] no cache (recompute): {t_nc:.3f} s for {n_nc} tokens, {res['no_cache_tok_s']:.1f} tok/s"
           + ("" if n_nc == T_new else " (first quarter of the steps: an upper bound on its rate)"))
-    res["no_cache_tokens_equal"] = float((seq_nc[:, T_prompt:] == gen.tokens[:, :n_nc]).all(-1).float().mean())
+    res["no_cache_tokens_equal"] = float((seq_nc[:, T_prompt:] == gen.tokens[:, :n_nc]).all(-1).float().mean())  # (B,)
 
     # 3) transformers generate (dynamic KV cache), greedy, exactly T_new new tokens
     mask = torch.ones_like(prompt)  # (B, T_prompt)
@@ -337,15 +342,15 @@ def _bench_sample(args):
                            pad_token_id=0, eos_token_id=None)
     t_hf, out_hf = timed(hf_run)
     res["hf_tok_s"] = per_s(B * T_new, t_hf)
-    res["hf_tokens_equal"] = float((out_hf[:, T_prompt:] == gen.tokens).all(-1).float().mean())
+    res["hf_tokens_equal"] = float((out_hf[:, T_prompt:] == gen.tokens).all(-1).float().mean())  # (B,) -> share
     print(f"[sample] transformers generate: {t_hf:.3f} s, {res['hf_tok_s']:.1f} tok/s end-to-end")
     print(f"[sample] greedy rows identical to ours: transformers {res['hf_tokens_equal']:.2f}, "
           f"no-cache {res['no_cache_tokens_equal']:.2f}")
 
     # 4) memory-bandwidth bound
     nbytes = (256 << 20) if not cuda else (2 << 30)
-    x = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    y = torch.empty_like(x)
+    x = torch.empty(nbytes, dtype=torch.uint8, device=device)  # (nbytes,)
+    y = torch.empty_like(x)  # (nbytes,)
     t_copy, _ = timed(lambda: y.copy_(x), repeat=10)
     bw = per_s(2 * nbytes, t_copy)  # read + write
     params = {id(p): p for p in ours.parameters()}
@@ -459,8 +464,8 @@ def bench_kernels(args):
         return torch.cuda.max_memory_allocated() - base
 
     # device-to-device copy bandwidth, measured in this run (read + write bytes / time)
-    src = torch.empty(2 * 1024**3, dtype=torch.uint8, device=dev)
-    dst = torch.empty_like(src)
+    src = torch.empty(2 * 1024**3, dtype=torch.uint8, device=dev)  # (2 GiB,) bytes
+    dst = torch.empty_like(src)  # (2 GiB,)
     copy_ms = timed(lambda: dst.copy_(src), 20)
     copy_gbs = 2 * src.numel() / copy_ms / 1e6
     del src, dst
@@ -478,7 +483,7 @@ def bench_kernels(args):
         ref = torch.randn(N, device=dev, generator=g) * 0.5 - 10.0            # (N,)
         w = torch.randn(3, N, device=dev, generator=g)                        # (3, N) upstream weights
         S = logits.numel() * logits.element_size()
-        x = logits.detach().requires_grad_()
+        x = logits.detach().requires_grad_()  # (N, V) the leaf the backward pass fills
 
         def fwd(fn):
             with torch.no_grad():
@@ -534,7 +539,7 @@ def bench_kernels(args):
     V = vocab[-1]
     logits = torch.randn(N, V, device=dev).bfloat16()                            # (N, V)
     targets = torch.randint(0, V, (N,), device=dev)                              # (N,)
-    x = logits.detach().requires_grad_()
+    x = logits.detach().requires_grad_()  # (N, V)
     S = logits.numel() * logits.element_size()
     configs = [(b, st) for b in (2048, 4096, 8192, 16384) for st in (1, 2, 3)]
     for block, stages in configs[4:5] if quick else configs:
@@ -567,7 +572,7 @@ def bench_kernels(args):
     ref = torch.randn(N, device=dev, generator=g) - 10.0                               # (N,)
 
     def full():
-        s = token_logprobs(h @ W.t(), targets, temperature, ref, return_entropy=True)
+        s = token_logprobs(h @ W.t(), targets, temperature, ref, return_entropy=True)  # all logits (N, V) at once
         (s.logp.sum() + s.entropy.sum() + s.kl.sum()).backward()
 
     def chunked():
@@ -609,10 +614,11 @@ def bench_kernels(args):
 # Math: math_equal checks/s on three kinds of pairs: plain numbers/fractions (exact rational fast path,
 # in-process), symbolic ones (roots, pi, polynomials: the killable sympy worker) and hostile ones
 # (towers, huge factorials, megabyte strings: rejected by the pre-checks).
-# Code: sandboxed programs/s (each program = fresh tmpfs dir, new net+mount namespace, own uid, rlimits,
-# kill sweep) for a trivial stdin/stdout program, one at a time and through the bounded pool of
-# code_rewards (rewards.SANDBOX_WORKERS at a time), plus the latency of one program.
-# Also prints which isolation layers work here (rewards.sandbox_capabilities()).
+# Code: sandboxed programs/s (each program = a bwrap sandbox: fresh namespaces, private root, size-capped tmpfs,
+# seccomp, rlimits, a per-run cgroup killed at the end, a private uid as root) for a trivial stdin/stdout program
+# through the bounded pool of sandbox.code_rewards (sandbox.SANDBOX_WORKERS at a time) beside bare python runs
+# through a pool of the same size, plus the latency of one program.
+# Also prints which isolation layers work here (sandbox.sandbox_capabilities()).
 
 def bench_rewards(args):
     """Math checks/s, then sandboxed programs/s (sandbox.py: bwrap namespaces, private root, seccomp, per-run
@@ -645,9 +651,9 @@ def bench_rewards(args):
             for p, g in pairs:
                 math_equal(p, g)
         dt = time.perf_counter() - t0
-        n = reps[name] * len(pairs)
-        res[f"math_{name}_checks_s"] = n / dt
-        print(f"[rewards] math_equal {name:8s}: {n} checks in {dt:.2f} s, {n / dt:,.0f} checks/s")
+        checks = reps[name] * len(pairs)
+        res[f"math_{name}_checks_s"] = checks / dt
+        print(f"[rewards] math_equal {name:8s}: {checks} checks in {dt:.2f} s, {checks / dt:,.0f} checks/s")
 
     caps = sandbox.sandbox_capabilities()
     res["sandbox_ok"] = bool(caps.get("ok"))
@@ -690,19 +696,21 @@ def bench_rewards(args):
 
 # ====================================================================================================
 # data
-# bench part (data engineer): tokenizer training time and synthetic-corpus throughput.
+# bench_data(args): tokenizer training time and synthetic-corpus throughput.
 #
 # bench_data(args) -> dict, printing one line per measurement. args may carry `quick` (bool: smaller
 # inputs for a CPU smoke run). Times are CPU seconds of this process (time.process_time), so a busy
 # shared machine does not distort them; wall seconds are reported beside.
 
 def _timed(fn):
+    """(fn(), CPU seconds of this process, wall seconds)."""
     c0, w0 = time.process_time(), time.perf_counter()
     out = fn()
     return out, time.process_time() - c0, time.perf_counter() - w0
 
 
 def _take_mb(it, mb):
+    """The first documents of `it` that add up to at least mb million characters, and their character count."""
     out, n = [], 0
     for doc in it:
         out.append(doc)
@@ -738,6 +746,7 @@ def bench_data(args=None) -> dict:
     res.update(tok_train_diverse_s=cpu, tok_train_diverse_mb=n / 1e6)
     print(f"tokenizer: 4096 vocab on {n / 1e6:.0f} MB of stdlib source in {cpu:.1f}s CPU ({wall:.1f}s wall)")
     return res
+
 # ====================================================================================================
 # fsdp: bench_fsdp.py (peak memory and step time, FSDP2 path vs plain training)
 
@@ -745,7 +754,8 @@ def bench_fsdp(args):
     from bench_fsdp import bench_fsdp as run
     return run(args)
 
-
+# ====================================================================================================
+# head: the fused lm_head + log-prob path's memory (CPU)
 
 def _head_memory_run(path: str, N: int, V: int, C: int, chunk: int, q) -> None:
     """One fresh process of bench_fused_head_memory: extra peak resident memory (bytes) of one forward + backward
@@ -791,14 +801,14 @@ def bench_fused_head_memory(args):
         if p.exitcode != 0:
             raise RuntimeError(f"head memory run {path} chunk {chunk} failed (exit code {p.exitcode})")
         extra = q.get()
-        n = min(chunk, N)
-        rows.append((path, chunk, extra, extra / (n * V * 4)))
+        tokens_at_once = min(chunk, N)
+        rows.append((path, chunk, extra, extra / (tokens_at_once * V * 4)))  # in (tokens_at_once, V) fp32 buffers
     print(f"head memory: CPU, {N} loss tokens, V {V}, C {C}, fp32, temperature 0.7, entropy on; peak extra "
           "resident memory of forward + backward")
     print("| path | chunk | peak extra MiB | in (min(chunk, tokens) x V) fp32 buffers |\n|---|---|---|---|")
-    for path, chunk, extra, k in rows:
+    for path, chunk, extra, n_buffers in rows:
         print(f"| {'logits + token_logprobs' if path == 'logits' else 'linear_token_logprobs'} | "
-              f"{chunk if path == 'fused' else '-'} | {extra / 2**20:.0f} | {k:.1f} |")
+              f"{chunk if path == 'fused' else '-'} | {extra / 2**20:.0f} | {n_buffers:.1f} |")
     return {f"{p}_{c}": e for p, c, e, _ in rows}
 
 
@@ -844,6 +854,7 @@ def parse_args(argv):
 
 
 def _fmt(v):
+    """A table cell: n/a for missing or non-finite, thousands separators from 1000 up, else 3 significant digits."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "n/a"
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -852,7 +863,7 @@ def _fmt(v):
 
 
 def table(rows):
-    """Markdown table: figure | value | baseline | baseline value | ratio | device."""
+    """Markdown table: section | figure | value | baseline | baseline value | value / baseline | device."""
     lines = ["| section | figure | value | baseline | baseline value | value / baseline | device |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -873,6 +884,7 @@ def _rows_of(section, res):
 
 
 def main(argv=None):
+    """Run the chosen sections (all by default), each guarded, then print (and with --out_dir write) the table."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     sections = args.sections or list(SECTIONS)
     rows, results = [], {}

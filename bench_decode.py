@@ -8,12 +8,13 @@ today, and the static loop; counted with torch.profiler on this CPU, timed per s
 H200 time per step (a projection, with its assumptions printed). A section of bench.py, in its own file because
 its counting tools (count_host_syncs, count_launches, project_decode_step) are a concept of their own.
 
-Simplifications: 1. Counts are taken on CPU; a GPU launches one kernel per leaf aten op that computes, which is
-what is counted. 2. The projection is arithmetic on the measured counts and stated assumptions, not a
-measurement. 3. Per step = (a run of 1 + S steps - a run of 1 step) / S, so prefill and set-up cancel.
+Simplifications:
+ 1. Counts are taken on CPU; a GPU launches one kernel per leaf aten op that computes, which is what is counted.
+ 2. The projection is arithmetic on the measured counts and stated assumptions, not a measurement.
+ 3. Per step = (a run of 1 + `steps` steps - a run of 1 step) / steps, so prefill and set-up cancel.
 
 Shapes: P prompts, G samples per prompt, B = P*G rows being decoded, T new tokens (T_prompt: a prompt's
-length), V vocab, H heads, R kv latent rank, Dr RoPE head dim.
+length), V vocab, H heads, R kv latent rank (kv_lora_rank), Dr RoPE head dim (qk_rope_head_dim).
 """
 import contextlib
 import time
@@ -29,9 +30,9 @@ from bench import H200_BF16_FLOPS, H200_HBM_BYTES_S, median, row
 # Counted on this CPU: aten ops (torch.profiler: every aten:: event, nested included, minus the CPU-only insides of
 # _grouped_mm), kernel launches (leaf aten ops that compute, i.e. not views; on a GPU each is one launch) and host
 # syncs (count_host_syncs: calls of .tolist() / .cpu() / .item() / .nonzero() / bool() / int() on device tensors,
-# each of which blocks on a GPU; the loops use no boolean-mask indexing). Per step = (generate(1 + S steps) -
-# generate(1 step)) / S, so prefill and set-up cancel. CPU ms per step:
-# the same difference, timed, median of repeats after a warm-up. Then project_decode_step() turns the counts into a
+# each of which blocks on a GPU; the loops use no boolean-mask indexing). Per step = (generate(1 + steps) -
+# generate(1)) / steps, so prefill and set-up cancel. CPU ms per step: the same difference, timed, median of
+# repeats after a warm-up. Then project_decode_step() turns the counts into a
 # projected H200 time per step (a projection, with its assumptions printed).
 
 VIEW_OPS = {"aten::" + op for op in (  # ops that make views or metadata only: no kernel
@@ -143,7 +144,7 @@ def _bench_decode(quick):
     device = f"CPU ({torch.get_num_threads()} threads)"
     P, G, steps, repeats = (2, 2, 16, 3) if quick else (4, 4, 32, 5)  # prompts, samples per prompt
     g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, cfg.vocab_size, (40 + 7 * i,), generator=g).tolist() for i in range(P)]
+    prompts = [torch.randint(3, cfg.vocab_size, (40 + 7 * i,), generator=g).tolist() for i in range(P)]  # P lists
 
     class CharTokenizer:  # one CJK character per id: "</answer>" can never complete, so every row runs every step
         vocab_size, eos_id, pad_id, special_tokens = cfg.vocab_size, 1, 0, {}
@@ -158,7 +159,7 @@ def _bench_decode(quick):
           f"{cfg.n_routed_experts} experts (top-{cfg.n_activated_experts}), vocab {cfg.vocab_size}; "
           f"{P * G} rows, {steps} steps counted")
 
-    def run(T, opts):
+    def run(T, opts):  # one generate() call of T new tokens on the loop `opts` chooses
         real_kernel = model_mod.moe_kernel
         if opts.get("moe"):
             model_mod.moe_kernel = lambda device, dtype: opts["moe"]
@@ -195,13 +196,13 @@ def _bench_decode(quick):
 
     # the model step alone (what a CUDA graph replays): profile one static decode step
     with torch.no_grad():
-        cache, logits, pos = sample._prefill(m, prompts, G, 8, 0, torch.device("cpu"))
+        cache, logits, pos = sample._prefill(m, prompts, G, 8, 0, torch.device("cpu"))  # (B, V), (B,)
         cache.to_static()
-        tok = logits.argmax(-1)
+        tok = logits.argmax(-1)  # (B,)
         sample._decode_step(m, cache, tok, pos)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             sample._decode_step(m, cache, tok, pos + 1)
-    cfg.mla_absorb = False
+    cfg.mla_absorb = False  # _prefill switched the model to absorbed decode; generate() switches it back, so do we
     ev = gpu_visible_ops(prof)
     step_ops, step_top, step_launches = len(ev), sum(1 for e in ev if e.cpu_parent is None), count_launches(ev)
     res["model_step"] = dict(ops=step_ops, top_ops=step_top, launches=step_launches)

@@ -6,10 +6,11 @@
 In its own file because it is self-contained: it spawns its own rank processes (_fsdp_memory_rank) and shares
 nothing with the other sections.
 
-Simplifications: 1. One rank on a GPU (FSDP shards nothing: the comparison shows its overhead; savings scale
-with the world size). 2. CPU memory is the peak resident set per phase (Linux VmHWM), not an allocator trace.
+Simplifications:
+ 1. One rank on a GPU (FSDP shards nothing: the comparison shows its overhead; savings scale with the world size).
+ 2. CPU memory is the peak resident set per phase (Linux VmHWM), not an allocator trace.
 
-Shapes: B batch rows, T positions.
+Shapes: B batch rows, T positions (a training batch is (B, T+1) token ids: T inputs and the next-token targets).
 """
 import os
 
@@ -141,7 +142,7 @@ def bench_fsdp(args):
                 fully_shard(block, mp_policy=mp)
             fully_shard(model, mp_policy=mp)
         opt = train.make_optimizer(model, 1e-4, 0.1)
-        batch = torch.randint(0, model.cfg.vocab_size, (B, T + 1), device=dev)
+        batch = torch.randint(0, model.cfg.vocab_size, (B, T + 1), device=dev)  # (B, T+1)
         times = []
         for i in range(6):
             torch.cuda.synchronize()
@@ -164,6 +165,8 @@ def bench_fsdp(args):
 
 
 def _bench_fsdp_cpu(args):
+    """bench_fsdp on CPU: peak memory per phase of 2 gloo ranks (this code vs the earlier one), AdamW fused vs
+    foreach step time, and checkpoint load time (meta-device init vs random init + copy)."""
     import json
     import shutil
     import tempfile
@@ -178,17 +181,17 @@ def _bench_fsdp_cpu(args):
     quick = bool(getattr(args, "quick", False))
     preset = "tiny-gqa" if quick else "qwen2.5-0.5b"
     cfg = ModelConfig.from_preset(preset)
-    N = count_params(cfg)
-    out = {"device": "CPU", "preset": preset, "params": N}
+    n_params = count_params(cfg)
+    out = {"device": "CPU", "preset": preset, "params": n_params}
     # The earlier code would need ~10 GiB per rank at the full shape: on a shared 24 GiB machine both codes are
     # compared at the real width and vocabulary with 6 of the 24 layers, and this code also runs at full size.
     runs = [({}, ["streamed", "gathered"])] if quick else [({"n_layers": 6}, ["streamed", "gathered"]),
                                                           ({}, ["streamed"])]
     for over, modes in runs:
-        n = count_params(ModelConfig.from_preset(preset, **over))
-        print(f"fsdp: CPU, 2 ranks (gloo, 1 thread each), {preset} {over or ''} ({n / 1e6:.1f}M params, vocab "
+        n_run = count_params(ModelConfig.from_preset(preset, **over))  # parameters of this run's model
+        print(f"fsdp: CPU, 2 ranks (gloo, 1 thread each), {preset} {over or ''} ({n_run / 1e6:.1f}M params, vocab "
               f"{cfg.vocab_size}), random weights, 32 tokens per rank; peak resident memory per rank (GiB) "
-              f"during each phase; 4N = one fp32 copy = {4 * n / 2**30:.2f} GiB")
+              f"during each phase; 4N = one fp32 copy = {4 * n_run / 2**30:.2f} GiB")
         tmp = tempfile.mkdtemp(prefix="bench_fsdp_")
         os.environ["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)  # ranks: freed buffers >= 1 MiB leave the RSS at once
         try:
@@ -208,9 +211,9 @@ def _bench_fsdp_cpu(args):
 
     # AdamW on the model's parameter shapes: fused (one kernel over all tensors) vs the default (foreach)
     torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in _param_shapes(cfg)]
+    params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in _param_shapes(cfg)]  # one per parameter shape
     for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
+        p.grad = torch.randn_like(p) * 1e-3  # p.shape
     times = {}
     for fused in (False, True):
         opt = torch.optim.AdamW(params, lr=1e-5, fused=fused)
@@ -222,7 +225,7 @@ def _bench_fsdp_cpu(args):
         times[fused] = (ts[0], sorted(ts[1:])[1])
         del opt
     del params
-    print(f"| AdamW step ({N / 1e6:.0f}M params, {torch.get_num_threads()} threads) | first step | median |\n"
+    print(f"| AdamW step ({n_params / 1e6:.0f}M params, {torch.get_num_threads()} threads) | first step | median |\n"
           f"|---|---|---|\n| default (foreach) | {times[False][0]:.2f}s | {times[False][1]:.2f}s |\n"
           f"| fused=True | {times[True][0]:.2f}s | {times[True][1]:.2f}s |")
     out["adamw_s"] = {"foreach": times[False], "fused": times[True]}

@@ -6,7 +6,7 @@ A checkpoint directory:
     config.json               transformers' config (model_type deepseek_v3 for our MLA+MoE models, qwen2/llama
                               for GQA ones; see model.config_to_hf) + bos/eos/pad ids
     model.safetensors         the weights under transformers' tensor names (model.hf_tensors)
-    generation_config.json    R1's sampling settings (T=0.6, top_p=0.95) and the stop ids
+    generation_config.json    R1's sampling settings (temperature 0.6, top_p 0.95) and the stop ids
     tokenizer.json            byte-level BPE that transformers.AutoTokenizer loads to the same ids as ours
     tokenizer_config.json     (tokenizer.save_hf)
     nano_r1.json              ours: {"step", "task", "preset", "train": TrainConfig dict, "model": ModelConfig dict,
@@ -32,6 +32,9 @@ Use:
     model, tok, meta = checkpoint.load("runs/x/rl/step_000010", device="cuda", dtype=torch.bfloat16)
     model, tok, meta = checkpoint.load("path/to/Qwen2.5-0.5B")           # foreign HF dir: meta == {}
     checkpoint.load_weights(sharded_model, dir); checkpoint.load_optimizer(sharded_model, opt, dir)   # resume
+
+Shapes: tensors keep their parameter's shape; D the rotary part of a head (the RoPE frequencies are (D/2,)), E routed
+experts (the router's bias and load counts are (E,)). A file's tensors are written as flat bytes.
 """
 import dataclasses
 import json
@@ -97,11 +100,11 @@ def empty_model(cfg: ModelConfig, dtype=torch.float32, device="cpu", shard=None)
     if cfg.tie_embeddings and model.lm_head.weight is not model.embed.weight:  # to_empty re-creates parameters
         model.lm_head.weight = model.embed.weight  # module by module: tie them again
     model.inv_freq = rope_frequencies(*_rope_args(cfg))[0].to(device)  # (D/2,)
-    model.aux_loss = torch.zeros((), device=device)
+    model.aux_loss = torch.zeros((), device=device)  # ()
     for layer in model.layers:
         if isinstance(layer.ffn, MoE):  # fp32: the tiny +-gamma bias updates would vanish in bf16
             for name in ("bias", "load", "last_load"):
-                setattr(layer.ffn, name, torch.zeros(cfg.n_routed_experts, device=device))
+                setattr(layer.ffn, name, torch.zeros(cfg.n_routed_experts, device=device))  # (E,)
     return model
 
 
@@ -180,9 +183,9 @@ class SafetensorsWriter:
     def __init__(self, path: str, specs: list, metadata: dict | None = None):
         header, offset = {"__metadata__": metadata or {}}, 0
         for name, shape, dtype in specs:
-            n = torch.Size(shape).numel() * dtype.itemsize
-            header[name] = {"dtype": _DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
-            offset += n
+            nbytes = torch.Size(shape).numel() * dtype.itemsize
+            header[name] = {"dtype": _DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
         self.f = open(path, "wb")
@@ -194,7 +197,7 @@ class SafetensorsWriter:
         if want != (name, tuple(t.shape), t.dtype):
             raise RuntimeError(f"safetensors stream out of order: got {name} {tuple(t.shape)} {t.dtype}, "
                                f"expected {want}")
-        self.f.write(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().data)
+        self.f.write(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().data)  # (numel * itemsize,)
 
     def close(self) -> None:
         self.f.close()
@@ -205,11 +208,11 @@ class SafetensorsWriter:
 def _stream(path: str | None, items: list, metadata: dict | None = None) -> None:
     """items: [(our name, tensor, to_hf)] where to_hf(name, full tensor) -> [(file name, tensor)]. Every rank
     gathers each tensor in turn; rank 0 (path not None) writes it, then it is freed."""
-    specs = [(n, v.shape, v.dtype) for name, t, to_hf in items
+    specs = [(n, v.shape, v.dtype) for name, t, to_hf in items  # the file's tensors, from shapes only (meta device)
              for n, v in to_hf(name, torch.empty(t.shape, dtype=t.dtype, device="meta"))]
     writer = SafetensorsWriter(path, specs, metadata) if path else None
     for name, t, to_hf in items:
-        whole = full(t)  # (the full tensor) collective under FSDP
+        whole = full(t)  # t's full shape; a collective under FSDP
         if writer:
             for n, v in to_hf(name, whole):
                 writer.write(n, v)
@@ -231,6 +234,7 @@ def save(path: str, model, tokenizer: Tokenizer | None, meta: dict | None = None
             [(k, v, lambda n, t: hf_tensors(cfg, n, t)) for k, v in state.items()], {"format": "pt"})
     if optimizer is not None:
         names = {id(p): n for n, p in model.named_parameters()}
+        # one entry per optimizer state tensor: a parameter's moments (its shape) and step count (())
         items = [(f"{names[id(p)]}::{k}", v if torch.is_tensor(v) else torch.tensor(v), lambda n, t: [(n, t)])
                  for g in optimizer.param_groups for p in g["params"]
                  for k, v in sorted(optimizer.state.get(p, {}).items())]

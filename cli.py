@@ -1,7 +1,7 @@
-"""cli.py: the command-line conventions every entry point shares (train.py, distill.py, r1.py; sample.py and
-bench.py keep their own parsers with the same spelling): --field=value or --field value for each field of a
-config dataclass, dashes read as underscores, one-line errors that name the bad value and the valid ones, and
---help grouped from the dataclass source.
+"""cli.py: the command-line conventions every entry point shares (train.py, distill.py, r1.py; sample.py,
+evaluate.py and bench.py keep their own parsers with the same spelling): --field=value or --field value for each
+field of a config dataclass, dashes read as underscores, one-line errors that name the bad value and the valid
+ones, and --help grouped from the dataclass source.
 
 Simplifications:
  1. No argparse: a config dataclass is the whole interface, so its fields, types and defaults are the flags and
@@ -13,6 +13,8 @@ Use:
     setattr(cfg, name, convert_flag(value, field.type, name))
     print_help(__doc__, PRESETS, Config, preset="smoke")           # the preset's values, marked *
     preset, cfg = parse_preset_args(argv, __doc__, PRESETS, Config, default="r1-tiny")   # distill.py, r1.py
+
+Shapes: no tensors.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import re
 
 
 def did_you_mean(name: str, valid) -> str:
+    """' (did you mean 'x'?)' for the closest valid name, or '' when none is close."""
     close = difflib.get_close_matches(name, list(valid), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -86,6 +89,8 @@ def split_flags(argv: list[str], switches=()) -> tuple[list[tuple[str, str]], se
 
 
 def convert_flag(v: str, typ, name: str):
+    """The flag's string v as the field's type (an annotation string under `from __future__ import annotations`,
+    or a type); a one-line error naming --name and the type when it does not convert."""
     typ = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
     try:
         if typ.startswith("bool"):

@@ -9,7 +9,7 @@ The pipeline, all in main():
      --teacher=oracle: the task's reference solutions (an upper bound that needs no training; distill-smoke's).
   2. student base: a smaller model preset pretrained from scratch with the same recipe and the teacher's tokenizer
      (train.stage_pretrain with --student_model), or --student=DIR.
-  3. rejection sampling: k samples per training problem from the teacher at T=--temperature; keep those that are
+  3. rejection sampling: k samples per training problem from the teacher at --temperature; keep those that are
      correct and well formatted (rewards.score) and readable (not truncated, within length limits, no looping
      n-grams, one language by rewards.language_consistency); deduplicate; write OUT/traces.jsonl. The rules are
      TraceFilter + judge + rejection_sample, importable on their own.
@@ -17,7 +17,7 @@ The pipeline, all in main():
   5. (b) GRPO: the same student base trained with GRPO (the stage_rl loop: rollouts, grpo.rl_step) until it
      has spent the compute of the distillation (counted in tokens and FLOPs, teacher sampling included by default).
   6. evaluation of teacher, student base, (a) and (b) on the same held-out problems (pass@1 over k samples at
-     T=0.6, cons@k, length, per difficulty bucket): OUT/results.md and OUT/results.json.
+     temperature 0.6, cons@k, length, per difficulty bucket; train.evaluate): OUT/results.md and OUT/results.json.
 
 Simplifications relative to the paper:
  1. ~800k traces from DeepSeek-R1 become a few hundred to a few thousand traces from our own small RL'd teacher
@@ -43,7 +43,9 @@ Use:
 Outputs under --out_dir (default runs/<preset>): teacher/ (if trained here), student/base/, traces.jsonl,
 student/distilled/, student/grpo/, results.md, results.json, log.txt.
 
-Shapes: B batch rows, T time; few tensors live in this file, the work is done by train.py, sample.py and grpo.py.
+Shapes: P problems in a sampling call, G samples per problem, B = P*G rows (problem-major), T generated tokens:
+a Generation's tokens are (B, T). Few tensors live in this file; the work is done by train.py, sample.py and grpo.py.
+k is the paper's samples per problem for rejection sampling and evaluation (a count, not a shape).
 """
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ import torch
 
 import cli
 import checkpoint
+import evaluate
 import grpo
 import rewards
 import runlog
@@ -256,7 +259,7 @@ def rejection_sample(problems, sampler, k: int, seed: int, f: TraceFilter) -> tu
     records, seen, per_problem = [], set(), {}
     drops = dict.fromkeys(["truncated", "format", "wrong", "length", "repetitive", "mixed_language",
                            "duplicate", "over_cap"], 0)
-    acc = fmt = 0.0
+    acc = fmt = 0.0  # sums over all samples of the accuracy and format rewards
     for j, s in enumerate(samples):
         p = problems[j // k]
         reason, score = judge(s, p, f)
@@ -274,31 +277,31 @@ def rejection_sample(problems, sampler, k: int, seed: int, f: TraceFilter) -> tu
         records.append({"prompt": tasks.r1_zero_prompt(p.question), "completion": s["completion"],
                         "question": p.question, "answer": p.answer, "task": p.task, "bucket": p.bucket,
                         "meta": p.meta, "length": int(s["length"]), "sample": j % k,
-                        "teacher_score": {k: v for k, v in score.items() if isinstance(v, (int, float, str))}})
-    n = max(1, len(samples))
-    stats = {"problems": len(problems), "samples": len(samples), "kept": len(records),
-             "problems_with_trace": len(per_problem), "teacher_accuracy": acc / n, "teacher_format": fmt / n,
+                        "teacher_score": {name: v for name, v in score.items() if isinstance(v, (int, float, str))}})
+    n_samples = max(1, len(samples))
+    stats = {"problems": len(problems), "samples": len(samples), "kept": len(records), "problems_with_trace":
+             len(per_problem), "teacher_accuracy": acc / n_samples, "teacher_format": fmt / n_samples,
              "generated_tokens": sum(int(s["length"]) for s in samples), "dropped": drops}
     return records, stats
 
 
-def sample_responses(model, tok, problems, n: int, temperature: float, top_p: float, max_new_tokens: int,
+def sample_responses(model, tok, problems, group_size: int, temperature: float, top_p: float, max_new_tokens: int,
                      seed: int):
-    """n responses per problem on the R1-Zero template (rows problem-major), stopping at end-of-text or
+    """group_size (G) responses per problem on the R1-Zero template (rows problem-major), stopping at end-of-text or
     "</answer>" (a special token in our vocabularies, a stop string in Hugging Face ones). This is train.rollout
     with stop strings, so Hugging Face teachers and students work too. Returns prompt ids, Generation, texts."""
     prompts = train.prompt_ids(tok, problems)
     stops = [tok.eos_id] + [tok.special_tokens[s] for s in ["</answer>"] if s in tok.special_tokens]
     gen = sample.generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                          n=n, stop_tokens=stops, stop_strings=["</answer>"], tokenizer=tok, pad_id=tok.pad_id,
-                          seed=seed)
-    texts = [tok.decode([t for t in gen.tokens[r, :gen.lengths[r]].tolist() if t != tok.eos_id])
+                          n=group_size, stop_tokens=stops, stop_strings=["</answer>"], tokenizer=tok,
+                          pad_id=tok.pad_id, seed=seed)  # gen.tokens (B, T), B = P*G
+    texts = [tok.decode([t for t in gen.tokens[r, :gen.lengths[r]].tolist() if t != tok.eos_id])  # B strings
              for r in range(gen.tokens.shape[0])]
     return prompts, gen, texts
 
 
 def teacher_sampler(model, tok, cfg: DistillConfig):
-    """A sampler over a real model, in chunks of about cfg.batch_size sequences."""
+    """A sampler over a real model, in chunks of about cfg.batch_size sequences (whole problems: at least one)."""
     @torch.no_grad()
     def sampler(problems, k, seed):
         out, per_call = [], max(1, cfg.batch_size // k)
@@ -334,7 +337,7 @@ def oracle_eval(problems, tok, cfg: DistillConfig, k: int) -> dict:
         sc = rewards.score(s["completion"], p)
         samples.append({"bucket": p.bucket, "correct": sc["accuracy"] > 0, "pred": sc["answer"],
                         "format": sc["format"], "length": s["length"], "truncated": s["truncated"]})
-    res = sample.summarize(samples, k)
+    res = evaluate.summarize(samples, k)
     out = {m: res[m] for m in ("pass@1", "cons@k", "pass@k", "format", "length", "truncated")}
     out.update({f"{m}/{b}": r[m] for b, r in res["by_bucket"].items() for m in ("pass@1", "cons@k", "length")})
     return out
@@ -379,21 +382,26 @@ def to_examples(records: list[dict], tok) -> list[tuple[list[int], list[int]]]:
     return [(tok.encode(r["prompt"]), tok.encode(r["completion"]) + [tok.eos_id]) for r in records]
 
 # -----------------------------------------------------------------------------
-# Compute accounting: tokens through each model, and FLOPs = 2 N per forward token, 6 N per trained token.
+# Compute accounting: tokens through each model, and FLOPs = 2 x active params per forward token, 6 x active params
+# per trained token.
 
 def active_params(model) -> int:
+    """Parameters one token passes through (model.py's count: of the routed experts only the K it is sent to);
+    every parameter for a model without num_params; 0 for the oracle teacher."""
     if model is None:  # the oracle teacher
         return 0
     return model.num_params(active=True) if hasattr(model, "num_params") else sum(p.numel() for p in model.parameters())
 
 
 def compute(model, sampled: float = 0, trained: float = 0, forward: float = 0) -> dict:
-    n = active_params(model)
+    """Tokens sampled (forward only), trained (forward + backward) and forwarded without sampling, and their FLOPs."""
+    n_params = active_params(model)
     return {"sampled_tokens": sampled, "trained_tokens": trained, "forward_tokens": forward,
-            "flops": 2 * n * (sampled + forward) + 6 * n * trained}
+            "flops": 2 * n_params * (sampled + forward) + 6 * n_params * trained}
 
 
 def add(a: dict, b: dict) -> dict:
+    """Two compute dicts summed key by key."""
     return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
 
 # -----------------------------------------------------------------------------
@@ -457,13 +465,13 @@ def grpo_baseline(model, tok, rc: train.TrainConfig, budget: float, cfg: Distill
         diag = grpo.rl_step(model, opt, {k: v.to(device) for k, v in batch.items()}, gcfg, ref_model=ref_model)
         prompt_tokens = sum(len(p) for p in prompts)
         generated = float(gen.lengths.sum())
-        rows = prompt_tokens * rc.group_size + generated  # non-pad tokens of the training batch
-        spent = add(spent, compute(model, sampled=prompt_tokens + generated, trained=rows * rc.mu,
-                                   forward=rows * ((rc.mu > 1) + (rc.beta > 0))))  # pi_old and reference passes
+        batch_tokens = prompt_tokens * rc.group_size + generated  # non-pad tokens of the training batch
+        spent = add(spent, compute(model, sampled=prompt_tokens + generated, trained=batch_tokens * rc.mu,
+                                   forward=batch_tokens * ((rc.mu > 1) + (rc.beta > 0))))  # pi_old and reference
         step += 1
         history.append(float(diag["reward_mean"]))
         log(f"[grpo] step {step:4d} reward {diag['reward_mean']:.3f} len {diag['response_len']:.1f} "
-            f"spent {spent['flops'] / max(budget, 1):.2f} of budget", console_only=step % 10 != 0)
+            f"spent {spent['flops'] / max(budget, 1):.2f} of budget", file_only=step % 10 != 0)
     spent["steps"] = step
     spent["budget_hit"] = spent["flops"] >= budget
     return model, spent, history
@@ -540,8 +548,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                                  "w"), indent=1)
     log_file = open(os.path.join(cfg.out_dir, "log.txt"), "a")
 
-    def log(msg: str, console_only: bool = False):
-        if not console_only:
+    def log(msg: str, file_only: bool = False):  # every line goes to log.txt; file_only ones skip the console
+        if not file_only:
             print(msg, flush=True)
         log_file.write(msg + "\n")
         log_file.flush()
@@ -554,7 +562,7 @@ def main(argv: list[str] | None = None) -> dict:
     eval_set = tasks.make_problems(cfg.task, cfg.eval_problems * len(rc.buckets.split(",")), split="test",
                                    seed=cfg.seed, buckets=rc.buckets.split(","))
 
-    def evaluate(model, tok, name):
+    def eval_model(model, tok, name):
         t = time.time()
         model.eval()
         ev = train.evaluate(model, tok, eval_set, rc, seed=cfg.seed)
@@ -563,8 +571,8 @@ def main(argv: list[str] | None = None) -> dict:
         return ev
 
     rows = {"teacher": {"params": active_params(teacher), "eval": oracle_eval(eval_set, ttok, cfg, rc.eval_k)
-                        if teacher is None else evaluate(teacher, ttok, "teacher")},
-            "student base": {"params": active_params(base), "eval": evaluate(base, stok, "student base")}}
+                        if teacher is None else eval_model(teacher, ttok, "teacher")},
+            "student base": {"params": active_params(base), "eval": eval_model(base, stok, "student base")}}
 
     records, stats, teacher_cost = make_dataset(cfg, rc, teacher, ttok, log)
     traces = os.path.join(cfg.out_dir, "traces.jsonl")
@@ -586,7 +594,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "teacher_flops": teacher_cost["flops"], "steps": len(sft_losses)}
     train.save_checkpoint(os.path.join(cfg.out_dir, "student", "distilled"), distilled, None,
                           {"sft_steps": len(sft_losses), "traces": traces}, stok)
-    rows["distilled (SFT)"] = {"params": active_params(distilled), "eval": evaluate(distilled, stok, "distilled"),
+    rows["distilled (SFT)"] = {"params": active_params(distilled), "eval": eval_model(distilled, stok, "distilled"),
                                "compute": distill_cost, "sft_losses": sft_losses}
 
     # (b) GRPO on the same student base with a comparable budget
@@ -595,7 +603,7 @@ def main(argv: list[str] | None = None) -> dict:
     rl_cost["student_flops"] = rl_cost["flops"]
     train.save_checkpoint(os.path.join(cfg.out_dir, "student", "grpo"), rl_model, None, {"rl_steps": rl_cost["steps"]},
                           stok)
-    rows["GRPO on student"] = {"params": active_params(rl_model), "eval": evaluate(rl_model, stok, "GRPO"),
+    rows["GRPO on student"] = {"params": active_params(rl_model), "eval": eval_model(rl_model, stok, "GRPO"),
                                "compute": rl_cost, "rewards": rl_rewards}
     if not rl_cost["budget_hit"]:
         log(f"[grpo] stopped at --rl_max_steps={cfg.rl_max_steps} with {rl_cost['flops'] / max(budget, 1):.2f} "

@@ -1,7 +1,7 @@
 """Evaluating a checkpoint with DeepSeek-R1's protocol: metrics with bootstrap intervals, grading, and a CLI.
 
 What it is
-    evaluate(): k samples per problem at the paper's T=0.6, top-p 0.95 (sample.generate does the sampling):
+    evaluate(): k samples per problem at the paper's temperature 0.6, top-p 0.95 (sample.generate samples):
     pass@1, cons@k (majority vote), unbiased pass@k, format compliance, response length and truncation, each
     with a 95% bootstrap interval over problems, per difficulty bucket; prompts in the R1-Zero template or the
     checkpoint's own chat template; batched by a KV-cache token budget; per-problem results to a JSONL file that
@@ -23,8 +23,9 @@ Use
     from evaluate import evaluate
     res = evaluate(model, tok, problems, k=8)                      # res["pass@1"], res["ci"]["pass@1"], ...
 
-Shapes: one tensor here, sample.generate's gen.tokens (B, T): B rows = the call's problems x samples per
-problem (problem-major), T generated tokens. k is the paper's samples per problem (pass@k), never a shape.
+Shapes: one tensor here, sample.generate's gen.tokens (B, T): B = P*G rows (problem-major), P the call's problems,
+G the samples of each in that call (k, or a share of k when one problem's samples are split over calls), T generated
+tokens. bootstrap_ci works on (P,) per-problem values. k is the paper's samples per problem (pass@k), never a shape.
 """
 import argparse
 import json
@@ -126,7 +127,6 @@ def summarize(samples, k, n_boot=1000, seed=0):
     return result
 
 
-
 # ----------------------------------------------------------------------------- grading
 
 def grade(completion, problem, template="r1-zero", thinks=False):
@@ -160,18 +160,18 @@ def plan_calls(prompt_lens, k, max_new_tokens, max_rows, max_tokens=0):
     def fits(rows, longest):
         return rows <= max_rows and (not max_tokens or rows * (longest + max_new_tokens) <= max_tokens)
 
-    calls, group, longest = [], [], 0
-    for i, L in enumerate(prompt_lens):
-        if group and fits((len(group) + 1) * k, max(longest, L)):
+    calls, group, longest = [], [], 0  # group: the problems of the call being filled; longest: its longest prompt
+    for i, prompt_len in enumerate(prompt_lens):
+        if group and fits((len(group) + 1) * k, max(longest, prompt_len)):
             group.append(i)
-            longest = max(longest, L)
+            longest = max(longest, prompt_len)
             continue
         if group:
             calls.append((group, k))
-        group, longest = [i], L
-        if not fits(k, L):  # alone too big: its samples in calls of m rows
-            m = max(1, min(max_rows, max_tokens // (L + max_new_tokens) if max_tokens else max_rows))
-            calls += [([i], min(m, k - s)) for s in range(0, k, m)]
+        group, longest = [i], prompt_len
+        if not fits(k, prompt_len):  # alone too big: its samples in calls of `rows` rows
+            rows = max(1, min(max_rows, max_tokens // (prompt_len + max_new_tokens) if max_tokens else max_rows))
+            calls += [([i], min(rows, k - start)) for start in range(0, k, rows)]
             group = []
     if group:
         calls.append((group, k))
@@ -181,7 +181,8 @@ def plan_calls(prompt_lens, k, max_new_tokens, max_rows, max_tokens=0):
 def memory_budget(model, device, frac=0.5):
     """(max KV-cache tokens, max rows) that fit in frac of the free memory of device (CUDA: free GPU memory;
     CPU: available RAM). A token costs its KV cache in every layer; a row also holds ~8 float32 vocab-sized
-    vectors while sampling (logits, filtered, softmax, cumsum, ...). (0, 0) = unknown, no limit."""
+    vectors while sampling (logits, filtered, softmax, cumsum, ...), and the rows are sized to half that share.
+    (0, 0) = unknown (a model without cfg), no limit."""
     from model import cache_bytes_per_token
     cfg = getattr(model, "cfg", None)
     if cfg is None:
@@ -255,7 +256,7 @@ class ResultsFile:
 def evaluate(model, tokenizer, problems, k=8, temperature=0.6, top_p=0.95, max_new_tokens=256,
              batch_size=64, prompt_fn=None, seed=0, progress=False, template="r1-zero", token_budget=0,
              stop_ids=(), results=None, n_boot=1000, top_k=0):
-    """k samples per problem at the paper's T=0.6 / top-p 0.95 (top_k 0 = off); graded by grade(template).
+    """k samples per problem at the paper's temperature 0.6 / top-p 0.95 (top_k 0 = off); graded by grade(template).
     batch_size: most sequences per generate() call; token_budget: most KV-cache slots per call (0 = no limit),
     see plan_calls. prompt_fn(question) -> text overrides make_prompt(template). stop_ids: extra stop tokens.
     results: a ResultsFile; problems it already holds are skipped (resume) and new ones appended as they finish.
@@ -273,7 +274,7 @@ def evaluate(model, tokenizer, problems, k=8, temperature=0.6, top_p=0.95, max_n
     end_ids = set(stop_tokens) - {(getattr(tokenizer, "special_tokens", {}) or {}).get("</answer>")}
     calls = plan_calls([len(p) for p in prompts], k, max_new_tokens, batch_size, token_budget)
     records = {} if results is None else dict(results.check(problems))
-    tokens, t0, last = [0], time.perf_counter(), [0.0]
+    tokens, t0, last = [0], time.perf_counter(), [0.0]  # tokens generated, start time, time of the last redraw
 
     def show_speed(rows, toks):  # generate() callback: live tokens/s while a long call runs, at most 1 redraw/s
         tokens[0] += len(toks)
@@ -295,6 +296,7 @@ def evaluate(model, tokenizer, problems, k=8, temperature=0.6, top_p=0.95, max_n
             gen = generate(model, [prompts[i] for i in idx], max_new_tokens=max_new_tokens, temperature=temperature,
                            top_p=top_p, top_k=top_k, n=per_problem, stop_tokens=stop_tokens, stop_strings=stop_strings,
                            tokenizer=tokenizer, pad_id=tokenizer.pad_id, seed=seed + c, callback=callback)
+            # gen.tokens (B, T), B = len(idx) * per_problem
             finished = []
             for r in range(len(idx) * per_problem):  # rows are problem-major (sample.generate)
                 i = idx[r // per_problem]
@@ -304,13 +306,13 @@ def evaluate(model, tokenizer, problems, k=8, temperature=0.6, top_p=0.95, max_n
                 pred, ok, fmt = grade(completion, problems[i], template, thinks)
                 pending.setdefault(i, []).append((completion, pred, ok, fmt, int(gen.lengths[r]),
                                                   bool(gen.truncated[r])))
-                if len(pending[i]) == k:
-                    s = pending.pop(i)
+                if len(pending[i]) == k:  # all k samples of problem i are in: one record
+                    got = pending.pop(i)
                     p = problems[i]
                     finished.append({"index": i, "problem": p.question, "answer": p.answer, "bucket": p.bucket,
-                                     "task": p.task, "samples": [x[0] for x in s], "preds": [x[1] for x in s],
-                                     "verdicts": [x[2] for x in s], "formats": [x[3] for x in s],
-                                     "lengths": [x[4] for x in s], "truncated": [x[5] for x in s]})
+                                     "task": p.task, "samples": [x[0] for x in got], "preds": [x[1] for x in got],
+                                     "verdicts": [x[2] for x in got], "formats": [x[3] for x in got],
+                                     "lengths": [x[4] for x in got], "truncated": [x[5] for x in got]})
             if results is not None:
                 results.add(finished)
             records.update((r["index"], r) for r in finished)
@@ -321,10 +323,10 @@ def evaluate(model, tokenizer, problems, k=8, temperature=0.6, top_p=0.95, max_n
         if bar is not None:
             bar.close()
     done = [records[i] for i in range(len(problems))]
-    samples = [{"question": r["problem"], "gold": r["answer"], "bucket": r["bucket"], "completion": c, "pred": p,
-                "correct": ok, "format": fm, "length": length, "truncated": tr} for r in done
-               for c, p, ok, fm, length, tr in zip(r["samples"], r["preds"], r["verdicts"], r["formats"], r["lengths"],
-                                              r["truncated"])]
+    samples = [{"question": r["problem"], "gold": r["answer"], "bucket": r["bucket"], "completion": text,
+                "pred": pred, "correct": ok, "format": fm, "length": length, "truncated": tr} for r in done
+               for text, pred, ok, fm, length, tr in zip(r["samples"], r["preds"], r["verdicts"], r["formats"],
+                                                         r["lengths"], r["truncated"])]
     result = summarize(samples, k, n_boot, seed)
     result.update(k=k, samples=samples, records=done)
     return result
@@ -333,6 +335,7 @@ def evaluate(model, tokenizer, problems, k=8, temperature=0.6, top_p=0.95, max_n
 # ----------------------------------------------------------------------------- CLI
 
 def build_parser(prog="evaluate.py"):
+    """The CLI's argparse parser, flags grouped as --help shows them; defaults left None are resolved later."""
     import tasks
     ap = FlagParser(prog=prog, description="Evaluate a checkpoint with the paper's protocol: pass@1, cons@k, pass@k, "
                     "format, length, truncation, each with a 95%% bootstrap interval over problems. Flags use "
@@ -384,6 +387,7 @@ def build_parser(prog="evaluate.py"):
 
 
 def parse_args(argv=None, prog="evaluate.py"):
+    """The parsed flags (dashes in flag names read as underscores)."""
     ap = build_parser(prog)
     argv = list(sys.argv[1:] if argv is None else argv)
     return ap.parse_args(underscored(argv, set(ap.flags())))
@@ -442,6 +446,8 @@ def resolve(args):
     run.problems = tasks.make_problems(task, n, split="test", seed=problem_seed, buckets=buckets)
     run.source = {"task": task, "buckets": ",".join(buckets), "problem_seed": problem_seed}
     return _eval_defaults(args, train, trained, run)
+
+
 def _eval_defaults(args, train, trained, run):
     """k, batch_size and seed not given: those of the training log's held-out evaluation when evaluating what the
     checkpoint was trained on (then its logged numbers are reproduced exactly), else 8, 64 and 0."""
@@ -449,8 +455,6 @@ def _eval_defaults(args, train, trained, run):
     args.batch_size = args.batch_size or (int(train.get("eval_batch", 64)) if trained else 64)
     args.seed = args.seed if args.seed is not None else int(train.get("seed", 0)) if trained else 0
     return run
-
-
 
 
 def _report(res, k, header):
@@ -469,12 +473,12 @@ def _report(res, k, header):
 
 
 def _default_out(args, settings):
+    """runs/eval/<ckpt path tail>-<task or file>-<template>-k<k>-<hash of the settings>.jsonl"""
     import hashlib
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     ckpt = "-".join(os.path.abspath(args.ckpt).split(os.sep)[-3:])
     src = settings.get("task") or os.path.splitext(os.path.basename(settings["problems"]))[0]
     return os.path.join("runs", "eval", f"{ckpt}-{src}-{args.template}-k{args.k}-{digest}.jsonl")
-
 
 
 def main(argv=None, prog="evaluate.py"):

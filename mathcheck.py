@@ -38,6 +38,9 @@ Usage:
     math_equal("(p,q) = (3,2)", "(3, 2)")             # True
     math_equal("0.333", "\\frac{1}{3}")                # False
     boxed_answer("so \\boxed{1}, \\boxed{2}")          # "1, 2"
+
+Shapes: no tensors. Answers become nested tuples: trees ("add", a, b), ("num", Fraction), ... and structures
+("val", tree, exact Fraction or None, None), ("set", items), ("tuple", open, close, items), ...
 """
 import math
 import re
@@ -46,7 +49,10 @@ from fractions import Fraction
 
 from mpmath import iv  # interval arithmetic (ships with sympy): rigorous enclosures, used only to tell values apart
 
-from mathworker import _sympy_verdicts, _worker  # noqa: F401 the killable sympy process (_worker: tests read it)
+import mathworker
+from mathworker import _sympy_verdicts  # the killable sympy process
+
+_worker = mathworker._worker  # the same dict: the worker's process and state (tests read it here)
 
 MAX_INPUT_CHARS = 200_000     # longer inputs (a whole completion at most) are refused before any work
 iv.dps = 30
@@ -110,10 +116,10 @@ def boxed_answer(text):
     boxes = _boxes(text)
     if not boxes or boxes[-1] is None:
         return None
-    k = len(boxes) - 1
-    while k > 0 and re.fullmatch(r"[\s$,;.]*", _GAP_WORDS.sub(" ", text[boxes[k - 1][1]: boxes[k][0]])):
-        k -= 1
-    return ", ".join(b[2] for b in boxes[k:])
+    first = len(boxes) - 1  # the first box of the run joined by separators that ends with the last box
+    while first > 0 and re.fullmatch(r"[\s$,;.]*", _GAP_WORDS.sub(" ", text[boxes[first - 1][1]: boxes[first][0]])):
+        first -= 1
+    return ", ".join(b[2] for b in boxes[first:])
 
 
 # ----------------------------------------------------------------------------- math: normalisation
@@ -638,8 +644,10 @@ def _is_label(s):
 
 
 def _value(s):
-    """Structured value of an answer piece without relations: ("val", tree, exact, enclosure) ("undef",)
-    ("text", str) ("set", items) ("tuple", open, close, items) ("matrix", rows) ("ratio", items)."""
+    """Structured value of an answer piece without relations: ("val", tree, exact, None) ("undef",)
+    ("text", str) ("set", items) ("tuple", open, close, items) ("matrix", rows) ("ratio", items).
+    exact: the Fraction when the tree is rational, else None. The last slot of "val" is always None (interval
+    enclosures are computed on demand and cached by _Pending.enclosure)."""
     s = s.strip()
     m = _MATRIX_RE.fullmatch(s)
     if m:

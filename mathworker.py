@@ -5,12 +5,16 @@ interval enclosures cannot decide, it sends pairs of trees here. A child process
 import sympy) rebuilds each tree in sympy and answers "equal" only when it proves it. Model text never
 reaches this process: only JSON trees of known operators, so nothing is eval'd or sympify'd.
 
-Simplifications: 1. One worker per process, one request at a time (a lock); a forked child starts its own.
-2. A timeout kills the worker and starts a fresh one at once (its answer for that request: all unequal).
-3. The worker's memory is capped by RLIMIT_AS (4 GiB); CPU time only by the caller's timeout.
+Simplifications:
+ 1. One worker per process, one request at a time (a lock); a forked child starts its own.
+ 2. A timeout kills the worker and starts a fresh one at once (its answer for that request: {}, which the
+    caller reads as unequal).
+ 3. The worker's memory is capped by RLIMIT_AS (4 GiB); CPU time only by the caller's timeout.
 
 Use (mathcheck.py does):
     verdicts = _sympy_verdicts([("eq", tree_a, tree_b)], timeout=1.0)   # {("eq", a, b): True/False}, {} on timeout
+
+Shapes: no tensors.
 """
 import json
 import os
@@ -20,7 +24,9 @@ import sys
 import threading
 import time
 
+
 def _to_json(node):
+    """A mathcheck tree (tuples; numbers as ("num", Fraction)) as JSON lists, numbers as ["num", p, q]."""
     if node[0] == "num":
         return ["num", node[1].numerator, node[1].denominator]
     return [node[0]] + [_to_json(c) if isinstance(c, tuple) else c for c in node[1:]]
@@ -38,15 +44,16 @@ def _math_worker():
              "tanh": sp.tanh, "log": sp.log, "ln": sp.log, "exp": sp.exp}
     consts = {"pi": sp.pi, "E": sp.E, "oo": sp.oo, "I": sp.I}
 
-    def build(n):
-        op, a = n[0], n[1:]
+    def build(node):
+        """A JSON tree as a sympy expression (children built first; strings such as a function name kept)."""
+        op, a = node[0], node[1:]
         if op == "num":
             return sp.Rational(a[0], a[1])
         if op == "sym":
             return sp.Symbol(a[0])
         if op == "const":
             return consts[a[0]]
-        x = [build(c) if isinstance(c, list) else c for c in a]
+        x = [build(c) if isinstance(c, list) else c for c in a]  # the operands, built
         return {"add": lambda: x[0] + x[1], "mul": lambda: x[0] * x[1], "div": lambda: x[0] / x[1],
                 "pow": lambda: sp.Pow(x[0], x[1]), "neg": lambda: -x[0], "fact": lambda: sp.factorial(x[0]),
                 "binom": lambda: sp.binomial(x[0], x[1]), "sqrt": lambda: sp.sqrt(x[0]), "abs": lambda: sp.Abs(x[0]),
@@ -104,7 +111,7 @@ def _math_worker():
         sys.stdout.flush()
 
 
-_worker = {"proc": None, "ready": False}
+_worker = {"proc": None, "ready": False}  # this process's worker, and whether it has said "ready"
 _worker_lock = threading.Lock()
 
 
@@ -120,6 +127,7 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _start_worker():
+    """Start the child (it imports sympy, then prints "ready"); _sympy_verdicts waits for that line."""
     here = os.path.dirname(os.path.abspath(__file__))
     code = f"import sys; sys.path.insert(0, {here!r}); import mathworker; mathworker._math_worker()"
     _worker["proc"] = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -140,6 +148,7 @@ def _kill_worker(restart=False):
 
 
 def _worker_readline(p, timeout):
+    """One line from the worker's stdout, or None if it is not complete within timeout seconds (or the pipe closed)."""
     buf, deadline = b"", time.monotonic() + timeout
     while not buf.endswith(b"\n"):
         left = deadline - time.monotonic()
@@ -153,8 +162,9 @@ def _worker_readline(p, timeout):
 
 
 def _sympy_verdicts(pairs, timeout):
-    """{(mode, a, b): bool} from the worker; all False on timeout, after which the worker is killed and
-    forgotten (a fresh one starts on the next call)."""
+    """{(mode, a, b): bool} for pairs [(mode, tree_a, tree_b)], proven verdicts from the worker; {} when it
+    fails. A reply past timeout (or a malformed one) kills the worker and starts a replacement at once; a worker
+    that never got ready, or a broken pipe, is killed and a fresh one starts on the next call."""
     with _worker_lock:
         if _worker["proc"] is None or _worker["proc"].poll() is not None:
             _start_worker()

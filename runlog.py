@@ -1,14 +1,15 @@
 """runlog.py: the bookkeeping of an RL run, kept out of the training loop's way. Everything a run writes under
 its out_dir except the checkpoints themselves:
 
-    log.txt          every console line (a per-step line is printed whether or not a terminal is attached)
+    log.txt          every console line (written by the caller's log callable, to which every line here goes)
     metrics.jsonl    one JSON line per RL step ("kind": "train") and per evaluation ("kind": "eval")
     transcripts.md   full sampled responses every --transcript_every steps (read the "aha" here)
     plots.png        the paper's figures in miniature: accuracy and length vs step, plus the diagnostics
     summary.json     the first and last evaluation
-    old_run_N/       a previous run moved aside by --overwrite (nothing is ever deleted)
+    old_run_N/       a previous run moved aside by --overwrite (which deletes nothing)
 
-and the optional mirror of metrics.jsonl to Weights & Biases. Only rank 0 writes; on other ranks every method
+and the optional mirror of metrics.jsonl to Weights & Biases. The one deletion is prune_checkpoints: the loop
+keeps the newest RL checkpoints only. Only rank 0 writes; on other ranks every method
 is a no-op, so the loop calls them unconditionally.
 
 Simplifications:
@@ -21,9 +22,11 @@ Simplifications:
 Use (what train.stage_rl does):
     run = RunLog(out_dir, log, rank)            # log: a callable printing and appending to log.txt
     run.open_metrics(resumed_step)              # 0 for a fresh run
-    run.train_step(step, rows, diag, seconds)   # rows: one dict per response (bucket, text, reward, ...)
+    run.train_step(step, rows, diag, seconds, expert_imbalance(model))   # rows: one dict per response
     run.eval_step(step, metrics, seconds); run.transcripts(step, problems, texts, scores, group_size)
     summary = run.finish()
+
+Shapes: E experts (expert_imbalance reads one (E,) load vector per MoE layer); no other tensors.
 """
 from __future__ import annotations
 
@@ -79,11 +82,12 @@ class RunLog:
                            step=entry["step"])
 
     def train_step(self, step: int, rows: list[dict], diag: dict, seconds: float,
-                   expert_load: float = float("nan")) -> dict:
-        """Record one RL step from per-response rows and grpo.rl_step's diagnostics; print its console line."""
+                   imbalance: float = float("nan")) -> dict:
+        """Record one RL step from per-response rows (one dict each: bucket, text, reward, ...), grpo.rl_step's
+        diagnostics and the MoE load imbalance (expert_imbalance(model); nan for dense models); print its line."""
         if not self.active:
             return {}
-        m = {"kind": "train", "step": step, **step_metrics(rows), **diag, "expert_imbalance": expert_load,
+        m = {"kind": "train", "step": step, **step_metrics(rows), **diag, "expert_imbalance": imbalance,
              "seconds": seconds}
         self.record(m)
         parts = [f"reward {m['reward']:.3f}"] + [f"{short} {m[k]:.3f}" for k, short in
@@ -142,8 +146,9 @@ def reflection_rate(texts: list[str]) -> float:
 
 def step_metrics(rows: list[dict]) -> dict:
     """Training-rollout metrics from per-response records {bucket, text, length, truncated, long, reward, and
-    any other numbers the reward function returned (accuracy, format, ...)}: their means overall, per bucket for
-    length, accuracy and long-mode share, and the lengths of correct and wrong answers separately."""
+    any other numbers the reward function returned (accuracy, format, ...), long and lv (None without modes)}:
+    their means overall, per bucket the means of length, accuracy and the long- and verify-mode shares, and the
+    mean lengths of correct and wrong answers separately."""
     def mean(xs):  # over the rows where a number is defined (a reward may leave some NaN, e.g. R1's stage 4)
         xs = [x for x in xs if x == x]
         return sum(xs) / len(xs) if xs else float("nan")
@@ -155,12 +160,12 @@ def step_metrics(rows: list[dict]) -> dict:
         m["length_wrong"] = mean([r["length"] for r in rows if r["accuracy"] == 0])
     m["reflection"] = reflection_rate([r["text"] for r in rows])
     for b in sorted({r["bucket"] for r in rows}):
-        mine = [r for r in rows if r["bucket"] == b]
-        m[f"length/{b}"] = mean([r["length"] for r in mine])
+        in_bucket = [r for r in rows if r["bucket"] == b]
+        m[f"length/{b}"] = mean([r["length"] for r in in_bucket])
         if "accuracy" in m:
-            m[f"accuracy/{b}"] = mean([r["accuracy"] for r in mine])
-        m[f"long/{b}"] = mean([r["long"] for r in mine if r.get("long") is not None])
-        m[f"lv/{b}"] = mean([r["lv"] for r in mine if r.get("lv") is not None])
+            m[f"accuracy/{b}"] = mean([r["accuracy"] for r in in_bucket])
+        m[f"long/{b}"] = mean([r["long"] for r in in_bucket if r.get("long") is not None])
+        m[f"lv/{b}"] = mean([r["lv"] for r in in_bucket if r.get("lv") is not None])
     return m
 
 
@@ -179,7 +184,7 @@ def verify_mode(problem, text: str) -> float | None:
 
 def expert_imbalance(model) -> float:
     """Max over MoE layers of (max expert load / mean load); 1.0 is perfect balance, nan for dense models."""
-    loads = model.expert_load() if hasattr(model, "expert_load") else None
+    loads = model.expert_load() if hasattr(model, "expert_load") else None  # {layer: (E,)} load fractions
     if not loads:
         return float("nan")
     vals = loads.values() if isinstance(loads, dict) else [loads]
@@ -189,6 +194,7 @@ def expert_imbalance(model) -> float:
 
 
 def fmt_metrics(m: dict) -> str:
+    """An evaluation's float metrics on one console line (per-bucket length and cons@k left to metrics.jsonl)."""
     keys = [k for k in m if not k.startswith(("length/", "cons@k/"))]
     return " ".join(f"{k} {m[k]:.3f}" for k in keys if isinstance(m[k], float))
 
@@ -261,6 +267,7 @@ def next_step(out_dir: str, argv: list[str], world: int = 1) -> str:
 
 
 def prune_checkpoints(out_dir: str, keep: int) -> None:
+    """Delete all RL checkpoints but the newest keep (keep >= 1; keep=0 would keep them all)."""
     for old in checkpoints(out_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 

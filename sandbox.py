@@ -11,8 +11,9 @@ talk to a sibling run or crash the grader will be found and paid. Every program 
     size-capped tmpfs /w as the only writable place (/tmp links to it); /dev and / remounted read-only;
     no_new_privs; no capabilities; no nested user namespaces; --die-with-parent; a new session (no TIOCSTI).
   - a seccomp filter (ours, 19 instructions, on every process inside) refuses the kernel keyring (add_key,
-    request_key, keyctl: keys in the inherited session keyring outlive a run), ptrace and process_vm_readv/writev
-    (bwrap's own pid 1 is in the sandbox too), bpf, perf_event_open, userfaultfd, io_uring and foreign-arch calls.
+    request_key, keyctl: keys in the inherited session keyring outlive a run), ptrace, process_vm_readv/writev and
+    pidfd_getfd (bwrap's own pid 1 is in the sandbox too), bpf, perf_event_open, userfaultfd, io_uring and
+    foreign-arch calls.
   - a per-run cgroup limits memory (memory.max, no swap) and processes (pids.max) of the whole process tree: tmpfs
     and shared memory pages are charged to it too. cgroup v2 is used where it has the memory controller, else v1.
     It is also how the run ends: every process in it is SIGKILLed, and it must be empty before it is removed.
@@ -60,12 +61,14 @@ answer. Out of scope: kernel bugs reachable through the allowed calls (the bound
 CPU time stolen from other programs within the timeout, and timing side channels.
 
 Usage:
-    from sandbox import code_reward, code_rewards, check_sandbox
+    from sandbox import code_reward, code_rewards, code_reward_details, check_sandbox
     check_sandbox()            # raises SandboxUnavailable with one line naming what is missing (call before work)
     code_reward("print(int(input())*2)", [{"input": "3\\n", "output": "6\\n"}])    # 1.0
     code_reward("def add(a, b): return a + b", ["assert add(2, 3) == 5"])           # 1.0
     code_reward_details(codes, tests_list)   # [{"reward", "passed", "reasons"}]: why a program got what it got
     python sandbox.py          # prints what isolation this machine gives, or the one-line error
+
+Shapes: no tensors.
 """
 import ast
 import builtins
@@ -98,6 +101,7 @@ class SandboxUnavailable(RuntimeError):
 
 
 def _strip_fences(code):
+    """The code inside the first ```python (or ```py, or bare ```) fence; the text itself without one (rewards.py)."""
     m = re.search(r"```(?:python|py)?\s*\n(.*?)```", code, re.DOTALL)
     return m.group(1) if m else code
 
@@ -120,11 +124,13 @@ def _claim_uid():
 
 
 def _release_uid(fd):
+    """Give back a uid claimed by _claim_uid."""
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
 
 
 def _world_executable(path):
+    """True if any uid may execute path: every directory on its real path, and the file, has the x bit for others."""
     p = os.path.realpath(path)
     while p != "/":
         if not os.stat(p).st_mode & 0o001:
@@ -257,6 +263,7 @@ def _cgroup_mounts():
 
 
 def _write(path, text):
+    """Write text to a (cgroup control) file."""
     with open(path, "w") as f:
         f.write(text)
 
@@ -353,6 +360,7 @@ def _cgroup_create(setup, memory_bytes, max_procs):
 
 
 def _cgroup_pids(d):
+    """The pids in cgroup directory d ([] if it is gone)."""
     try:
         with open(os.path.join(d, "cgroup.procs")) as f:
             return [int(x) for x in f.read().split()]
@@ -476,6 +484,7 @@ def sandbox_capabilities():
 # ----------------------------------------------------------------------------- one run
 
 def _memfd(name, data=b""):
+    """An anonymous in-memory file (closed on exec unless passed on) holding data, read from its start."""
     fd = os.memfd_create(name, os.MFD_CLOEXEC)
     if data:
         os.write(fd, data)
@@ -502,9 +511,9 @@ def _wait(proc, timeout):
 _JOIN = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
 
 
-def _run(s, files, main, stdin, timeout, memory_mb, output_cap, disk_bytes, max_procs):
+def _run(setup, files, main, stdin, timeout, memory_mb, output_cap, disk_bytes, max_procs):
     uid, uid_fd = _claim_uid() if IS_ROOT else (None, None)
-    cg = _cgroup_create(s, memory_mb << 20, max_procs) if s["cgroup"] else None
+    cg = _cgroup_create(setup, memory_mb << 20, max_procs) if setup["cgroup"] else None
     fds = []
     try:
         as_mb = 2 * memory_mb if cg else memory_mb      # virtual (thread stacks, arenas); the cgroup bounds real use
@@ -512,21 +521,21 @@ def _run(s, files, main, stdin, timeout, memory_mb, output_cap, disk_bytes, max_
                   f"--as={max(as_mb, 128) << 20}"]
         if not cg and IS_ROOT:
             limits.append(f"--nproc={max_procs}")
-        cmd = [s["prlimit"], *limits, "--"]
+        cmd = [setup["prlimit"], *limits, "--"]
         if uid is not None:
-            cmd += [s["setpriv"], f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
-        cmd += [s["bwrap"], "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-                "--new-session", "--hostname", "sandbox", *s["root"], "--proc", "/proc", "--dev", "/dev",
+            cmd += [setup["setpriv"], f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+        cmd += [setup["bwrap"], "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+                "--new-session", "--hostname", "sandbox", *setup["root"], "--proc", "/proc", "--dev", "/dev",
                 "--size", str(disk_bytes), "--tmpfs", "/w", "--symlink", "/w", "/tmp"]
         for name, data in files.items():
             fds.append(_memfd(name, data.encode() if isinstance(data, str) else data))
             cmd += ["--file", str(fds[-1]), "/w/" + name]
-        if s["seccomp"]:
-            fds.append(_memfd("seccomp", s["seccomp"]))
+        if setup["seccomp"]:
+            fds.append(_memfd("seccomp", setup["seccomp"]))
             cmd += ["--seccomp", str(fds[-1])]
-        cmd += ["--remount-ro", "/", "--remount-ro", "/dev", "--chdir", "/w", s["python"], "-I", "-S", "-B", main]
+        cmd += ["--remount-ro", "/", "--remount-ro", "/dev", "--chdir", "/w", setup["python"], "-I", "-S", "-B", main]
         if cg:
-            cmd = [s["sh"], "-c", _JOIN, "sh", *[os.path.join(d, "cgroup.procs") for d in cg], "--", *cmd]
+            cmd = [setup["sh"], "-c", _JOIN, "sh", *[os.path.join(d, "cgroup.procs") for d in cg], "--", *cmd]
         fin = _memfd("stdin", stdin.encode() if isinstance(stdin, str) else stdin)
         fout, ferr = _memfd("stdout"), _memfd("stderr")
         fds += [fin, fout, ferr]
@@ -599,6 +608,7 @@ def _is_solution_call(node):
 
 
 def _solution_name(node):
+    """A bare name that is neither a safe function nor a builtin: a solution's function (for nested-call checks)."""
     return isinstance(node, ast.Name) and node.id not in _SAFE_FUNCS and not hasattr(builtins, node.id)
 
 
@@ -779,13 +789,13 @@ def _run_assert_tests(code, asserts, timeout, kw):
         if report is None:
             why = "timed out" if r["timed_out"] else "output over the cap" if r["overflow"] else "no report"
             return [0.0] * len(asserts), [x or why for x in reasons]
-    scores, k = [], 0
+    scores, at = [], 0  # at: where this assert's calls start in the report
     for i, comp in enumerate(compiled):
         if comp is None:
             scores.append(0.0)
             continue
         tree, slots, mine = comp
-        got, k = report[k:k + len(mine)], k + len(mine)
+        got, at = report[at:at + len(mine)], at + len(mine)
         bad = [v for s, v in got if s != "ok"]
         try:
             ok = not bad and bool(_judge(tree, slots, [v for _, v in got]))
@@ -841,8 +851,10 @@ def _guarded(job, n):
 
 def code_reward_details(codes, tests_list, timeout=2.0, **kw):
     """For each program: {"reward": fraction of its tests passed, "passed": [bool per test], "reasons": [why each
-    failed test failed, "" for a pass]}. Never raises for anything a program or test does. Tests are
-    {"input": str, "output": str} (stdin/stdout) or assert strings (judged outside, simplification 3).
+    failed test failed, "" for a pass]}; passed and reasons list the stdin/stdout tests first, then the assert
+    tests, then anything that is neither (0, "not a test"), each in its given order. Never raises for anything a
+    program or test does. Tests are {"input": str, "output": str} (stdin/stdout) or assert strings (judged
+    outside, simplification 3).
     Extra keywords go to run_sandboxed (memory_mb, output_cap, disk_mb, max_procs)."""
     if len(codes) != len(tests_list):
         raise ValueError(f"got {len(codes)} programs but {len(tests_list)} test lists; they must match")
