@@ -486,7 +486,7 @@ def fmt(x, nd=3) -> str:
 def results_markdown(rows: dict, stats: dict, cfg: DistillConfig, k: int) -> str:
     buckets = sorted({key.split("/")[1] for r in rows.values() for key in r["eval"] if key.startswith("pass@1/")})
     out = [f"# distillation vs GRPO on the student ({cfg.task}, held-out, {cfg.eval_problems} problems per bucket, "
-           f"k={k}, T=0.6)", "",
+           f"k={k}, temperature 0.6)", "",
            f"Teacher traces: {stats['kept']} kept of {stats['samples']} samples on {stats['problems']} problems "
            f"({stats['problems_with_trace']} problems with a trace; teacher sample accuracy "
            f"{stats['teacher_accuracy']:.3f}); dropped: " +

@@ -519,7 +519,7 @@ def _main(argv, prog):
         raise UsageError(str(e)) from None
     budget, max_rows = (args.batch_tokens, 0) if args.batch_tokens else memory_budget(model, run.device)
     done = sum(i < len(run.problems) for i in results.records)
-    print(f"eval: {len(run.problems)} problems x {args.k} samples, template {args.template}, T={temperature} "
+    print(f"eval: {len(run.problems)} problems x {args.k} samples, template {args.template}, temperature {temperature} "
           f"top_p={top_p}, max_new_tokens {max_new_tokens}, {run.device} {str(run.dtype).removeprefix('torch.')}"
           + (f"; resuming, {done} done" if done else ""), file=sys.stderr)
     try:
@@ -535,7 +535,7 @@ def _main(argv, prog):
         sys.exit(130)
     src = run.source.get("task") or run.source["problems"]
     print(_report(res, args.k, f"{src}: {res['n']} problems x {args.k} samples, template {args.template}, "
-                               f"T={temperature} top_p={top_p}, max_new_tokens {max_new_tokens}"))
+                               f"temperature {temperature} top_p={top_p}, max_new_tokens {max_new_tokens}"))
     summary = os.path.splitext(out)[0] + ".summary.json"
     tmp = summary + ".tmp"
     with open(tmp, "w") as f:
