@@ -46,7 +46,8 @@ NOUNS = {"cat": "猫", "dog": "犬", "bird": "鳥", "fish": "魚", "horse": "馬
 STEP_WORDS = {"carry": "繰り上げ", "check": "確認", "wait": "待って", "wrong": "違う", "so": "だから",
               "answer": "答え", "step": "手順", "count": "数える", "yes": "はい", "no": "いいえ", "total": "合計",
               "next": "次", "is": "は", "and": "と", "the": "その", "sum": "和", "times": "かける", "plus": "たす",
-              "split": "分ける", "row": "行", "digit": "桁", "verify": "検証", "correct": "正しい", "that's": "それは"}
+              "split": "分ける", "row": "行", "digit": "桁", "verify": "検証", "correct": "正しい", "that's": "それは",
+              "matches": "一致", "ok": "よし"}
 
 # ---------------------------------------------------------------------------------------------------------------
 # The fact table and the templates.

@@ -76,6 +76,7 @@ class R1Config:
     # the corpus: a second language and general tasks beside the recipe's task
     general_share: float = 0.1         # share of corpus documents from general.py
     drift_rate: float = 0.3            # share of corpus dialogues whose reasoning drifts into Japanese
+    ja_open_rate: float = 0.0          # share whose reasoning is mixed from its first word (r1-tiny-mixed: 0.5)
     # stage 1: cold start
     cold_start_n: int = 300            # long-CoT examples
     demo_share: float = 0.5            # of them, templated demonstrations (the rest: readable R1-Zero outputs)
@@ -112,6 +113,10 @@ R1_PRESETS = {
                      sft_batch_size=8, sft_lr=1e-2, stage2_steps=2, rs_problems=8, rs_k=8, general_n=8, rm_pairs=16,
                      rm_steps=4, stage4_steps=2, eval_problems=2, eval_general=4, eval_k=2),
     "r1-tiny": dict(recipe="zero-tiny", recipe_args={"pretrain_steps": 900, "rl_steps": 40}),
+    # r1-tiny where R1-Zero's mixing survives RL: half the dialogues open their reasoning mixed, a choice made at
+    # the first word and independent of the problem, so sharpening on accuracy has no reason to remove it
+    # (mid-thought drift, drift_rate, was gone after R1-Zero's RL at 0.3 and 0.7)
+    "r1-tiny-mixed": dict(recipe="zero-tiny", recipe_args={"pretrain_steps": 900, "rl_steps": 40}, ja_open_rate=0.5),
     "r1-small": dict(recipe="zero-small", cold_start_n=2000, cold_start_steps=600, sft_batch_size=64,
                      stage2_steps=60, rs_problems=2048, rs_k=8, general_n=1500, rm_pairs=4000, rm_steps=600,
                      stage4_steps=60, eval_problems=64, eval_general=256, eval_k=8),
@@ -136,7 +141,7 @@ def validate(cfg: R1Config) -> None:
     train_fields = {f.name for f in dataclasses.fields(train.TrainConfig)}
     bad = sorted(set(cfg.recipe_args) - train_fields)
     need(not bad, f"--recipe_args has unknown train.py fields {bad}; valid: {', '.join(sorted(train_fields))}")
-    for name in ("general_share", "drift_rate", "demo_share", "general_prompt_share"):
+    for name in ("general_share", "drift_rate", "ja_open_rate", "demo_share", "general_prompt_share"):
         need(0 <= getattr(cfg, name) <= 1, f"--{name} must be in [0, 1] (got {getattr(cfg, name)})")
     for name in ("cold_start_n", "sft_batch_size", "rs_problems", "rs_k", "rm_pairs", "eval_problems",
                  "eval_general", "eval_k", "sft_epochs"):
@@ -158,6 +163,8 @@ def recipe(cfg: R1Config, stage: str = "", **over) -> train.TrainConfig:
     scale = (1 - cfg.general_share) / max(1e-9, sum(v for k, v in kinds.items() if k != "general"))
     mix["kinds"] = {**{k: v * scale for k, v in kinds.items() if k != "general"}, "general": cfg.general_share}
     mix["drift_rate"] = cfg.drift_rate
+    if cfg.ja_open_rate:  # only when set, so that the corpus of a run without it stays the same
+        mix["ja_open_rate"] = cfg.ja_open_rate
     return dataclasses.replace(rc, corpus_mix=mix, seed=cfg.seed, device=cfg.device, eval_k=cfg.eval_k,
                                eval_problems=cfg.eval_problems, out_dir=os.path.join(cfg.out_dir, stage), **over)
 
