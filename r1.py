@@ -21,7 +21,29 @@ stages, and this file runs them in order, then compares every stage with R1-Zero
     python r1.py --preset r1-smoke      # all four stages in seconds (tests, CI)
     python r1.py --preset r1-tiny       # 2 CPU cores
     python r1.py --preset r1-small      # one GPU (a design: not yet run)
+    python r1.py --preset r1-tiny-mixed # r1-tiny in a world where R1-Zero's mixing survives its RL
     python r1.py --help                 # presets and every field
+
+r1-full runs stages 1-4 from a real checkpoint (a Hugging Face directory: config.json, *.safetensors,
+tokenizer.json) on your data, under torchrun with FSDP2 (one process per GPU; gloo on CPU):
+
+    torchrun --nproc_per_node 8 r1.py --preset r1-full --init PATH --cold_start cold.jsonl \\
+        --problems gsm8k.jsonl --general_prompts general.jsonl --preferences prefs.jsonl
+
+Its four JSONL files, one JSON object per line (blank lines skipped; every line is checked before any model
+loads, and a bad one stops the run with "error: FILE:LINE: what is wrong"):
+  --cold_start       {"question": str, "response": str}: the readable long chains of thought of stage 1; the
+                     response must be "<think> reasoning </think> <answer> summary </answer>".
+  --problems         reasoning problems for stages 2-4 with rule-checked answers, in tasks.load_jsonl's formats
+                     (--problems_kind gsm8k: {"question", "answer": "... #### 72"}; math: {"problem", "solution"
+                     with \\boxed{}}; generic: {"question", "answer"}); the first --eval_problems are held out.
+  --general_prompts  {"prompt": str, "response": str (optional, in the cold-start format)}: every prompt is a
+                     general prompt of stage 4's RL (scored by the reward model); the ones with a response join
+                     stage 3's SFT mix.
+  --preferences      {"prompt": str, "chosen": str, "rejected": str} (chosen != rejected, at least 2 lines): the
+                     reward model's Bradley-Terry pairs; every 10th pair is held out for its accuracy.
+Prompts are wrapped in the R1-Zero template (tasks.r1_zero_prompt) as everywhere else. There is no R1-Zero row
+(R1-Zero is train.py --preset zero-full) and no hidden rule for real prompts, so the general columns stay empty.
 
 Outputs under --out_dir (default runs/<preset>): the recipe's tokenizer/ and base/, r1-zero/, stage1/, stage2/,
 stage3/, stage4/ (RL stages hold train.py's metrics.jsonl, plots.png, transcripts.md), results.md, results.json.
@@ -35,6 +57,8 @@ Simplifications relative to the paper:
  3. One reward model for general prompts, trained on pairs a rule labels (so the rule can be shown beside it);
     the paper trains helpfulness and harmlessness reward models on human preferences.
  4. Stage 2 adds the language term to every reasoning reward with one weight; the paper tunes it per task.
+ 5. r1-full's cold-start data come from a file (the paper's come from R1-Zero and human annotators); its reward
+    model is the base with a scalar head, trained here on the preference file, one model for both criteria.
 
 Shape letters: B batch rows, T positions; the tensor work is in train.py, sample.py, grpo.py and reward_model.py.
 """
@@ -349,6 +373,8 @@ def full_reward_model(rm: RewardModel) -> RewardModel:
     """rm itself in one process; under FSDP an unsharded copy gathered tensor by tensor (a collective)."""
     if train.WORLD == 1:
         return rm
+    unsharded = [n for n, p in rm.named_parameters() if not checkpoint.is_sharded(p)]
+    assert not unsharded, f"parameters {unsharded} are not sharded: their gradients were never reduced across ranks"
     device = rm.head.weight.device
     out = RewardModel(checkpoint.empty_model(rm.backbone.cfg, torch.float32, device)).to(device)
     mine = out.state_dict(keep_vars=True)
