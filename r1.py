@@ -445,10 +445,10 @@ def synthetic_world(cfg: R1Config, rc, device, log, rows: dict, extra: dict) -> 
     w = {"tok": tok, "base": lambda: copy.deepcopy(base), "pool": pool, "held": held, "buckets": rc.buckets.split(","),
          "general_pool": general.make_general(2000, "train", cfg.seed), "general_held": general_held,
          "hidden": general.hidden_score, "general_sft": lambda: general_records(cfg.general_n, cfg.seed), "key": []}
-    rows["base"] = evaluate_row(base, w, cfg, rc)
+    rows["base"] = evaluate_row(base, tok, held, general_held, cfg, rc)
     zero, extra["r1-zero"] = rl_stage("r1-zero", recipe(cfg, "r1-zero"), tok, copy.deepcopy(base), device, log,
                                       key="r1-zero")
-    rows["R1-Zero"] = evaluate_row(zero, w, cfg, rc)
+    rows["R1-Zero"] = evaluate_row(zero, tok, held, general_held, cfg, rc)
     log(f"[r1-zero] language consistency of its reasoning {rows['R1-Zero']['language']:.3f}, readable "
         f"{rows['R1-Zero']['readable']:.3f}")
     extra["seconds"]["r1-zero"] = time.time() - t0
@@ -479,7 +479,7 @@ def file_world(cfg: R1Config, rc, data: dict, device, log, rows: dict) -> dict:
     log(f"[data] {len(data['cold_start'])} cold-start pairs, {len(data['pool'])} + {len(data['held'])} held-out "
         f"problems, {len(data['general'])} general prompts ({len(w['general_sft']())} with a response), "
         f"{len(prefs)} preference pairs")
-    rows["base"] = evaluate_row(w["base"](), w, cfg, rc)
+    rows["base"] = evaluate_row(w["base"](), tok, w["held"], [], cfg, rc, None)
     return w
 
 
@@ -501,27 +501,27 @@ def readable(sample_: dict, max_repeat: float = 0.5, n: int = 4, min_language: f
 
 
 @torch.no_grad()
-def evaluate_row(model, w: dict, cfg: R1Config, rc: train.TrainConfig) -> dict:
+def evaluate_row(model, tok, held, general_held, cfg: R1Config, rc: train.TrainConfig,
+                 hidden=general.hidden_score) -> dict:
     """Held-out pass@1 per bucket, length, format, language consistency, readable share (reasoning prompts,
-    k samples at T=0.6, top-p 0.95) and the hidden rule's score on general prompts (one sample each), where the
-    world has one. Under FSDP rank 0 evaluates a gathered copy; the other ranks return {}."""
+    k samples at T=0.6, top-p 0.95) and the hidden rule's score on general prompts (one sample each), where there
+    is one (hidden=None: real prompts). Under FSDP rank 0 evaluates a gathered copy; the other ranks return {}."""
     sampler = full_copy(model)
     row = {}
     if train.RANK == 0:
         sampler.eval()
-        tok = w["tok"]
         with train.autocast(next(sampler.parameters()).device):
-            res = sample.evaluate(sampler, tok, w["held"], k=cfg.eval_k, temperature=0.6, top_p=0.95,
+            res = sample.evaluate(sampler, tok, held, k=cfg.eval_k, temperature=0.6, top_p=0.95,
                                   max_new_tokens=rc.max_new_tokens, batch_size=256, seed=cfg.seed)
         s = res["samples"]
         row = {"pass@1": res["pass@1"], **{f"pass@1/{b}": r["pass@1"] for b, r in res["by_bucket"].items()},
                "length": res["length"], "format": res["format"],
                "language": sum(distill.language_share(distill.reasoning_text(x["completion"])) for x in s) / len(s),
                "readable": sum(readable(x) for x in s) / len(s)}
-        if w["hidden"] and w["general_held"]:
-            _, _, texts = distill.sample_responses(sampler, tok, w["general_held"], 1, 0.6, 0.95, rc.max_new_tokens,
+        if hidden and general_held:
+            _, _, texts = distill.sample_responses(sampler, tok, general_held, 1, 0.6, 0.95, rc.max_new_tokens,
                                                    cfg.seed)
-            hidden = [w["hidden"](p, t) for p, t in zip(w["general_held"], texts)]
+            hidden = [hidden(p, t) for p, t in zip(general_held, texts)]
             for key in ("score", "helpful", "harmless"):
                 row[f"general_{key}"] = sum(h[key] for h in hidden) / len(hidden)
     train.barrier()
@@ -599,6 +599,7 @@ def results_markdown(rows: dict, buckets: list[str], cfg: R1Config, extra: dict)
 def stages(cfg: R1Config, rc, w: dict, device, log, rows: dict, extra: dict) -> None:
     """Stages 1 to 4 in world w, each adding its row to the table."""
     tok, key = w["tok"], [dataclasses.asdict(cfg), w["key"]]
+    row = lambda model: evaluate_row(model, tok, w["held"], w["general_held"], cfg, rc, w["hidden"])  # noqa: E731
 
     # 1. cold start: SFT of the base on readable long CoT
     def stage1():
@@ -609,13 +610,13 @@ def stages(cfg: R1Config, rc, w: dict, device, log, rows: dict, extra: dict) -> 
                   tok.pad_id, seed=cfg.seed, log=log)
         return model
     cold = cached_sft("stage1", [key, "stage1"], stage1, tok, cfg, device, log)
-    rows["1 cold start"] = evaluate_row(cold, w, cfg, rc)
+    rows["1 cold start"] = row(cold)
 
     # 2. reasoning RL with language consistency
     rc2 = recipe(cfg, "stage2", rl_steps=cfg.stage2_steps)
     rl2, extra["stage2"] = rl_stage("stage2", rc2, tok, cold, device, log, key=key,
                                     score=reasoning_score(cfg.language_weight), problems=(w["pool"], w["held"]))
-    rows["2 reasoning RL"] = evaluate_row(rl2, w, cfg, rc)
+    rows["2 reasoning RL"] = row(rl2)
 
     # 3. rejection sampling from stage 2 + general data; SFT of the base for sft_epochs epochs
     def stage3():
@@ -639,7 +640,7 @@ def stages(cfg: R1Config, rc, w: dict, device, log, rows: dict, extra: dict) -> 
                   seed=cfg.seed, log=log)
         return model
     s3 = cached_sft("stage3", [key, "stage3"], stage3, tok, cfg, device, log)
-    rows["3 rejection sampling + SFT"] = evaluate_row(s3, w, cfg, rc)
+    rows["3 rejection sampling + SFT"] = row(s3)
 
     # 4. all-scenario RL: rule rewards for reasoning, a learned reward model for general prompts
     enc = lambda q, t: tok.encode(tasks.r1_zero_prompt(q) + t)  # noqa: E731
@@ -655,7 +656,7 @@ def stages(cfg: R1Config, rc, w: dict, device, log, rows: dict, extra: dict) -> 
         "stage4", rc4, tok, s3, device, log, key=key, problems=(w["pool"], w["held"]),
         score=all_scenario_score(rm, tok, cfg.language_weight, w["hidden"]),
         prompts=mixed_prompts(w["pool"], w["general_pool"], rc4.prompts_per_step, cfg.general_prompt_share, cfg.seed))
-    rows["4 all-scenario RL"] = {**evaluate_row(rl4, w, cfg, rc), "rm_accuracy": rm_acc}
+    rows["4 all-scenario RL"] = {**row(rl4), "rm_accuracy": rm_acc}
 
 
 def main(argv: list[str] | None = None) -> dict:
