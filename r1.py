@@ -296,8 +296,12 @@ def load_preferences(path: str) -> list[tuple[str, str, str]]:
 
 
 def load_files(cfg: R1Config, rc: train.TrainConfig) -> dict:
-    """Every r1-full data file, read and checked (in the order of the stages)."""
-    data = {"cold_start": load_cold_start(cfg.cold_start)}
+    """Every r1-full data file, read and checked (in the order of the stages), and the checkpoint's tokenizer."""
+    try:
+        data = {"tok": train.Tokenizer.from_pretrained(cfg.init)}
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: --init={cfg.init}: its tokenizer does not load: {e}") from None
+    data["cold_start"] = load_cold_start(cfg.cold_start)
     data["pool"], data["held"] = train.load_problems(rc)  # tasks.load_jsonl via train.read_problems
     data["general"] = load_general_prompts(cfg.general_prompts)
     data["preferences"] = load_preferences(cfg.preferences)
@@ -465,8 +469,7 @@ def synthetic_world(cfg: R1Config, rc, device, log, rows: dict, extra: dict) -> 
 def file_world(cfg: R1Config, rc, data: dict, device, log, rows: dict) -> dict:
     """r1-full: the checkpoint (its tokenizer; the base reloaded, sharded, whenever a stage starts from it) and
     the data files. No hidden rule exists for real prompts: the general columns stay empty."""
-    tok = train.Tokenizer.from_pretrained(cfg.init)
-    prefs = data["preferences"]
+    tok, prefs = data["tok"], data["preferences"]
     w = {"tok": tok, "base": lambda: checkpoint.load(cfg.init, device, shard=train.shard)[0].train(),
          "pool": data["pool"], "held": data["held"], "buckets": sorted({p.bucket for p in data["held"]}),
          "general_pool": data["general"], "general_held": [], "hidden": None,

@@ -109,7 +109,8 @@ BAD = {  # file -> (line 2's content, what the error says)
 def good(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     (d / "ckpt").mkdir()
-    (d / "ckpt" / "config.json").write_text("{}")  # the loaders run before the checkpoint is read
+    (d / "ckpt" / "config.json").write_text("{}")  # the loaders run before the weights are read
+    _tiny_tokenizer(d / "ckpt")
     return d, data_files(d)
 
 
@@ -150,6 +151,24 @@ def test_loaders_read_good_files(good):
                       [open(files["preferences"]).readline().rstrip("\n")])
     with pytest.raises(SystemExit, match="need at least 2"):
         r1.load_preferences(one)
+
+
+def _tiny_tokenizer(d):
+    """A byte-level BPE tokenizer.json with no merges to speak of: enough for the checks before any model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.train_from_iterator(["ab"], trainers.BpeTrainer(vocab_size=258, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.save(str(d / "tokenizer.json"))
+
+
+def test_a_checkpoint_without_a_tokenizer_is_an_error(good, tmp_path):
+    _, files = good
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    with pytest.raises(SystemExit, match="tokenizer.json not found"):
+        r1.main(["--preset", "r1-full", f"--init={tmp_path / 'ckpt'}", *flags(files)])
 
 
 def test_r1_full_flags():
