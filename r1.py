@@ -374,13 +374,15 @@ def shard_reward_model(rm: RewardModel) -> RewardModel:
 
 
 def full_reward_model(rm: RewardModel) -> RewardModel:
-    """rm itself in one process; under FSDP an unsharded copy gathered tensor by tensor (a collective)."""
+    """rm itself in one process; under FSDP an unsharded copy (bf16 on GPU) gathered tensor by tensor (a
+    collective: every rank calls it)."""
     if train.WORLD == 1:
         return rm
     unsharded = [n for n, p in rm.named_parameters() if not checkpoint.is_sharded(p)]
     assert not unsharded, f"parameters {unsharded} are not sharded: their gradients were never reduced across ranks"
     device = rm.head.weight.device
-    out = RewardModel(checkpoint.empty_model(rm.backbone.cfg, torch.float32, device)).to(device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # as train.Replica; the head stays fp32
+    out = RewardModel(checkpoint.empty_model(rm.backbone.cfg, dtype, device)).to(device)
     mine = out.state_dict(keep_vars=True)
     with torch.no_grad():
         for name, t in rm.state_dict(keep_vars=True).items():
