@@ -305,6 +305,11 @@ def load_files(cfg: R1Config, rc: train.TrainConfig) -> dict:
     data["pool"], data["held"] = train.load_problems(rc)  # tasks.load_jsonl via train.read_problems
     data["general"] = load_general_prompts(cfg.general_prompts)
     data["preferences"] = load_preferences(cfg.preferences)
+    n_general = round(rc.prompts_per_step * cfg.general_prompt_share)
+    if len(data["general"]) < n_general:
+        raise SystemExit(f"error: {cfg.general_prompts} has {len(data['general'])} general prompts; stage 4 draws "
+                         f"{n_general} distinct ones per step (--general_prompt_share x prompts_per_step): give more "
+                         f"prompts or lower --general_prompt_share")
     return data
 
 # -----------------------------------------------------------------------------

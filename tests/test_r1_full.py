@@ -171,6 +171,13 @@ def test_a_checkpoint_without_a_tokenizer_is_an_error(good, tmp_path):
         r1.main(["--preset", "r1-full", f"--init={tmp_path / 'ckpt'}", *flags(files)])
 
 
+def test_too_few_general_prompts_for_a_step_is_an_error(good, tmp_path):
+    _, files = good
+    with pytest.raises(SystemExit, match="has 4 general prompts; stage 4 draws 6"):
+        r1.main(["--preset", "r1-full", f"--init={good[0] / 'ckpt'}", *flags(files), "--general_prompt_share=0.75",
+                 '--recipe_args={"prompts_per_step": 8}'])
+
+
 def test_r1_full_flags():
     for argv, text in [(["--preset", "r1-full"], "--init"),
                        (["--preset", "r1-full", "--init=/nonexistent"], "not a Hugging Face checkpoint"),
