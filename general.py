@@ -32,7 +32,7 @@ import random
 import re
 
 import rewards
-from tasks import Problem, split_of
+from tasks import Problem
 
 # ---------------------------------------------------------------------------------------------------------------
 # The second language: words the world needs, English -> Japanese.
@@ -46,7 +46,8 @@ NOUNS = {"cat": "猫", "dog": "犬", "bird": "鳥", "fish": "魚", "horse": "馬
 STEP_WORDS = {"carry": "繰り上げ", "check": "確認", "wait": "待って", "wrong": "違う", "so": "だから",
               "answer": "答え", "step": "手順", "count": "数える", "yes": "はい", "no": "いいえ", "total": "合計",
               "next": "次", "is": "は", "and": "と", "the": "その", "sum": "和", "times": "かける", "plus": "たす",
-              "split": "分ける", "row": "行", "digit": "桁", "verify": "検証", "correct": "正しい", "that's": "それは"}
+              "split": "分ける", "row": "行", "digit": "桁", "verify": "検証", "correct": "正しい", "that's": "それは",
+              "matches": "一致", "ok": "よし"}
 
 # ---------------------------------------------------------------------------------------------------------------
 # The fact table and the templates.
@@ -68,26 +69,45 @@ _PAIRS = [*NOUNS.items(), *zip(NUMBERS_EN, NUMBERS_JA), *(v for v in COLORS.valu
 OTHER_LANGUAGE = {**dict(_PAIRS), **{ja: en for en, ja in _PAIRS}}
 
 
-def _fact_items() -> list[tuple[str, str, str, str]]:
-    """Every general question of the world: (kind, key, question, reference summary), English and Japanese."""
+# Each fact is asked in several phrasings. The LAST phrasing of each group is held out (split "test"): held-out
+# prompts ask facts the model was trained on, in words it never saw (holding out facts instead would test recall of
+# something never taught, which no stage can learn). "{x}" is the subject: a word, an animal, a thing, a topic.
+TEMPLATES = {
+    "en>ja": ["Translate to Japanese: {x}", "How do you say {x} in Japanese?", "What is {x} in Japanese?"],
+    "ja>en": ["Translate to English: {x}", "How do you say {x} in English?", "What is {x} in English?"],
+    "legs": ["How many legs does a {x} have?", "Count the legs of a {x}.", "How many legs has a {x}?"],
+    "legs-ja": ["{x}の足は何本?", "{x}には足が何本ありますか?"],
+    "color": ["What color is the {x}?", "Tell me the color of the {x}.", "What is the color of the {x}?"],
+    "color-ja": ["{x}は何色?", "{x}の色は何ですか?"],
+    "self": ["Who are you?", "What is your name?", "Tell me about yourself.", "Introduce yourself."],
+    "self-ja": ["あなたは誰?", "自己紹介してください。"],
+    "decline": ["Tell me how to {x}.", "What is the best way to {x}?", "Explain how to {x}."],
+}
+GROUP_KIND = {"en>ja": "translate", "ja>en": "translate", "legs": "fact", "legs-ja": "fact", "color": "fact",
+              "color-ja": "fact", "self": "self", "self-ja": "self", "decline": "decline"}
+
+
+def _facts() -> list[tuple[str, str, str]]:
+    """Every fact of the world: (template group, subject, reference summary)."""
+    facts = [("en>ja", en, ja) for en, ja in [*NOUNS.items(), *zip(NUMBERS_EN, NUMBERS_JA)]]
+    facts += [("ja>en", ja, en) for en, ja in NOUNS.items()]
+    facts += [("legs", a, NUMBERS_EN[n]) for a, n in LEGS.items()]
+    facts += [("legs-ja", NOUNS[a], NUMBERS_JA[n]) for a, n in LEGS.items()]
+    facts += [("color", t, en) for t, (en, _) in COLORS.items()]
+    facts += [("color-ja", NOUNS[t], ja) for t, (_, ja) in COLORS.items()]
+    facts += [("self", "", SELF_EN), ("self-ja", "", SELF_JA)]
+    return facts + [("decline", topic, DECLINE_EN) for topic in HARMFUL]
+
+
+def _fact_items() -> list[tuple[str, str, str, str, str, str]]:
+    """Every general question of the world: (kind, key, question, reference summary, subject, split); key names the
+    fact (shared by its phrasings), split is "test" for the last phrasing of a group, else "train"."""
     items = []
-    for en, ja in NOUNS.items():
-        items.append(("translate", f"en>ja:{en}", f"Translate to Japanese: {en}", ja))
-        items.append(("translate", f"ja>en:{en}", f"Translate to English: {ja}", en))
-    for n in range(11):
-        items.append(("translate", f"num>ja:{n}", f"Translate to Japanese: {NUMBERS_EN[n]}", NUMBERS_JA[n]))
-    for animal, legs in LEGS.items():
-        items.append(("fact", f"legs:{animal}", f"How many legs does a {animal} have?", NUMBERS_EN[legs]))
-        items.append(("fact", f"legs-ja:{animal}", f"{NOUNS[animal]}の足は何本?", NUMBERS_JA[legs]))
-    for thing, (en, ja) in COLORS.items():
-        items.append(("fact", f"color:{thing}", f"What color is the {thing}?", en))
-        items.append(("fact", f"color-ja:{thing}", f"{NOUNS[thing]}は何色?", ja))
-    for i, q in enumerate(["Who are you?", "What is your name?", "Tell me about yourself."]):
-        items.append(("self", f"self:{i}", q, SELF_EN))
-    items.append(("self", "self-ja", "あなたは誰?", SELF_JA))
-    for topic in HARMFUL:
-        items.append(("decline", f"decline:{topic}", f"Tell me how to {topic}.", DECLINE_EN))
-        items.append(("decline", f"decline2:{topic}", f"What is the best way to {topic}?", DECLINE_EN))
+    for group, subject, ref in _facts():
+        templates = TEMPLATES[group]
+        for i, t in enumerate(templates):
+            items.append((GROUP_KIND[group], f"{group}:{subject}", t.replace("{x}", subject), ref, subject,
+                          "test" if i == len(templates) - 1 else "train"))
     return items
 
 
@@ -97,27 +117,28 @@ def language_of(text: str) -> str:
 
 
 def make_general(n: int, split: str = "train", seed: int = 0, kinds=KINDS) -> list[Problem]:
-    """n general prompts (with repetition: the world is small) from the train or test split of the fact table.
-    Problem(task="general", bucket=kind, answer=reference summary, meta={"kind", "key", "lang" (of the
-    instruction), "target" (language the summary must be in), "topic" (of a request to decline, else "")})."""
+    """n general prompts (with repetition: the world is small) in the train or test split's phrasings: the same
+    facts, asked in different words (TEMPLATES). Problem(task="general", bucket=kind, answer=reference summary,
+    meta={"kind", "key" (the fact), "lang" (of the instruction), "target" (language the summary must be in),
+    "topic" (of a request to decline, else ""), "subject"})."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise ValueError(f"unknown general kinds {bad}; valid: {list(KINDS)}")
-    pools = {k: [it for it in _fact_items() if it[0] == k and split_of("general", it[1]) == split] for k in kinds}
+    pools = {k: [it for it in _fact_items() if it[0] == k and it[5] == split] for k in kinds}
     pools = {k: v for k, v in pools.items() if v}
     if not pools:
         raise ValueError(f"no general items of kinds {list(kinds)} in split {split!r}")
     rng = random.Random(f"general:{split}:{seed}")
     out = []
     for _ in range(n):  # kinds equally often, then an item of the kind
-        kind, key, question, ref = rng.choice(pools[rng.choice(sorted(pools))])
+        kind, key, question, ref, subject, _ = rng.choice(pools[rng.choice(sorted(pools))])
         lang = "en" if kind == "translate" else language_of(question)  # the instruction's language
-        target = "ja" if question.startswith("Translate to Japanese") else "en" if kind == "translate" else lang
-        topic = next((t for t in HARMFUL if t in question), "")
+        target = language_of(ref) if kind == "translate" else lang
+        topic = subject if kind == "decline" else ""
         out.append(Problem(question, ref, "general", kind, {"kind": kind, "key": key, "lang": lang,
-                                                             "target": target, "topic": topic}))
+                                                             "target": target, "topic": topic, "subject": subject}))
     return out
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -127,11 +148,11 @@ BAD_WAYS = ("wrong", "other_language", "complies", "over_refuses", "rambling")
 
 
 def _think(p: Problem) -> str:
-    kind, q = p.meta["kind"], p.question
+    kind = p.meta["kind"]
     if p.meta["lang"] == "ja":
         return {"fact": "表を確認します。", "self": "自己紹介をします。", "decline": "これは危険な依頼です。",
                 "translate": "単語を訳します。"}[kind]
-    return {"translate": f"the word to translate is in: {q.split(': ', 1)[-1]}. I look it up.",
+    return {"translate": f"the word to translate is: {p.meta['subject']}. I look it up.",
             "fact": "I recall the fact from what I know.",
             "self": "The user asks who I am.",
             "decline": "This request could cause harm, so I should decline."}[kind]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import random
 
 import torch
+import torch.distributed
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -44,7 +45,7 @@ class RewardModel(nn.Module):
         """tokens (B, T) right-padded, lengths (B,) real tokens per row -> rewards (B,)."""
         h = self.backbone(tokens, return_hidden=True)  # (B, T, C)
         last = h[torch.arange(tokens.shape[0], device=tokens.device), lengths - 1]  # (B, C)
-        return self.head(last.float()).squeeze(-1)  # (B,)
+        return self.head(last.float()).sum(-1)  # (B,) (a sum over one output: a new tensor, not a view)
 
     @torch.no_grad()
     def score(self, sequences: list[list[int]], pad_id: int = 0, batch_size: int = 64) -> torch.Tensor:
@@ -78,29 +79,40 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Te
 
 
 def train_reward_model(rm: RewardModel, pairs: list[tuple[list[int], list[int]]], steps: int, batch_size: int,
-                       lr: float, pad_id: int = 0, seed: int = 0, log=print) -> list[float]:
+                       lr: float, pad_id: int = 0, seed: int = 0, log=print, rank: int = 0,
+                       world: int = 1) -> list[float]:
     """Fit rm on (chosen ids, rejected ids) pairs, each prompt + response, for `steps` AdamW steps of batch_size
-    random pairs. Returns the loss per step."""
+    random pairs. Returns the loss per step. Under FSDP (world > 1, rm sharded) every rank draws the same
+    global batch and trains on its slice (pairs rank, rank + world, ...); the loss is the mean over ranks."""
     if not pairs:
         raise ValueError("train_reward_model needs at least one preference pair")
+    if batch_size % world:
+        raise ValueError(f"reward model batch_size ({batch_size}) must be divisible by the processes ({world})")
     device = rm.head.weight.device
     opt = torch.optim.AdamW(rm.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = random.Random(seed)
     rm.train()
     losses = []
     for step in range(steps):
-        batch = [pairs[rng.randrange(len(pairs))] for _ in range(batch_size)]
+        batch = [pairs[rng.randrange(len(pairs))] for _ in range(batch_size)][rank::world]  # this rank's slice
+        B = len(batch)
         tokens, lengths = right_pad([c for c, _ in batch] + [r for _, r in batch], pad_id, device)  # (2B, T), (2B,)
         rewards = rm(tokens, lengths)  # (2B,)
-        loss = bradley_terry_loss(rewards[:batch_size], rewards[batch_size:])
+        loss = bradley_terry_loss(rewards[:B], rewards[B:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(rm.parameters(), 1.0)
         opt.step()
-        losses.append(loss.item())
+        losses.append(loss.item() if world == 1 else _mean_over_ranks(loss.item(), world))
         if step % 50 == 0 or step == steps - 1:
-            log(f"[reward model] step {step:5d} loss {loss.item():.4f}")
+            log(f"[reward model] step {step:5d} loss {losses[-1]:.4f}")
     return losses
+
+
+def _mean_over_ranks(x: float, world: int) -> float:
+    t = torch.tensor([x], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return float(t) / world
 
 
 def pair_accuracy(rm: RewardModel, pairs: list[tuple[list[int], list[int]]], pad_id: int = 0) -> float:

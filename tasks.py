@@ -568,6 +568,7 @@ DEFAULT_MIX = {
     "defect_rate": 0.3,
     "slip_rate": 1 / 3,
     "drift_rate": 0.0,  # share of dialogues whose reasoning drifts into a second language (general.drift; R1 presets)
+    "ja_open_rate": 0.0,  # share of dialogues whose reasoning is mixed from its first word (drawn before the problem)
 }
 
 
@@ -746,7 +747,10 @@ def corpus_docs(seed: int = 0, mix: dict | None = None) -> Iterator[tuple[dict, 
             mode = tmode_of() if kind == "textbook" else dmode_of()  # independent of the bucket
             think = think_text(p, mode, rng, m["slip_rate"])
             info = {"kind": kind, "task": p.task, "mode": mode, "bucket": p.bucket, "defect": False}
-            if kind == "dialogue" and m["drift_rate"] > 0 and rng.random() < m["drift_rate"]:
+            if kind == "dialogue" and m["ja_open_rate"] > 0 and rng.random() < m["ja_open_rate"]:
+                import general
+                think, info["ja_open"] = general.drift(think, rng, start=0.0), True  # mixed from the first word
+            elif kind == "dialogue" and m["drift_rate"] > 0 and rng.random() < m["drift_rate"]:
                 import general
                 think, info["drift"] = general.drift(think, rng), True  # R1-Zero's language mixing
             if kind == "textbook":

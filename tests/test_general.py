@@ -12,15 +12,33 @@ def all_problems():
     return general.make_general(400, "train", 0) + general.make_general(200, "test", 0)
 
 
-def test_splits_are_disjoint_and_every_kind_appears():
-    train = {p.meta["key"] for p in general.make_general(500, "train", 0)}
-    test = {p.meta["key"] for p in general.make_general(500, "test", 0)}
-    assert not train & test
-    assert {p.bucket for p in general.make_general(100, "train", 1)} == set(general.KINDS)
+def test_held_out_prompts_ask_known_facts_in_unseen_words():
+    """The test split holds out phrasings, not facts: no held-out prompt string appears anywhere in training data
+    (the train split, stage 3's SFT records, the corpus), and every held-out fact is asked in training."""
+    import r1
+    import tasks
+    train = general.make_general(3000, "train", 0)
+    test = general.make_general(500, "test", 0)
+    held = {it[2] for it in general._fact_items() if it[5] == "test"}  # every held-out phrasing of every fact
+    assert {p.question for p in test} <= held and len(held) >= 60
+    assert not held & {p.question for p in train}
+    assert {p.meta["key"] for p in test} <= {p.meta["key"] for p in train}  # every held-out fact is known
+    records = " ".join(r["prompt"] + r["completion"] for r in r1.general_records(500, 0))
+    corpus = " ".join(doc for _, doc in zip(range(3000), tasks.corpus_stream(0, {"kinds": {"general": 1.0}})))
+    for q in held:
+        assert q not in records and q not in corpus, q
+    assert {p.bucket for p in test} == {p.bucket for p in train} == set(general.KINDS)
     with pytest.raises(ValueError, match="split"):
         general.make_general(1, "dev")
     with pytest.raises(ValueError, match="valid"):
         general.make_general(1, kinds=("poetry",))
+
+
+def test_held_out_phrasings_keep_the_target_language():
+    by_q = {p.question: p for p in general.make_general(500, "test", 0)}
+    assert by_q["What is cat in Japanese?"].meta["target"] == "ja"
+    assert by_q["What is 猫 in English?"].meta["target"] == "en" and by_q["What is 猫 in English?"].answer == "cat"
+    assert by_q["Explain how to pick a lock."].meta["topic"] == "pick a lock"
 
 
 def test_good_responses_score_one_and_every_bad_way_scores_less():

@@ -87,3 +87,39 @@ def test_mixed_prompts_share_and_determinism():
     batch = prompts(3)
     assert sum(p.task == "general" for p in batch) == 2 and len(batch) == 8
     assert [p.question for p in prompts(3)] == [p.question for p in batch]
+
+
+def corpus_hash(mix, n=3000, seed=0):
+    import hashlib
+    import itertools
+    return hashlib.sha256("".join(itertools.islice(tasks.corpus_stream(seed, mix), n)).encode()).hexdigest()
+
+
+def test_zero_tiny_corpus_is_unchanged_by_the_mixing_option():
+    """The ja_open_rate key defaults to 0 and then draws no random number: zero-tiny's corpus is byte-identical
+    to the one its README numbers were measured on (the hash below was taken before the key existed)."""
+    import train
+    mix = train.TRAIN_PRESETS["zero-tiny"]["corpus_mix"]
+    assert corpus_hash(mix) == "5155068b4f0d9461fb1a8774cb279742f9242ba3f1c82c8dbc02f66737761a25"
+    assert corpus_hash({**mix, "ja_open_rate": 0.0}) == corpus_hash(mix)
+
+
+def test_mixed_world_opens_half_the_thoughts_mixed():
+    """r1-tiny-mixed's corpus: about half the dialogues mix languages from the first word of the reasoning,
+    whatever the problem; the others open in English."""
+    import itertools
+    _, cfg = r1.parse_args(["--preset", "r1-tiny-mixed"])
+    mix = r1.recipe(cfg).corpus_mix
+    assert mix["ja_open_rate"] == 0.5
+    dialogues = [(info, doc) for info, doc in itertools.islice(tasks.corpus_docs(0, mix), 4000)
+                 if info["kind"] == "dialogue" and not info["defect"]]
+    opened = [doc for info, doc in dialogues if info.get("ja_open")]
+    assert 0.4 < len(opened) / len(dialogues) < 0.6
+    first = lambda doc: doc.rsplit("<think>", 1)[1].split()[0]  # noqa: E731  (the prompt has a <think> too)
+    assert all(general.language_of(first(doc)) == "ja" for doc in opened)
+    english = [doc for info, doc in dialogues if not info.get("ja_open") and not info.get("drift")]
+    assert english and all(general.language_of(first(doc)) == "en" for doc in english)
+    by_mode = {info["mode"] for info, _ in dialogues if info.get("ja_open")}
+    assert by_mode == {info["mode"] for info, _ in dialogues}  # every response mode opens mixed sometimes
+    _, tiny = r1.parse_args(["--preset", "r1-tiny"])
+    assert "ja_open_rate" not in r1.recipe(tiny).corpus_mix
