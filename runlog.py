@@ -291,7 +291,8 @@ def plot(history: list[dict], path: str) -> None:
         if ax.lines:
             ax.legend(fontsize=7)
     buckets = sorted({k.split("/")[1] for h in ev for k in h if k.startswith("pass@1/")})
-    series(axes[0, 0], ev, ["pass@1", "cons@k"] + [f"pass@1/{b}" for b in buckets], "held-out accuracy (temperature 0.6)")
+    series(axes[0, 0], ev, ["pass@1", "cons@k"] + [f"pass@1/{b}" for b in buckets],
+           "held-out accuracy (temperature 0.6)")
     series(axes[0, 1], tr, ["length", "length_correct", "length_wrong"], "response length (tokens)")
     series(axes[0, 2], tr, [f"length/{b}" for b in buckets], "response length by bucket")
     series(axes[0, 3], tr, ["format", "accuracy", "truncated"] + [f"long/{b}" for b in buckets]
