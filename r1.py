@@ -516,8 +516,8 @@ def readable(sample_: dict, max_repeat: float = 0.5, n: int = 4, min_language: f
 def evaluate_row(model, tok, held, general_held, cfg: R1Config, rc: train.TrainConfig,
                  hidden=general.hidden_score) -> dict:
     """Held-out pass@1 per bucket, length, format, language consistency, readable share (reasoning prompts,
-    k samples at temperature 0.6, top-p 0.95) and the hidden rule's score on general prompts (one sample each), where there
-    is one (hidden=None: real prompts). Under FSDP rank 0 evaluates a gathered copy; the other ranks return {}."""
+    k samples at temperature 0.6, top-p 0.95) and the hidden rule's score on general prompts (one sample each),
+    where there is one (hidden=None: real prompts). Under FSDP rank 0 evaluates a gathered copy; the other ranks return {}."""
     sampler = full_copy(model)
     row = {}
     if train.RANK == 0:
@@ -599,8 +599,8 @@ def results_markdown(rows: dict, buckets: list[str], cfg: R1Config, extra: dict)
                     "general: no hidden rule for real prompts (empty columns); rm_accuracy on held-out pairs")
     title = "R1's stages from " + cfg.init if cfg.init else "R1's stages against R1-Zero"
     lines = [f"# {os.path.basename(cfg.out_dir)}: {title}", "",
-             f"Held-out reasoning: {cfg.eval_problems} problems per bucket x k={cfg.eval_k} at temperature 0.6, top-p 0.95; "
-             f"{general_note}. language = share of English words in the reasoning; readable = R1's filters.",
+             f"Held-out reasoning: {cfg.eval_problems} problems per bucket x k={cfg.eval_k} at temperature 0.6, "
+             f"top-p 0.95; {general_note}. language = share of English words in the reasoning; readable = R1's filters.",
              "", "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in rows.items():
         lines.append(f"| {name} | " + " | ".join("" if r.get(c) is None else f"{r[c]:.3f}" for c in cols) + " |")
