@@ -354,20 +354,10 @@ def write_jsonl(path: str, records: list[dict]) -> None:
 def read_jsonl(path: str) -> list[dict]:
     """The traces of a JSONL file; ValueError "PATH:LINE: what is wrong" on the first bad line or an empty file."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not (isinstance(r, dict) and isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str)):
-                raise ValueError(f"{path}:{lineno}: a trace needs string fields 'prompt' and 'completion'; got "
-                                 f"{sorted(r) if isinstance(r, dict) else type(r).__name__}")
-            records.append(r)
-    if not records:
-        raise ValueError(f"{path}: no traces (an empty file)")
+    for where, r in tasks.jsonl_records(path, "traces"):
+        if not (isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str)):
+            raise ValueError(f"{where}: a trace needs string fields 'prompt' and 'completion'; got {sorted(r)}")
+        records.append(r)
     return records
 
 

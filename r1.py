@@ -231,20 +231,10 @@ def read_records(path: str, what: str, required: tuple, optional: tuple = ()) ->
     def fail(msg):
         raise SystemExit(f"error: {msg}")
     try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except UnicodeDecodeError as e:
-        fail(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})")
-    out = []
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            fail(f"{where}: invalid JSON ({e.msg} at column {e.colno})")
-        if not isinstance(r, dict):
-            fail(f"{where}: expected a JSON object with fields {list(required)}, got {type(r).__name__}")
+        records = tasks.jsonl_records(path, f"{what} lines")
+    except ValueError as e:
+        fail(str(e))
+    for where, r in records:
         missing = [f for f in required if f not in r]
         if missing:
             fail(f"{where}: a {what} line needs fields {list(required)}" + (f" (optional: {list(optional)})"
@@ -252,10 +242,7 @@ def read_records(path: str, what: str, required: tuple, optional: tuple = ()) ->
         for f in [*required, *(f for f in optional if f in r)]:
             if not isinstance(r[f], str) or not r[f].strip():
                 fail(f"{where}: field {f!r} must be a non-empty string, got {json.dumps(r[f])[:60]}")
-        out.append((where, r))
-    if not out:
-        fail(f"{path}: no {what} lines (an empty file)")
-    return out
+    return records
 
 
 def response_text(where: str, field_: str, text: str) -> str:

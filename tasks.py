@@ -833,6 +833,31 @@ def detect_format(row: dict) -> str | None:
     return None
 
 
+def jsonl_records(path: str, what: str = "records") -> list[tuple[str, dict]]:
+    """("FILE:LINE", object) for each non-blank line of a JSONL file: the one reader of every data file (problem
+    files here, distill.py's traces, r1.py's data). ValueError naming FILE:LINE on the first line that is not a
+    JSON object, or naming the file when it is not UTF-8 text or holds no lines."""
+    out = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+                out.append((where, row))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not out:
+        raise ValueError(f"{path}: no {what} (an empty file)")
+    return out
+
+
 def load_jsonl(path: str, kind: str = "gsm8k", question_field: str | None = None,
                answer_field: str | None = None, task: str | None = None) -> list[Problem]:
     """Problems from a JSONL file (field names match case-insensitively). Errors name file:line.
@@ -845,51 +870,39 @@ def load_jsonl(path: str, kind: str = "gsm8k", question_field: str | None = None
     if kind not in PROBLEM_FORMATS:
         raise ValueError(f"kind (problem file format) must be one of {list(PROBLEM_FORMATS)}, got {kind!r}")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected an object with fields, got {type(row).__name__}")
-            row = {str(k).lower(): v for k, v in row.items()}
-            if kind == "auto":
-                kind = detect_format(row)
-                if kind is None:
-                    raise ValueError(f"{where}: cannot tell the format from fields {sorted(row)}; expected "
-                                     "question+answer (gsm8k, aime), problem+answer (aime) or problem+solution "
-                                     "(math); or give the format and field names")
-            qf, af = {"gsm8k": ("question", "answer"), "math": ("problem", "solution"),
-                      "aime": ("problem" if "problem" in row else "question", "answer"),
-                      "generic": ("question", "answer")}[kind]
-            qf, af = (question_field or qf).lower(), (answer_field or af).lower()
-            if qf not in row or af not in row:
-                raise ValueError(f"{where}: expected an object with fields {qf!r} and {af!r} ({kind} format), "
-                                 f"got {sorted(row)}")
-            q, a, meta = str(row[qf]), str(row[af]), {"source": where, "format": kind}
-            level = row.get("level")
-            bucket = "all" if level is None else f"L{level}" if isinstance(level, int) else \
-                str(level).replace("Level ", "L")
-            if kind == "gsm8k":
-                mt = re.search(r"####\s*(.+?)\s*$", a)
-                if not mt:
-                    raise ValueError(f"{where}: GSM8K answer has no final '#### N'")
-                meta["solution"], a = a, mt.group(1).replace(",", "")
-            elif kind == "math":
-                boxed = _last_boxed(a)
-                if boxed is None:
-                    raise ValueError(f"{where}: MATH solution has no \\boxed{{...}}")
-                meta["solution"], a = a, boxed
-                meta["type"] = row.get("type")
-            elif kind == "generic":
-                bucket = "all"
-            if not q.strip() or not a.strip():
-                raise ValueError(f"{where}: empty question or answer")
-            out.append(Problem(q, a.strip(), task or ("math" if kind == "aime" else kind), bucket, meta))
-    if not out:
-        raise ValueError(f"{path}: no problems (the file is empty)")
+    for where, row in jsonl_records(path, "problems"):
+        row = {str(k).lower(): v for k, v in row.items()}
+        if kind == "auto":
+            kind = detect_format(row)
+            if kind is None:
+                raise ValueError(f"{where}: cannot tell the format from fields {sorted(row)}; expected "
+                                 "question+answer (gsm8k, aime), problem+answer (aime) or problem+solution "
+                                 "(math); or give the format and field names")
+        qf, af = {"gsm8k": ("question", "answer"), "math": ("problem", "solution"),
+                  "aime": ("problem" if "problem" in row else "question", "answer"),
+                  "generic": ("question", "answer")}[kind]
+        qf, af = (question_field or qf).lower(), (answer_field or af).lower()
+        if qf not in row or af not in row:
+            raise ValueError(f"{where}: expected an object with fields {qf!r} and {af!r} ({kind} format), "
+                             f"got {sorted(row)}")
+        q, a, meta = str(row[qf]), str(row[af]), {"source": where, "format": kind}
+        level = row.get("level")
+        bucket = "all" if level is None else f"L{level}" if isinstance(level, int) else \
+            str(level).replace("Level ", "L")
+        if kind == "gsm8k":
+            mt = re.search(r"####\s*(.+?)\s*$", a)
+            if not mt:
+                raise ValueError(f"{where}: GSM8K answer has no final '#### N'")
+            meta["solution"], a = a, mt.group(1).replace(",", "")
+        elif kind == "math":
+            boxed = _last_boxed(a)
+            if boxed is None:
+                raise ValueError(f"{where}: MATH solution has no \\boxed{{...}}")
+            meta["solution"], a = a, boxed
+            meta["type"] = row.get("type")
+        elif kind == "generic":
+            bucket = "all"
+        if not q.strip() or not a.strip():
+            raise ValueError(f"{where}: empty question or answer")
+        out.append(Problem(q, a.strip(), task or ("math" if kind == "aime" else kind), bucket, meta))
     return out
