@@ -536,13 +536,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.makedirs(cfg.out_dir, exist_ok=True)
     json.dump({"preset": preset, **dataclasses.asdict(cfg)}, open(os.path.join(cfg.out_dir, "distill_config.json"),
                                                                  "w"), indent=1)
-    log_file = open(os.path.join(cfg.out_dir, "log.txt"), "a")
-
-    def log(msg: str, file_only: bool = False):  # every line goes to log.txt; file_only ones skip the console
-        if not file_only:
-            print(msg, flush=True)
-        log_file.write(msg + "\n")
-        log_file.flush()
+    log = runlog.console_log(cfg.out_dir)  # every line goes to log.txt; file_only ones skip the console
 
     t0 = time.time()
     log(f"== {preset} on {device} -> {cfg.out_dir}")

@@ -81,6 +81,7 @@ import cli
 import distill
 import general
 import rewards
+import runlog
 import sample
 import tasks
 import train
@@ -673,13 +674,7 @@ def main(argv: list[str] | None = None) -> dict:
     if train.RANK == 0:
         os.makedirs(cfg.out_dir, exist_ok=True)
     train.barrier()
-    log_file = open(os.path.join(cfg.out_dir, "log.txt"), "a") if train.RANK == 0 else None
-
-    def log(msg: str):
-        if train.RANK == 0:
-            print(msg, flush=True)
-            log_file.write(msg + "\n")
-            log_file.flush()
+    log = runlog.console_log(cfg.out_dir, train.RANK)
 
     t0 = time.time()
     if rc.threads:

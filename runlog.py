@@ -246,6 +246,20 @@ def check_out_dir(out_dir: str, resume: bool, overwrite: bool) -> bool:
     return bool(held) and overwrite
 
 
+def console_log(out_dir: str, rank: int = 0):
+    """The log function of an entry point: rank 0 prints each line and appends it to OUT_DIR/log.txt (file_only:
+    log.txt alone); other ranks stay silent."""
+    log_file = open(os.path.join(out_dir, "log.txt"), "a") if rank == 0 else None
+
+    def log(msg: str, file_only: bool = False):
+        if rank == 0:
+            if not file_only:
+                print(msg, flush=True)
+            log_file.write(msg + "\n")
+            log_file.flush()
+    return log
+
+
 def next_step(out_dir: str, argv: list[str], world: int = 1) -> str:
     """What to run after a stop (Ctrl-C, --halt_after), promising only what exists on disk: the same command
     with --resume if there is a checkpoint, with --overwrite if a run without one is in the way, else as is."""

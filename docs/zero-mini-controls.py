@@ -20,6 +20,7 @@ sys.path.insert(0, ".")
 import torch  # noqa: E402
 
 import checkpoint  # noqa: E402
+import runlog  # noqa: E402
 import train  # noqa: E402
 from model import count_params  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
@@ -46,12 +47,7 @@ def main(run: str, control: str) -> None:
     tok = Tokenizer.load(os.path.join(run, "tokenizer"))
     base = checkpoint.load(os.path.join(run, "base"))[0].train()
     pool, held = train.load_problems(cfg)
-    log_file = open(os.path.join(out, "log.txt"), "a")
-
-    def log(msg: str):
-        print(msg, flush=True)
-        log_file.write(msg + "\n")
-        log_file.flush()
+    log = runlog.console_log(out)
 
     t0 = time.time()
     if control == "e-only":
