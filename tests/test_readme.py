@@ -25,3 +25,15 @@ def test_every_indexed_function_exists():
         if not callable(obj):
             missing.append(f"{module}.py:{name}")
     assert not missing, f"README index names what does not exist: {missing}"
+
+
+def test_readme_links_exist_and_no_placeholders_are_left():
+    """Every relative link of the README points at a file of the repository, and no template placeholder (a
+    line that is one ALL_CAPS word) was left behind."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    links = [t for t in re.findall(r"\]\(([^)#\s]+)\)", text) if "://" not in t]
+    assert links, "the README links its docs"
+    missing = [t for t in links if not os.path.exists(os.path.join(ROOT, t))]
+    assert not missing, f"README links to files that do not exist: {missing}"
+    placeholders = re.findall(r"^[A-Z][A-Z0-9_]{3,}$", text, re.M)
+    assert not placeholders, f"README has placeholder lines: {placeholders}"
