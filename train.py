@@ -121,6 +121,7 @@ class TrainConfig:
     drop_truncated: bool = True        # responses cut at max_new_tokens leave the loss (was mask_truncated)
     mu: int = 1                        # optimizer updates per batch of rollouts
     micro_batch: int = 64              # rows per forward/backward
+    overlap: bool = True               # score rewards on a thread during the frozen log-probs (false: serial twin)
     max_grad_norm: float = 1.0         # gradient clipping (0: off)
     fused_head: bool = False           # lm_head fused into the log-prob kernel (never holds (B, T, V) logits)
     fused_head_chunk: int = 256        # loss tokens per fused-head chunk (peak extra ~8 x chunk x V fp32 on CPU)
@@ -704,7 +705,8 @@ def rollout(model, tok: Tokenizer, problems, cfg: TrainConfig, seed: int, temper
 
 
 def build_rollouts(prompts, gen, scores, n: int, pad_id: int) -> dict:
-    """Concatenate prompt and response per row, right-padded: what grpo.rl_step consumes (host tensors)."""
+    """Concatenate prompt and response per row, right-padded: what grpo.rl_step consumes (host tensors).
+    scores=None leaves out "rewards" (for grpo.frozen_logprobs, which needs none)."""
     lengths = gen.lengths.tolist()
     rows = [prompts[r // n] + ids[:length] for r, (ids, length) in enumerate(zip(gen.tokens.tolist(), lengths))]
     L = max(len(x) for x in rows)
@@ -712,25 +714,51 @@ def build_rollouts(prompts, gen, scores, n: int, pad_id: int) -> dict:
     starts = torch.tensor([len(prompts[r // n]) for r in range(len(rows))])  # (B,)
     pos = torch.arange(L)[None, :]  # (1, L)
     mask = (pos >= starts[:, None]) & (pos < (starts + torch.tensor(lengths))[:, None])  # (B, L) response tokens
-    return {"tokens": tokens, "response_mask": mask, "truncated": gen.truncated.cpu().clone(),
-            "rewards": torch.tensor([s["reward"] for s in scores], dtype=torch.float32)}
+    out = {"tokens": tokens, "response_mask": mask, "truncated": gen.truncated.cpu().clone()}
+    if scores is not None:
+        out["rewards"] = reward_tensor(scores)  # (B,)
+    return out
+
+
+def reward_tensor(scores: list[dict]) -> torch.Tensor:
+    return torch.tensor([s["reward"] for s in scores], dtype=torch.float32)  # (B,)
+
+
+def timed(fn, *args):
+    """(fn(*args), seconds it took)."""
+    t0 = time.time()
+    return fn(*args), time.time() - t0
 
 
 def grpo_step(model, sampler, opt, problems, score, tok: Tokenizer, cfg: TrainConfig, gcfg, seed: int,
               ref_model=None) -> tuple[dict, list[dict]]:
     """One GRPO step on this rank's problems: sample a group of responses per problem, score them, and
     grpo.rl_step turns the rewards into group-relative advantages and takes the clipped policy-gradient update.
+    With cfg.overlap the scoring (host work: rule checks, math, a sandbox) runs on a background thread while the
+    device computes the frozen log-probs (reference and pi_old), which need no rewards; an exception in score is
+    raised here all the same. --overlap=false is the serial twin: score, then rl_step (which computes the same
+    frozen log-probs itself, first); the two give bitwise-equal steps. score must run no collectives under FSDP.
     Returns (rl_step's diagnostics, one dict per response for the metrics)."""
     G, device, t0 = cfg.group_size, next(model.parameters()).device, time.time()
     prompts, gen, texts = rollout(sampler, tok, problems, cfg, seed, cfg.rollout_temperature, n=G)  # sample
     t_sample = time.time() - t0
     targets = [problems[r // G] for r in range(len(texts))]
-    scores = score(texts, targets)  # score
-    batch = {k: v.to(device) for k, v in build_rollouts(prompts, gen, scores, G, tok.pad_id).items()}
+    batch = {k: v.to(device) for k, v in build_rollouts(prompts, gen, None, G, tok.pad_id).items()}  # no rewards yet
     model.train()
+    if cfg.overlap:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            scoring = pool.submit(timed, score, texts, targets)  # score, on the host
+            with autocast(device):  # meanwhile the device: frozen log-probs (none when beta == 0 and mu == 1)
+                frozen = grpo.frozen_logprobs(model, batch, gcfg, ref_model)  # (old_logp, ref_logp)
+            scores, t_score = scoring.result()  # waits; an exception in score is raised here, in this thread
+    else:
+        scores, t_score = timed(score, texts, targets)  # score
+        frozen = None  # rl_step computes the frozen log-probs itself
+    batch["rewards"] = reward_tensor(scores).to(device)  # (B,)
     with autocast(device):  # advantages, then the update
-        diag = grpo.rl_step(model, opt, batch, gcfg, ref_model=ref_model, normaliser=global_normaliser(batch, gcfg))
-    diag["sample_seconds"] = t_sample
+        diag = grpo.rl_step(model, opt, batch, gcfg, ref_model=ref_model, normaliser=global_normaliser(batch, gcfg),
+                            frozen=frozen)
+    diag["sample_seconds"], diag["score_seconds"] = t_sample, t_score
     rows = [{"bucket": p.bucket, "text": text, "long": runlog.long_mode(p, text), "lv": runlog.verify_mode(p, text),
              **s, "length": n, "truncated": cut}
             for p, text, s, n, cut in zip(targets, texts, scores, gen.lengths.tolist(), gen.truncated.float().tolist())]
