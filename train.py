@@ -25,7 +25,8 @@ grpo.rl_step turns rewards into group-relative advantages and updates the policy
 a stage varies, a prompt source (step -> problems) and a reward function (texts, problems -> score dicts), so
 later stages (R1's reasoning RL with a language-consistency term, RL with a learned reward model) reuse it.
 On CUDA, rollouts, evaluation, the RL step and pretraining run under bf16 autocast, TF32 elsewhere; pretraining
-batches are built on a background thread. On CPU everything is fp32, as measured.
+batches are built on a background thread, and each RL step scores its rewards on a host thread while the device
+computes the frozen log-probs (--overlap; --overlap=false is the serial twin). On CPU everything is fp32, as measured.
 
 Simplifications relative to the paper (DeepSeek-R1, arXiv 2501.12948):
  1. The base model is ours, pretrained in the run on a synthetic corpus (tasks.py) instead of DeepSeek-V3-Base
