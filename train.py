@@ -5,7 +5,7 @@ appear: held-out accuracy and response length rising through RL alone.
 
     python train.py --preset zero-small            # one GPU, ~4 minutes projected, pretraining included (not yet run)
     python train.py --preset zero-tiny             # 2 CPU cores, ~12 minutes (measured)
-    python train.py --preset zero-micro            # 2 CPU cores, ~4 CPU-minutes: a first run for students
+    python train.py --preset zero-micro            # 2 CPU cores, 3-4 CPU-minutes: a first run for students
     python train.py --preset smoke                 # every stage in seconds (tests, CI)
     python train.py --preset zero-tiny --rl_steps=100 --out_dir=runs/mine   # any field is a flag (or --rl-steps)
     python train.py --preset zero-tiny --resume    # continue a stopped run (Ctrl-C prints this command)
@@ -161,8 +161,10 @@ TRAIN_PRESETS = {
                       prompts_per_step=16, group_size=8, eval_every=10, transcript_every=10, ckpt_every=10,
                       eval_problems=32),
     # zero-micro: a student's first run: zero-tiny's count task on a 3-layer dense 0.5M-parameter model, 600
-    # pretraining steps (2.5M tokens) and 20 GRPO steps; about 4 CPU-minutes on one thread (fewer pretraining steps
-    # left the long mode unlearned and RL fell back to one-shot answers).
+    # pretraining steps (2.5M tokens) and 20 GRPO steps; 3-4 CPU-minutes on one thread. Whether its base learns the
+    # long mode depends on the seed, and without it RL has nothing to find (held-out pass@1 stays near 0.3). Fewer
+    # pretraining steps never learned it: 250 steps (1.6-1.9 CPU-minutes in all) went 0.19 -> 0.24-0.29 (seed 0,
+    # rl_lr 1e-4 to 5e-4) and 0.19 -> 0.16 (seed 1, rl_lr 3e-4); rl_lr 1e-3 broke the format within 2 steps.
     "zero-micro": dict(task="count", corpus_mix=ZERO_TINY_MIX, model="tiny-mla",
                        model_overrides={"dim": 128, "n_layers": 3, "inter_dim": 256}, pretrain_steps=600,
                        batch_size=16, warmup=30, max_new_tokens=72, threads=1, rl_steps=20, prompts_per_step=8,
