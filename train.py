@@ -25,8 +25,9 @@ grpo.rl_step turns rewards into group-relative advantages and updates the policy
 a stage varies, a prompt source (step -> problems) and a reward function (texts, problems -> score dicts), so
 later stages (R1's reasoning RL with a language-consistency term, RL with a learned reward model) reuse it.
 On CUDA, rollouts, evaluation, the RL step and pretraining run under bf16 autocast, TF32 elsewhere; pretraining
-batches are built on a background thread, and each RL step scores its rewards on a host thread while the device
-computes the frozen log-probs (--overlap; --overlap=false is the serial twin). On CPU everything is fp32, as measured.
+batches are built on a background thread. --overlap scores each RL step's rewards on a host thread while the device
+computes the frozen log-probs (for GPU runs with --beta > 0 or --mu > 1; off by default: on a busy 2-core CPU it made
+steps 8% slower). On CPU everything is fp32, as measured.
 
 Simplifications relative to the paper (DeepSeek-R1, arXiv 2501.12948):
  1. The base model is ours, pretrained in the run on a synthetic corpus (tasks.py) instead of DeepSeek-V3-Base
@@ -122,7 +123,7 @@ class TrainConfig:
     drop_truncated: bool = True        # responses cut at max_new_tokens leave the loss (was mask_truncated)
     mu: int = 1                        # optimizer updates per batch of rollouts
     micro_batch: int = 64              # rows per forward/backward
-    overlap: bool = True               # score rewards on a thread during the frozen log-probs (false: serial twin)
+    overlap: bool = False              # score rewards on a thread during the frozen log-probs (GPU; slower on CPU)
     max_grad_norm: float = 1.0         # gradient clipping (0: off)
     fused_head: bool = False           # lm_head fused into the log-prob kernel (never holds (B, T, V) logits)
     fused_head_chunk: int = 256        # loss tokens per fused-head chunk (peak extra ~8 x chunk x V fp32 on CPU)

@@ -434,7 +434,7 @@ def test_overlap_scores_on_a_thread_while_the_frozen_logprobs_run(smoke_run, mon
         seen["thread"], seen["concurrent"] = threading.get_ident(), started.wait(timeout=30)
         return varied_reward(texts, problems)
     monkeypatch.setattr(train.grpo, "frozen_logprobs", frozen)
-    diag, rows = train.grpo_step(score=score, **smoke_step_parts(smoke_run))
+    diag, rows = train.grpo_step(score=score, **smoke_step_parts(smoke_run, "--overlap=true"))
     assert seen == {"thread": seen["thread"], "concurrent": True} and seen["thread"] != threading.get_ident()
     assert diag["kl"] > 0 and diag["score_seconds"] > 0 and len(rows) == 8
 
