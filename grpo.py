@@ -358,31 +358,63 @@ def _frozen_logprobs(model, inputs, targets, cfg, batches):
     return out
 
 
+def _rollout_tensors(rollouts, device):
+    """tokens (B, L), response_mask (B, L) bool, truncated (B,) bool of a rollouts dict, on device, checked."""
+    tokens = rollouts["tokens"].to(device)  # (B, L)
+    response_mask = rollouts["response_mask"].to(device).bool()  # (B, L)
+    truncated = rollouts.get("truncated")
+    truncated = (truncated.to(device).bool() if truncated is not None
+                 else torch.zeros(tokens.shape[:1], dtype=torch.bool, device=device))  # (B,)
+    if tokens.dim() != 2 or response_mask.shape != tokens.shape or truncated.shape != tokens.shape[:1]:
+        raise ValueError(f"need tokens (B, L), response_mask (B, L), truncated (B,); got {tuple(tokens.shape)}, "
+                         f"{tuple(response_mask.shape)}, {tuple(truncated.shape)}")
+    return tokens, response_mask, truncated
+
+
+def frozen_logprobs(model, rollouts, cfg, ref_model=None):
+    """(old_logp, ref_logp), each (B, T) or None: the log-probs of the two frozen policies rl_step needs,
+    pi_old (only when cfg.mu > 1; with one update it is the current logp, detached) and the reference
+    (only when cfg.beta > 0). Call it before the update. rollouts as rl_step's, rewards not needed:
+    the log-probs are taken on every response token drop_truncated keeps (drop_equal_groups, which needs
+    the rewards, only removes rows later), so a trainer can score the rewards on the host while the
+    device computes these (train.py's --overlap). rl_step calls it itself when not given them."""
+    if cfg.beta > 0 and ref_model is None:
+        raise ValueError("cfg.beta > 0 needs a ref_model (or set beta=0)")
+    if cfg.beta == 0 and cfg.mu == 1:
+        return None, None
+    tokens, response_mask, truncated = _rollout_tensors(rollouts, next(model.parameters()).device)
+    keep = ~truncated if cfg.drop_truncated else torch.ones_like(truncated)  # (B,)
+    mask = (response_mask & keep[:, None])[:, 1:]  # (B, T) the loss mask before the rewards are known
+    inputs, targets = tokens[:, :-1], tokens[:, 1:].masked_fill(~mask, IGNORE)  # (B, T) each
+    batches = micro_batches(mask, cfg.micro_batch)  # [(row ids (b,), width)], length-sorted
+    ref_logp = _frozen_logprobs(ref_model, inputs, targets, cfg, batches) if cfg.beta > 0 else None  # (B, T)
+    old_logp = _frozen_logprobs(model, inputs, targets, cfg, batches) if cfg.mu > 1 else None  # (B, T)
+    return old_logp, ref_logp
+
+
 DIAGNOSTICS = ("clip_frac_low", "clip_frac_high", "ratio", "kl", "kl_old")  # token means over updates
 
 
-def rl_step(model, optimizer, rollouts, cfg, ref_model=None, normaliser=None):
+def rl_step(model, optimizer, rollouts, cfg, ref_model=None, normaliser=None, frozen=None):
     """One GRPO batch: cfg.mu optimizer updates on the rollouts, each micro-batched with gradient
     accumulation. rollouts: tokens (B, L) int64 prompt+response right-padded, response_mask (B, L)
     bool (True on predicted response tokens), rewards (B,), truncated (B,) bool (optional); rows
     grouped prompt-major. ref_model is only used (and only needed) when cfg.beta > 0.
     normaliser: see token_weights. Under FSDP pass the global count divided by the world size (the
     gradient all-reduce averages over ranks), so the summed gradient is the global-batch gradient.
+    frozen: (old_logp, ref_logp) from frozen_logprobs on these rollouts, computed while the rewards were
+    scored; None computes them here, first (the same calls: the two ways give bitwise-equal updates).
     Returns a dict of floats: loss, clip_frac_low, clip_frac_high, ratio, kl, kl_old, entropy (token
     means over all micro-batches and updates; entropy from the first update; NaN when no loss token is
     left, e.g. every response truncated and dropped), grad_norm (mean over updates), reward_mean,
     reward_std, zero_spread, response_len, truncated, tokens."""
-    if cfg.beta > 0 and ref_model is None:
-        raise ValueError("cfg.beta > 0 needs a ref_model (or set beta=0)")
-    device = next(model.parameters()).device
-    tokens = rollouts["tokens"].to(device)  # (B, L)
-    response_mask = rollouts["response_mask"].to(device).bool()  # (B, L)
-    rewards = rollouts["rewards"].to(device).float()  # (B,)
-    truncated = rollouts.get("truncated")
-    truncated = truncated.to(device).bool() if truncated is not None else torch.zeros_like(rewards, dtype=torch.bool)
-    if tokens.dim() != 2 or response_mask.shape != tokens.shape or rewards.shape != tokens.shape[:1]:
-        raise ValueError(f"need tokens (B, L), response_mask (B, L), rewards (B,); got {tuple(tokens.shape)}, "
-                         f"{tuple(response_mask.shape)}, {tuple(rewards.shape)}")
+    old_logp, ref_logp = frozen if frozen is not None else frozen_logprobs(model, rollouts, cfg, ref_model)  # (B, T)
+    if cfg.beta > 0 and ref_logp is None:
+        raise ValueError("cfg.beta > 0 needs a ref_model (or the ref_logp in frozen)")
+    tokens, response_mask, truncated = _rollout_tensors(rollouts, next(model.parameters()).device)
+    rewards = rollouts["rewards"].to(tokens.device).float()  # (B,)
+    if rewards.shape != tokens.shape[:1]:
+        raise ValueError(f"need rewards (B,) for tokens (B, L); got {tuple(rewards.shape)}, {tuple(tokens.shape)}")
 
     advantages = group_advantages(rewards, cfg.group_size, cfg.std_norm, cfg.unbiased_std)  # (B,) prompt order
     mask = loss_mask(response_mask, rewards, truncated, cfg)[:, 1:]  # (B, T) position t predicts token t+1
@@ -390,8 +422,6 @@ def rl_step(model, optimizer, rollouts, cfg, ref_model=None, normaliser=None):
     targets = tokens[:, 1:].masked_fill(~mask, IGNORE)  # (B, T)
     weights = token_weights(mask, cfg, normaliser)  # (B, T) once for the whole batch
     batches = micro_batches(mask, cfg.micro_batch)  # [(row ids (b,), width)], length-sorted
-    ref_logp = _frozen_logprobs(ref_model, inputs, targets, cfg, batches) if cfg.beta > 0 else None  # (B, T)
-    old_logp = _frozen_logprobs(model, inputs, targets, cfg, batches) if cfg.mu > 1 else None  # (B, T)
 
     sums = dict.fromkeys(("loss", "entropy") + DIAGNOSTICS, 0.0)  # token-weighted sums of the diagnostics
     grad_norms = []

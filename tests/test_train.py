@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import shutil
+import threading
 import traceback
 
 import pytest
@@ -380,3 +381,97 @@ def test_evaluation_is_one_sampler_call_on_gpu():
     assert train.eval_batch(cfg, 256, torch.device("cuda")) == 256 * 8  # every sequence in one decode loop
     assert train.eval_batch(cfg, 256, torch.device("cpu")) == 256  # CPU runs keep the measured batches
     assert train.eval_batch(train.parse_args(SMALL + ["--eval_batch=64"])[0], 256, torch.device("cuda")) == 64
+
+
+# ----------------------------------------------------------------------------- --overlap: rewards beside device work
+
+TIMINGS = ("seconds", "sample_seconds", "score_seconds")  # wall clock: the only fields the two paths may differ in
+
+
+def test_overlapped_step_equals_the_serial_twin_bitwise(smoke_run, tmp_path, monkeypatch):
+    """--overlap scores the rewards on a thread while the device computes the frozen log-probs (a reference model,
+    beta > 0, and pi_old, mu = 2). Three smoke steps give the same metrics and weights, bit for bit, as
+    --overlap=false, and the weights moved."""
+    monkeypatch.setattr(train, "rule_rewards", varied_reward)
+    runs = {}
+    for overlap in ("true", "false"):
+        d = with_cached_base(smoke_run[0], tmp_path / f"overlap_{overlap}")
+        train.main(SMALL + ["--out_dir", d, "--drop_truncated=false", "--beta=0.05", "--mu=2", "--rl_steps=3",
+                            "--eval_every=3", "--probe=false", f"--overlap={overlap}"])
+        runs[overlap] = d
+    fast, slow = (metrics(runs[o]) for o in ("true", "false"))
+    assert [r["step"] for r in fast] == [r["step"] for r in slow] == [0, 1, 2, 3, 3]
+    for a, b in zip(fast, slow):
+        assert {k: v for k, v in a.items() if k not in TIMINGS} == {k: v for k, v in b.items() if k not in TIMINGS}
+    assert all(r["kl"] > 0 and r["grad_norm"] > 0 for r in fast if r["kind"] == "train")  # both frozen policies ran
+    fast, slow, base = (load_file(os.path.join(d, *p, "model.safetensors"))
+                        for d, p in ((runs["true"], ("rl", "step_000003")), (runs["false"], ("rl", "step_000003")),
+                                     (smoke_run[0], ("base",))))
+    assert all(torch.equal(fast[k], slow[k]) for k in base)
+    assert max((fast[k] - base[k]).abs().max() for k in base) > 1e-4
+
+
+def smoke_step_parts(smoke_run, *flags):
+    """What train.grpo_step takes, for the smoke base model with a reference model (beta > 0)."""
+    src, _ = smoke_run
+    cfg, _ = train.parse_args(SMALL + ["--beta=0.05", "--mu=2", "--drop_truncated=false", *flags])
+    tok = train.Tokenizer.load(os.path.join(src, "tokenizer"))
+    model, _ = train.load_model(os.path.join(src, "base"), "cpu")
+    problems = tasks.make_problems(cfg.task, cfg.prompts_per_step, seed=0, buckets=["E"])
+    opt = train.make_optimizer(model, cfg.rl_lr, 0.0)
+    return dict(model=model, sampler=model, opt=opt, problems=problems, tok=tok, cfg=cfg, gcfg=train.grpo_config(cfg),
+                seed=0, ref_model=train.frozen_copy(model))
+
+
+def test_overlap_scores_on_a_thread_while_the_frozen_logprobs_run(smoke_run, monkeypatch):
+    started, seen, real = threading.Event(), {}, train.grpo.frozen_logprobs
+
+    def frozen(*a, **kw):
+        started.set()
+        return real(*a, **kw)
+
+    def score(texts, problems):  # finishes only once the device work has begun (or gives up after 30 s)
+        seen["thread"], seen["concurrent"] = threading.get_ident(), started.wait(timeout=30)
+        return varied_reward(texts, problems)
+    monkeypatch.setattr(train.grpo, "frozen_logprobs", frozen)
+    diag, rows = train.grpo_step(score=score, **smoke_step_parts(smoke_run, "--overlap=true"))
+    assert seen == {"thread": seen["thread"], "concurrent": True} and seen["thread"] != threading.get_ident()
+    assert diag["kl"] > 0 and diag["score_seconds"] > 0 and len(rows) == 8
+
+
+@pytest.mark.parametrize("overlap", ["true", "false"])
+def test_an_error_in_the_reward_surfaces_in_the_main_thread(smoke_run, overlap):
+    def broken(texts, problems):
+        raise ValueError("reward function broke")
+    with pytest.raises(ValueError, match="reward function broke"):
+        train.grpo_step(score=broken, **smoke_step_parts(smoke_run, f"--overlap={overlap}"))
+
+
+def test_frozen_logprobs_need_no_rewards_and_feed_rl_step_unchanged():
+    """grpo.frozen_logprobs (reference and pi_old) on rollouts without rewards, passed to rl_step, gives the same
+    update, bit for bit, as rl_step computing them itself; dropped equal groups included."""
+    import grpo
+    torch.manual_seed(0)
+    model = train.Transformer(train.ModelConfig.from_preset("tiny-mla", vocab_size=64))
+    ref = train.frozen_copy(model)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # a reference that differs: kl > 0
+    tokens = torch.randint(1, 64, (8, 12))  # (B, L)
+    response_mask = torch.zeros(8, 12, dtype=torch.bool)  # (B, L)
+    for r in range(8):
+        response_mask[r, 4:5 + r] = True
+    rollouts = {"tokens": tokens, "response_mask": response_mask, "truncated": torch.tensor([False] * 7 + [True])}
+    cfg = grpo.GRPOConfig(group_size=4, beta=0.1, mu=2, micro_batch=3, drop_equal_groups=True, drop_truncated=True)
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5])  # the second group is dropped
+    runs = []
+    for precompute in (True, False):
+        m = train.copy.deepcopy(model)
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        frozen = grpo.frozen_logprobs(m, rollouts, cfg, ref) if precompute else None  # no "rewards" key yet
+        diag = grpo.rl_step(m, opt, {**rollouts, "rewards": rewards}, cfg, ref_model=ref, frozen=frozen)
+        runs.append((diag, [p.detach().clone() for p in m.parameters()]))
+    (d1, w1), (d2, w2) = runs
+    assert d1 == d2 and d1["kl"] > 0 and all(torch.equal(a, b) for a, b in zip(w1, w2))
+    old, ref_logp = grpo.frozen_logprobs(model, rollouts, cfg, ref)
+    assert old.shape == ref_logp.shape == (8, 11) and (old[:7] != 0).any() and (old[7] == 0).all()  # truncated: out
