@@ -407,7 +407,11 @@ def rl_step(model, optimizer, rollouts, cfg, ref_model=None, normaliser=None, fr
     Returns a dict of floats: loss, clip_frac_low, clip_frac_high, ratio, kl, kl_old, entropy (token
     means over all micro-batches and updates; entropy from the first update; NaN when no loss token is
     left, e.g. every response truncated and dropped), grad_norm (mean over updates), reward_mean,
-    reward_std, zero_spread, response_len, truncated, tokens."""
+    reward_std, zero_spread, response_len, truncated, tokens.
+    model: any causal LM returning logits (B, T, V). A mixture-of-experts model of model.py is balanced by
+    DeepSeek-V3's aux-loss-free bias rule (model.py: MoE.update_bias): it counts expert load on the response
+    tokens (load_mask) and model.update_router_bias() applies the rule after every optimizer step; models without
+    a router (e.g. a Hugging Face one in tests) skip both."""
     old_logp, ref_logp = frozen if frozen is not None else frozen_logprobs(model, rollouts, cfg, ref_model)  # (B, T)
     if cfg.beta > 0 and ref_logp is None:
         raise ValueError("cfg.beta > 0 needs a ref_model (or the ref_logp in frozen)")
@@ -448,7 +452,7 @@ def rl_step(model, optimizer, rollouts, cfg, ref_model=None, normaliser=None, fr
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
         optimizer.step()
-        if hasattr(model, "update_router_bias"):  # DeepSeek-V3's aux-loss-free balancing, once per update
+        if hasattr(model, "update_router_bias"):  # aux-loss-free balancing (see the docstring), once per update
             model.update_router_bias()
 
     total = float(mask.sum())  # loss tokens, the same in every update

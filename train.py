@@ -500,8 +500,7 @@ def pretrain_step(model, opt, batch: torch.Tensor, lr: float, fwd=None) -> float
     total.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
-    if hasattr(model, "update_router_bias"):
-        model.update_router_bias()
+    model.update_router_bias()  # DeepSeek-V3's aux-loss-free balancing, after every optimizer step (model.py)
     return all_mean(total.item())
 
 
@@ -620,8 +619,7 @@ def sft(model, examples, steps: int, batch_size: int, lr: float, pad_id: int, se
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if hasattr(model, "update_router_bias"):
-            model.update_router_bias()
+        model.update_router_bias()  # aux-loss-free balancing, after every optimizer step (model.py)
         losses.append(all_mean(loss.item()))
         if step % 25 == 0 or step == steps - 1:
             log(f"[sft] step {step:5d} loss {losses[-1]:.4f}")
@@ -696,32 +694,34 @@ def load_problems(cfg: TrainConfig) -> tuple[list, list]:
     return pool, held
 
 
-def rollout(model, tok: Tokenizer, problems, cfg: TrainConfig, seed: int, temperature: float, n: int,
+def rollout(model, tok: Tokenizer, problems, cfg: TrainConfig, seed: int, temperature: float, group_size: int,
             top_p: float = 1.0, prefixes: list[str] | None = None):
-    """Sample n responses per problem (optionally forced to start with a per-problem prefix), bf16 on GPU.
-    Returns (prompt ids, the Generation moved to the host, response texts), rows prompt-major. The Generation
+    """Sample group_size (G) responses per problem (optionally forced to start with a per-problem prefix), bf16
+    on GPU. Returns (prompt ids, the Generation moved to the host, response texts), rows prompt-major. The Generation
     is copied to the host once (one copy per tensor, not one per row)."""
     prefixes = prefixes or [""] * len(problems)
     prompts = [ids + tok.encode(pre) for ids, pre in zip(prompt_ids(tok, problems), prefixes)]
     stop_tokens, stop_strings = sample.stops_for(tok)
     with autocast(next(model.parameters()).device):
         gen = sample.generate(model, prompts, max_new_tokens=cfg.max_new_tokens, temperature=temperature,
-                              top_p=top_p, n=n, stop_tokens=stop_tokens, stop_strings=stop_strings, tokenizer=tok,
-                              pad_id=tok.pad_id, seed=seed)
+                              top_p=top_p, n=group_size, stop_tokens=stop_tokens, stop_strings=stop_strings,
+                              tokenizer=tok, pad_id=tok.pad_id, seed=seed)
     gen = sample.Generation(**{f.name: getattr(gen, f.name).cpu() for f in dataclasses.fields(gen)})
     responses = [ids[:length] for ids, length in zip(gen.tokens.tolist(), gen.lengths.tolist())]
-    texts = [prefixes[r // n] + tok.decode([t for t in ids if t != tok.eos_id]) for r, ids in enumerate(responses)]
+    texts = [prefixes[r // group_size] + tok.decode([t for t in ids if t != tok.eos_id])
+             for r, ids in enumerate(responses)]
     return prompts, gen, texts
 
 
-def build_rollouts(prompts, gen, scores, n: int, pad_id: int) -> dict:
+def build_rollouts(prompts, gen, scores, group_size: int, pad_id: int) -> dict:
     """Concatenate prompt and response per row, right-padded: what grpo.rl_step consumes (host tensors).
     scores=None leaves out "rewards" (for grpo.frozen_logprobs, which needs none)."""
     lengths = gen.lengths.tolist()
-    rows = [prompts[r // n] + ids[:length] for r, (ids, length) in enumerate(zip(gen.tokens.tolist(), lengths))]
+    rows = [prompts[r // group_size] + ids[:length]  # (P*G rows) prompt-major: row r answers prompt r // G
+            for r, (ids, length) in enumerate(zip(gen.tokens.tolist(), lengths))]
     L = max(len(x) for x in rows)
     tokens = torch.tensor([x + [pad_id] * (L - len(x)) for x in rows], dtype=torch.long)  # (B, L)
-    starts = torch.tensor([len(prompts[r // n]) for r in range(len(rows))])  # (B,)
+    starts = torch.tensor([len(prompts[r // group_size]) for r in range(len(rows))])  # (B,)
     pos = torch.arange(L)[None, :]  # (1, L)
     mask = (pos >= starts[:, None]) & (pos < (starts + torch.tensor(lengths))[:, None])  # (B, L) response tokens
     out = {"tokens": tokens, "response_mask": mask, "truncated": gen.truncated.cpu().clone()}
@@ -750,7 +750,7 @@ def grpo_step(model, sampler, opt, problems, score, tok: Tokenizer, cfg: TrainCo
     frozen log-probs itself, first); the two give bitwise-equal steps. score must run no collectives under FSDP.
     Returns (rl_step's diagnostics, one dict per response for the metrics)."""
     G, device, t0 = cfg.group_size, next(model.parameters()).device, time.time()
-    prompts, gen, texts = rollout(sampler, tok, problems, cfg, seed, cfg.rollout_temperature, n=G)  # sample
+    prompts, gen, texts = rollout(sampler, tok, problems, cfg, seed, cfg.rollout_temperature, group_size=G)  # sample
     t_sample = time.time() - t0
     targets = [problems[r // G] for r in range(len(texts))]
     batch = {k: v.to(device) for k, v in build_rollouts(prompts, gen, None, G, tok.pad_id).items()}  # no rewards yet
@@ -878,7 +878,7 @@ def forced_mode_probe(model, tok, problems, cfg: TrainConfig, seed: int) -> dict
     are the headroom RL can exploit by learning to choose the long (and verifying) mode where it pays."""
     out = {}
     for mode in ("D", "L", "LV"):
-        _, gen, texts = rollout(model, tok, problems, cfg, seed, temperature=0.6, n=cfg.eval_k, top_p=0.95,
+        _, gen, texts = rollout(model, tok, problems, cfg, seed, temperature=0.6, group_size=cfg.eval_k, top_p=0.95,
                                 prefixes=[tasks.mode_prefix(p, mode) for p in problems])
         scores = rule_rewards(texts, [problems[r // cfg.eval_k] for r in range(len(texts))])
         for b in sorted({p.bucket for p in problems}):

@@ -73,7 +73,7 @@ def test_zero_small_real_size_one_pretraining_and_one_rl_step():
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
     problems = tasks.make_problems(cfg.task, 2, seed=0, buckets=["VH"])
-    prompts, gen, texts = train.rollout(model, tok, problems, cfg, seed=0, temperature=1.0, n=cfg.group_size)
+    prompts, gen, texts = train.rollout(model, tok, problems, cfg, seed=0, temperature=1.0, group_size=cfg.group_size)
     scores = train.rule_rewards(texts, [problems[r // cfg.group_size] for r in range(len(texts))])
     assert len(texts) == 4 and all(0 < int(n) <= cfg.max_new_tokens for n in gen.lengths)
     rollouts = train.build_rollouts(prompts, gen, scores, cfg.group_size, tok.pad_id)

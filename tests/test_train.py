@@ -219,7 +219,7 @@ def test_stage_rl_takes_a_reward_function_and_a_prompt_source(smoke_run, tmp_pat
 def test_build_rollouts_concatenates_prompt_and_response():
     gen = train.sample.Generation(tokens=torch.tensor([[7, 8, 0], [9, 0, 0]]), mask=None, logprobs=None,
                                   lengths=torch.tensor([2, 1]), truncated=torch.tensor([True, False]))
-    batch = train.build_rollouts([[1, 2, 3]], gen, [{"reward": 1.0}, {"reward": 0.5}], n=2, pad_id=0)
+    batch = train.build_rollouts([[1, 2, 3]], gen, [{"reward": 1.0}, {"reward": 0.5}], group_size=2, pad_id=0)
     assert batch["tokens"].tolist() == [[1, 2, 3, 7, 8], [1, 2, 3, 9, 0]]
     assert batch["response_mask"].tolist() == [[False] * 3 + [True, True], [False] * 3 + [True, False]]
     assert batch["rewards"].tolist() == [1.0, 0.5] and batch["truncated"].tolist() == [True, False]
