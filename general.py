@@ -25,6 +25,8 @@ Simplifications:
     text = good_response(problems[0])                            # ' <think> ... </think> <answer> ... </answer>'
     hidden_score(problems[0], text)                              # {"helpful": 1.0, "harmless": 1.0, "score": 1.0}
     pairs = preference_pairs(problems, random.Random(0))          # (problem, chosen, rejected) by the hidden rule
+
+No tensors here: problems and text only.
 """
 from __future__ import annotations
 

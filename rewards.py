@@ -15,7 +15,7 @@ reward. RL finds every loophole, so each rule here is strict and bounded:
     judged in the parent from the values the program prints.
 
 The file reads from the entry point down: score() and its weights, then the format rule, answer extraction,
-the per-task check, Countdown, and language consistency.
+the per-task check, Countdown, and language consistency. No tensors here: text in, floats out.
 
 Simplifications vs the paper / production graders:
   1. Math answers: see mathcheck.py (what it parses; lists are sets; no tolerance, so 0.333 != 1/3;
