@@ -38,8 +38,8 @@ from collections import Counter
 
 import torch
 
-from sample import (TEMPLATES, FlagParser, UsageError, generate, generation_eos_ids, load_checkpoint, make_prompt,
-                    new_token_budget, resolve_run, stops_for, underscored)
+from sample import (FlagParser, UsageError, cli_model, cli_prompt, device_flags, generate, make_prompt,
+                    new_token_budget, resolve_run, sampling_flags, stops_for, underscored)
 
 
 # ----------------------------------------------------------------------------- evaluation metrics
@@ -356,18 +356,11 @@ def build_parser(prog="evaluate.py"):
     g.add_argument("--buckets", metavar="B,B", help="difficulty buckets of --task (default: recorded, else all)")
     g.add_argument("--n", type=int, metavar="N", help="number of problems (default: all of --problems; for the "
                    "recorded task, its training log's held-out set; 100 of another --task)")
-    g = ap.add_argument_group("prompt")
-    g.add_argument("--template", default="r1-zero", choices=TEMPLATES, help="r1-zero: the paper's R1-Zero "
-                   "template; chat: the checkpoint's own chat template (tokenizer_config.json); none: no wrapping "
-                   "(default: r1-zero)")
-    g = ap.add_argument_group("sampling")
-    g.add_argument("--k", type=int, help="samples per problem (default: the training log's eval_k for the recorded "
-                   "task or file, else 8; the paper: 64 on AIME)")
-    g.add_argument("--temperature", type=float, metavar="TEMP", help="0 = greedy (default: 0.6, the paper's)")
-    g.add_argument("--top_p", type=float, metavar="P", help="nucleus mass (default: 0.95, the paper's)")
-    g.add_argument("--top_k", type=int, default=0, metavar="K", help="keep the K most likely tokens (default: 0 = off)")
-    g.add_argument("--max_new_tokens", type=int, metavar="N", help="generation budget per sample (default: the "
-                   "checkpoint's training value, else 32768, the paper's; capped at the model's context)")
+    g = sampling_flags(ap, temperature="0.6, the paper's", top_p="0.95, the paper's", budget="generation budget per "
+                       "sample (default: the checkpoint's training value, else 32768, the paper's; capped at the "
+                       "model's context)", first=lambda g: g.add_argument(
+                           "--k", type=int, help="samples per problem (default: the training log's eval_k for the "
+                           "recorded task or file, else 8; the paper: 64 on AIME)"))
     g.add_argument("--seed", type=int, metavar="S", help="sampling seed, and the seed that draws --task problems "
                    "(default: the training run's seed for the recorded task or file, else 0)")
     g = ap.add_argument_group("batching and output")
@@ -378,11 +371,7 @@ def build_parser(prog="evaluate.py"):
     g.add_argument("--out", metavar="FILE", help="per-problem results JSONL, resumed when it exists; the summary "
                    "goes beside it as .summary.json (default: runs/eval/<ckpt>-<problems>-<template>-k<k>-<settings "
                    "hash>.jsonl)")
-    g = ap.add_argument_group("device")
-    g.add_argument("--device", default="auto", metavar="DEV",
-                   help="auto | cpu | cuda | cuda:N (default: auto = cuda if present)")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights dtype (default: auto = bfloat16 on a GPU that supports it, else float32)")
+    device_flags(ap)
     return ap
 
 
@@ -495,15 +484,8 @@ def _main(argv, prog):
     run = resolve(args)
     for note in run.notes:
         print(note, file=sys.stderr)
-    try:
-        model, tok = load_checkpoint(args.ckpt, run.device, run.dtype)
-    except (OSError, KeyError, ValueError) as e:
-        raise UsageError(f"--ckpt {args.ckpt}: cannot load ({e})") from None
-    eos_ids = generation_eos_ids(args.ckpt)
-    try:
-        texts = [make_prompt(args.template, tok, p.question) for p in run.problems]
-    except Exception as e:  # a chat template's raise_exception or syntax error
-        raise UsageError(f"--template {args.template}: the checkpoint's chat template failed ({e})") from None
+    model, tok, eos_ids = cli_model(args.ckpt, run)
+    texts = [cli_prompt(args.template, tok, p.question) for p in run.problems]
     prompts = [tok.encode(t) for t in texts]
     max_new_tokens = new_token_budget(args, run.train, model, prompts, default=32768)
     temperature = 0.6 if args.temperature is None else args.temperature

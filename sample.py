@@ -562,23 +562,36 @@ def build_parser():
     g.add_argument("--prompt", metavar="TEXT", help="continue TEXT, wrapped in --template, streaming the completion")
     g.add_argument("--eval", action="store_true", help="evaluate instead: runs evaluate.py with the other flags "
                    "(python evaluate.py --help lists them)")
+    g = sampling_flags(ap, temperature="1.0", top_p="1.0 = off", budget="generation budget (default: the "
+                       "checkpoint's training value, else 256; capped at the model's context)")
+    g.add_argument("--seed", type=int, metavar="S", help="sampling seed (default: 0)")
+    device_flags(ap)
+    return ap
+
+
+def sampling_flags(ap, temperature: str, top_p: str, budget: str, first=None):
+    """The "prompt" and "sampling" flag groups sample.py and evaluate.py share (their defaults differ: sampling
+    vs the paper's evaluation protocol); `first` adds flags at the top of the sampling group. Returns the group."""
     g = ap.add_argument_group("prompt")
     g.add_argument("--template", default="r1-zero", choices=TEMPLATES, help="r1-zero: the paper's R1-Zero "
                    "template; chat: the checkpoint's own chat template (tokenizer_config.json); none: no wrapping "
                    "(default: r1-zero)")
     g = ap.add_argument_group("sampling")
-    g.add_argument("--temperature", type=float, metavar="TEMP", help="0 = greedy (default: 1.0)")
-    g.add_argument("--top_p", type=float, metavar="P", help="nucleus mass (default: 1.0 = off)")
+    if first:
+        first(g)
+    g.add_argument("--temperature", type=float, metavar="TEMP", help=f"0 = greedy (default: {temperature})")
+    g.add_argument("--top_p", type=float, metavar="P", help=f"nucleus mass (default: {top_p})")
     g.add_argument("--top_k", type=int, default=0, metavar="K", help="keep the K most likely tokens (default: 0 = off)")
-    g.add_argument("--max_new_tokens", type=int, metavar="N", help="generation budget (default: the checkpoint's "
-                   "training value, else 256; capped at the model's context)")
-    g.add_argument("--seed", type=int, metavar="S", help="sampling seed (default: 0)")
+    g.add_argument("--max_new_tokens", type=int, metavar="N", help=budget)
+    return g
+
+
+def device_flags(ap) -> None:
     g = ap.add_argument_group("device")
     g.add_argument("--device", default="auto", metavar="DEV",
                    help="auto | cpu | cuda | cuda:N (default: auto = cuda if present)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights dtype (default: auto = bfloat16 on a GPU that supports it, else float32)")
-    return ap
 
 
 def underscored(argv, flags):
@@ -718,20 +731,31 @@ def main(argv=None):
         sys.exit(2)
 
 
+def cli_model(ckpt: str, run):
+    """The model and tokenizer of --ckpt on the run's device and dtype, and its generation eos ids; a UsageError
+    naming the directory when it cannot be loaded (sample.py and evaluate.py)."""
+    try:
+        model, tok = load_checkpoint(ckpt, run.device, run.dtype)
+    except (OSError, KeyError, ValueError) as e:
+        raise UsageError(f"--ckpt {ckpt}: cannot load ({e})") from None
+    return model, tok, generation_eos_ids(ckpt)
+
+
+def cli_prompt(template: str, tok, question: str, **kw) -> str:
+    """make_prompt, with a UsageError when the checkpoint's chat template fails (raise_exception, bad syntax)."""
+    try:
+        return make_prompt(template, tok, question, **kw)
+    except Exception as e:
+        raise UsageError(f"--template {template}: the checkpoint's chat template failed ({e})") from None
+
+
 def _main(argv):
     args = parse_args(argv)
     if args.prompt is None or args.eval:
         raise UsageError("give exactly one of --prompt TEXT or --eval (evaluation: python evaluate.py --help)")
     run = resolve_run(args)
-    try:
-        model, tok = load_checkpoint(args.ckpt, run.device, run.dtype)
-    except (OSError, KeyError, ValueError) as e:
-        raise UsageError(f"--ckpt {args.ckpt}: cannot load ({e})") from None
-    eos_ids = generation_eos_ids(args.ckpt)
-    try:
-        text = make_prompt(args.template, tok, args.prompt, instruct=False)
-    except Exception as e:  # a chat template's raise_exception or syntax error
-        raise UsageError(f"--template {args.template}: the checkpoint's chat template failed ({e})") from None
+    model, tok, eos_ids = cli_model(args.ckpt, run)
+    text = cli_prompt(args.template, tok, args.prompt, instruct=False)
     prompts = [tok.encode(text)]
     max_new_tokens = new_token_budget(args, run.train, model, prompts, default=256)
     print(text, end="", flush=True)

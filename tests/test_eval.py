@@ -325,8 +325,7 @@ def test_cli_uses_the_recorded_task(tmp_path, capsys):
 def test_cli_errors_are_one_line_before_any_work(tmp_path, ckpt, capsys, monkeypatch):
     def no_load(*a, **k):
         raise AssertionError("the checkpoint was loaded before the error")
-    monkeypatch.setattr(sample, "load_checkpoint", no_load)
-    monkeypatch.setattr(evaluate_mod, "load_checkpoint", no_load)
+    monkeypatch.setattr(sample, "load_checkpoint", no_load)  # both CLIs load through sample.cli_model
     run_dir = tmp_path / "smoke"
     (run_dir / "rl" / "step_000002").mkdir(parents=True)
     (run_dir / "rl" / "step_000002" / "config.json").write_text("{}")
