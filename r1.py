@@ -148,9 +148,9 @@ R1_PRESETS = {
     "r1-tiny": dict(recipe="zero-tiny", recipe_args={"pretrain_steps": 900, "rl_steps": 40}),
     # r1-tiny where R1-Zero's mixing survives RL: half the dialogues open their reasoning mixed, a choice made at
     # the first word and independent of the problem, so sharpening on accuracy has no reason to remove it
-    # (mid-thought drift, drift_rate, was gone after R1-Zero's RL at 0.3 and 0.7). Measured once (stage 0 only,
-    # docs/r1-tiny-mixed-r1zero.json): the mixing survives R1-Zero (language 0.63 -> 0.62) but the long mode is weaker
-    # in this base (forced-long pass@1 0.50 vs r1-tiny's 0.97) and R1-Zero does not take off (pass@1 0.35 -> 0.39)
+    # (mid-thought drift, drift_rate, was gone after R1-Zero's RL at 0.3 and 0.7). Measured once
+    # (docs/r1-tiny-mixed-results.md): the mixing survives R1-Zero (language 0.63 -> 0.62), which does not take off
+    # (pass@1 0.35 -> 0.39); the cold start makes the reasoning one-language (1.00) and stage 2 reaches pass@1 1.00
     "r1-tiny-mixed": dict(recipe="zero-tiny", recipe_args={"pretrain_steps": 900, "rl_steps": 40}, ja_open_rate=0.5),
     # a real checkpoint on real data under torchrun (FSDP2), with the paper's RL settings (zero-full's); a design
     # until it is run: sizes are the paper's proportions scaled to a few GPU-hours, not measured
