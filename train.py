@@ -968,14 +968,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if RANK == 0:
         json.dump(dataclasses.asdict(cfg), open(os.path.join(cfg.out_dir, "train_config.json"), "w"), indent=1)
-    log_file = open(os.path.join(cfg.out_dir, "log.txt"), "a") if RANK == 0 else None
-
-    def log(msg: str):
-        if RANK == 0:
-            print(msg, flush=True)
-            log_file.write(msg + "\n")
-            log_file.flush()
-
+    log = runlog.console_log(cfg.out_dir, RANK)  # rank 0: the console and log.txt
     t0 = time.time()
     log(f"== {cfg.preset} on {device}" + (f" x {WORLD} ranks (FSDP)" if WORLD > 1 else "") + f" -> {cfg.out_dir}")
     if notice := cpu_notice(cfg, device):
