@@ -40,6 +40,10 @@ def rl_flops(run: str, cfg: train.TrainConfig, n_params: int) -> float:
 def main(run: str, control: str) -> None:
     if control not in CONTROLS:
         raise SystemExit(f"error: unknown control {control!r}; valid: {', '.join(CONTROLS)}")
+    for need in ("train_config.json", "metrics.jsonl", "tokenizer", "base"):
+        if not os.path.exists(os.path.join(run, need)):
+            raise SystemExit(f"error: {run} is not a finished zero-mini run (no {need}); run "
+                             f"python train.py --preset zero-mini --out_dir={run} first")
     cfg = train.TrainConfig(**json.load(open(os.path.join(run, "train_config.json"))))
     out = f"{run.rstrip('/')}-{control}"
     os.makedirs(out, exist_ok=True)

@@ -6,6 +6,7 @@ Prints, per run, step 0 vs the last evaluation against each bar of the zero-mini
 probe, and the controls' first and last evaluations; draws length per bucket, the L and LV shares per bucket and
 the reflective-word rate over the steps (one column per seed)."""
 import json
+import os
 import sys
 
 BUCKETS = ["E", "M", "H", "VH"]
@@ -64,6 +65,8 @@ def probe(e: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
+    if len(argv) < 2:
+        raise SystemExit(__doc__.split("\n\n")[1])
     out, runs, controls = argv[0], [], {}
     it = iter(argv[1:])
     for a in it:
@@ -72,6 +75,9 @@ def main(argv: list[str]) -> None:
             controls[name] = d
         else:
             runs.append(a)
+    for d in runs + list(controls.values()):
+        if not os.path.exists(f"{d}/metrics.jsonl"):
+            raise SystemExit(f"error: {d} has no metrics.jsonl (give finished run directories)")
     for run in runs:
         ev = evals(run)
         print(f"\n### {run}\n\nstep-0 forced-mode probe:\n\n{probe(ev[0])}\n")
