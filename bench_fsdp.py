@@ -1,4 +1,4 @@
-"""bench_fsdp.py: peak memory and step time of train.py's FSDP2 path beside plain training (bench.py's fsdp section).
+"""bench_fsdp.py: peak memory and step time of distributed.py's FSDP2 path beside plain training (bench.py's fsdp section).
 
     python bench.py fsdp                   # GPU: 1-rank FSDP2 vs plain; CPU: 2 gloo ranks' peak memory per phase
     python bench.py fsdp --quick           # tiny shapes
@@ -14,7 +14,7 @@ Shapes: B batch rows, T positions (a training batch is (B, T+1) token ids: T inp
 """
 import os
 
-# bench_fsdp(args): peak memory and step time of one training step through train.py's FSDP2 path (fully_shard per
+# bench_fsdp(args): peak memory and step time of one training step through distributed.py's FSDP2 path (fully_shard per
 # block, bf16 compute, fp32 reduction; a 1-rank process group) vs plain single-GPU training (fp32 weights + bf16
 # autocast) for a ~1B-parameter model (llama-3.2-1b shape, random weights), AdamW, batch 4 x 1024 tokens.
 # With one rank FSDP shards nothing: the comparison shows its overhead; memory savings scale with the world size
@@ -36,12 +36,13 @@ def _fsdp_memory_rank(rank: int, mode: str, preset: str, over: dict, out: str, p
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     import checkpoint
+    import distributed
     import train
     from model import ModelConfig, Transformer
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                          get_optimizer_state_dict)
 
-    train.dist_init("cpu")
+    distributed.dist_init("cpu")
 
     def peak():  # GiB: the peak resident memory since the last reset (VmHWM), then reset it
         with open("/proc/self/status") as f:
@@ -54,22 +55,22 @@ def _fsdp_memory_rank(rank: int, mode: str, preset: str, over: dict, out: str, p
     peak()
 
     def phase(name):
-        train.barrier()
+        distributed.barrier()
         rows.append((name, peak(), time.time() - t0))
 
     torch.manual_seed(0)
     if mode == "streamed":
-        model = checkpoint.empty_model(cfg, shard=train.shard)  # each rank allocates its slice only
+        model = checkpoint.empty_model(cfg, shard=distributed.shard)  # each rank allocates its slice only
         with torch.no_grad():
             for p in model.parameters():
                 p.to_local().normal_(0.0, 0.02)  # random weights at the real shape
     else:
-        model = train.shard(Transformer(cfg))
+        model = distributed.shard(Transformer(cfg))
     phase("model (fp32 shards)")
 
     full = StateDictOptions(full_state_dict=True)
     if mode == "streamed":
-        replica = train.Replica(model)
+        replica = distributed.Replica(model)
         sampler = replica.get
     else:
         copy = {}
@@ -96,7 +97,7 @@ def _fsdp_memory_rank(rank: int, mode: str, preset: str, over: dict, out: str, p
         from safetensors.torch import save_file
         sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         osd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if train.RANK == 0:
+        if distributed.RANK == 0:
             save_file({k: v.contiguous() for k, v in sd.items() if k != "lm_head.weight"},
                       os.path.join(out, "old.safetensors"))
         del sd, osd  # both were alive at once on rank 0, as in the earlier save
@@ -136,7 +137,7 @@ def bench_fsdp(args):
         if mode == "fsdp":
             if not dist.is_initialized():
                 dist.init_process_group("nccl", rank=0, world_size=1)
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # train.shard() skips world 1
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # distributed.shard() skips world 1
             mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
             for block in model.layers:
                 fully_shard(block, mp_policy=mp)

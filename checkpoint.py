@@ -89,7 +89,7 @@ def copy_full_(target, value) -> None:
 
 def empty_model(cfg: ModelConfig, dtype=torch.float32, device="cpu", shard=None) -> Transformer:
     """A Transformer with uninitialised weights allocated once on device (no random init to overwrite) and its
-    computed buffers (RoPE frequencies, fp32 router bias and load counts) set. shard (e.g. train.shard): applied
+    computed buffers (RoPE frequencies, fp32 router bias and load counts) set. shard (e.g. distributed.shard): applied
     on the meta device first, so each FSDP rank allocates only its slice."""
     with torch.device("meta"):
         model = Transformer(cfg)

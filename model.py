@@ -10,7 +10,7 @@ routed experts, sigmoid or softmax routing, group-limited top-k, auxiliary-loss-
 sequence-wise balance loss), the KV cache, and Hugging Face checkpoint loading and saving (safetensors).
 
 Simplifications relative to the paper / production systems:
-1. No multi-token prediction (MTP) module; no tensor/expert parallelism (FSDP lives in train.py).
+1. No multi-token prediction (MTP) module; no tensor/expert parallelism (FSDP lives in distributed.py).
 2. Attention: GQA and MLA's textbook path call torch's scaled_dot_product_attention with a boolean
    mask; MLA's absorbed path writes its own scores and softmax in latent space (einsums). No paged
    or FlashMLA kernels.

@@ -79,6 +79,7 @@ import torch
 import checkpoint
 import cli
 import distill
+import distributed
 import general
 import rewards
 import runlog
@@ -356,13 +357,13 @@ def mixed_prompts(reasoning_pool: list, general_pool: list, per_step: int, share
 def full_copy(model):
     """The model itself in one process; under FSDP a full copy gathered one parameter at a time (every rank
     calls it: a collective), so a rank can sample or score alone."""
-    return train.Replica(model).get()
+    return distributed.Replica(model).get()
 
 
 def shard_reward_model(rm: RewardModel) -> RewardModel:
-    """Under FSDP the backbone comes sharded (checkpoint.load with train.shard); this shards the head too, so its
+    """Under FSDP the backbone comes sharded (checkpoint.load with distributed.shard); this shards the head too, so its
     gradients are reduced across ranks like every other parameter's. A no-op in one process."""
-    if train.WORLD > 1:
+    if distributed.WORLD > 1:
         from torch.distributed.fsdp import fully_shard
         fully_shard(rm)
     return rm
@@ -371,12 +372,12 @@ def shard_reward_model(rm: RewardModel) -> RewardModel:
 def full_reward_model(rm: RewardModel) -> RewardModel:
     """rm itself in one process; under FSDP an unsharded copy (bf16 on GPU) gathered tensor by tensor (a
     collective: every rank calls it)."""
-    if train.WORLD == 1:
+    if distributed.WORLD == 1:
         return rm
     unsharded = [n for n, p in rm.named_parameters() if not checkpoint.is_sharded(p)]
     assert not unsharded, f"parameters {unsharded} are not sharded: their gradients were never reduced across ranks"
     device = rm.head.weight.device
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # as train.Replica; the head stays fp32
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # as distributed.Replica; the head stays fp32
     out = RewardModel(checkpoint.empty_model(rm.backbone.cfg, dtype, device)).to(device)
     mine = out.state_dict(keep_vars=True)
     with torch.no_grad():
@@ -402,8 +403,8 @@ def rejection_sample(model, tok, problems, k: int, cfg: R1Config, rc) -> tuple[l
     gathered copy and every rank gets all the kept records."""
     dc, f = filters(cfg, rc)
     sampler = distill.teacher_sampler(full_copy(model), tok, dc)
-    kept, stats = distill.rejection_sample(problems[train.RANK::train.WORLD], sampler, k, cfg.seed + train.RANK, f)
-    parts = train.all_gather((kept, stats))
+    kept, stats = distill.rejection_sample(problems[distributed.RANK::distributed.WORLD], sampler, k, cfg.seed + distributed.RANK, f)
+    parts = distributed.all_gather((kept, stats))
     kept = [r for part, _ in parts for r in part]
     dropped = {reason: sum(s["dropped"][reason] for _, s in parts) for reason in stats["dropped"]}
     return kept, {"samples": sum(s["samples"] for _, s in parts), "dropped": dropped}
@@ -467,7 +468,7 @@ def file_world(cfg: R1Config, rc, data: dict, device, log, rows: dict) -> dict:
     """r1-full: the checkpoint (its tokenizer; the base reloaded, sharded, whenever a stage starts from it) and
     the data files. No hidden rule exists for real prompts: the general columns stay empty."""
     tok, prefs = data["tok"], data["preferences"]
-    w = {"tok": tok, "base": lambda: checkpoint.load(cfg.init, device, shard=train.shard)[0].train(),
+    w = {"tok": tok, "base": lambda: checkpoint.load(cfg.init, device, shard=distributed.shard)[0].train(),
          "pool": data["pool"], "held": data["held"], "buckets": sorted({p.bucket for p in data["held"]}),
          "general_pool": data["general"], "general_held": [], "hidden": None,
          "cold_start": lambda: data["cold_start"],
@@ -508,7 +509,7 @@ def evaluate_row(model, tok, held, general_held, cfg: R1Config, rc: train.TrainC
     where there is one (hidden=None: real prompts). Under FSDP rank 0 evaluates a gathered copy; the other ranks return {}."""
     sampler = full_copy(model)
     row = {}
-    if train.RANK == 0:
+    if distributed.RANK == 0:
         sampler.eval()
         with train.autocast(next(sampler.parameters()).device):
             res = sample.evaluate(sampler, tok, held, k=cfg.eval_k, temperature=0.6, top_p=0.95,
@@ -524,7 +525,7 @@ def evaluate_row(model, tok, held, general_held, cfg: R1Config, rc: train.TrainC
             hidden = [hidden(p, t) for p, t in zip(general_held, texts)]
             for key in ("score", "helpful", "harmless"):
                 row[f"general_{key}"] = sum(h[key] for h in hidden) / len(hidden)
-    train.barrier()
+    distributed.barrier()
     return row
 
 # -----------------------------------------------------------------------------
@@ -538,12 +539,12 @@ def cached_sft(name: str, key, build, tok, cfg: R1Config, device, log):
     h = train.config_hash(key, code=("r1.py", "train.py", "tasks.py", "general.py", "distill.py", "sample.py"))
     if os.path.exists(stamp) and json.load(open(stamp)).get("hash") == h:
         log(f"[{name}] cached at {path}")
-        return checkpoint.load(path, device, shard=train.shard)[0].train()
+        return checkpoint.load(path, device, shard=distributed.shard)[0].train()
     model = build()
     train.save_checkpoint(path, model, None, {"stage": name}, tok)
-    if train.RANK == 0:
+    if distributed.RANK == 0:
         json.dump({"hash": h}, open(stamp, "w"))
-    train.barrier()
+    distributed.barrier()
     return model
 
 
@@ -557,19 +558,19 @@ def rl_stage(name: str, rc: train.TrainConfig, tok, model, device, log, key, **k
     same = os.path.exists(stamp) and json.load(open(stamp)).get("hash") == h
     if same and os.path.isdir(done):
         log(f"[{name}] cached at {done}")
-        return checkpoint.load(done, device, shard=train.shard)[0].train(), json.load(open(stamp)).get("summary", {})
-    train.barrier()  # every rank has read the stamp before rank 0 moves or rewrites it
-    if train.RANK == 0:
+        return checkpoint.load(done, device, shard=distributed.shard)[0].train(), json.load(open(stamp)).get("summary", {})
+    distributed.barrier()  # every rank has read the stamp before rank 0 moves or rewrites it
+    if distributed.RANK == 0:
         if os.path.isdir(rc.out_dir) and not same:
             old = f"{rc.out_dir}.old_{time.strftime('%Y%m%d_%H%M%S')}"
             shutil.move(rc.out_dir, old)
             log(f"[{name}] its config changed: the previous run moved to {old}")
         os.makedirs(rc.out_dir, exist_ok=True)
         json.dump({"hash": h}, open(stamp, "w"))
-    train.barrier()
+    distributed.barrier()
     resume = train.latest_rl_checkpoint(rc.out_dir) is not None
     summary = train.stage_rl(rc, tok, model, device, resume, log, **kw)
-    if train.RANK == 0:
+    if distributed.RANK == 0:
         json.dump({"hash": h, "summary": summary}, open(stamp, "w"), default=str)
     return model, summary
 
@@ -647,7 +648,7 @@ def stages(cfg: R1Config, rc, w: dict, device, log, rows: dict, extra: dict) -> 
     train_pairs, held_pairs = ([(enc(q, c), enc(q, r)) for q, c, r in ps] for ps in w["pairs"]())
     rm = shard_reward_model(RewardModel(w["base"]()).to(device))
     train_reward_model(rm, train_pairs, cfg.rm_steps, cfg.sft_batch_size, cfg.rm_lr, tok.pad_id, seed=cfg.seed,
-                       log=log, rank=train.RANK, world=train.WORLD)
+                       log=log, rank=distributed.RANK, world=distributed.WORLD)
     rm = full_reward_model(rm)  # ranks score their own rows during RL
     rm_acc = pair_accuracy(rm, held_pairs, tok.pad_id)
     log(f"[stage 4] reward model held-out pair accuracy {rm_acc:.3f} ({len(held_pairs)} pairs)")
@@ -664,22 +665,22 @@ def main(argv: list[str] | None = None) -> dict:
     preset, cfg = parse_args(argv)
     rc = recipe(cfg)
     data = load_files(cfg, rc) if cfg.init else None  # every line of every data file checked before any model
-    device = train.dist_init(cfg.device)
-    if train.WORLD > 1 and not cfg.init:
+    device = distributed.dist_init(cfg.device)
+    if distributed.WORLD > 1 and not cfg.init:
         raise SystemExit(f"error: torchrun runs r1-full (a real checkpoint); run --preset {preset} in one process")
     train.validate_world(rc)
-    if cfg.sft_batch_size % train.WORLD:
+    if cfg.sft_batch_size % distributed.WORLD:
         raise SystemExit(f"error: --sft_batch_size ({cfg.sft_batch_size}) must be divisible by the number of "
-                         f"processes ({train.WORLD})")
-    if train.RANK == 0:
+                         f"processes ({distributed.WORLD})")
+    if distributed.RANK == 0:
         os.makedirs(cfg.out_dir, exist_ok=True)
-    train.barrier()
-    log = runlog.console_log(cfg.out_dir, train.RANK)
+    distributed.barrier()
+    log = runlog.console_log(cfg.out_dir, distributed.RANK)
 
     t0 = time.time()
     if rc.threads:
         torch.set_num_threads(rc.threads)
-    log(f"== {preset} on {device}" + (f" x {train.WORLD} ranks (FSDP)" if train.WORLD > 1 else "") +
+    log(f"== {preset} on {device}" + (f" x {distributed.WORLD} ranks (FSDP)" if distributed.WORLD > 1 else "") +
         f" -> {cfg.out_dir} (" + (f"from {cfg.init}" if cfg.init else f"recipe {cfg.recipe}") + ")")
     rows, extra = {}, {"seconds": {}}
     try:
@@ -688,17 +689,17 @@ def main(argv: list[str] | None = None) -> dict:
         stages(cfg, rc, w, device, log, rows, extra)
     except KeyboardInterrupt:
         log(f"\n== interrupted (Ctrl-C); finished stages are cached: rerun the same command to continue:\n"
-            f"   {'torchrun ... ' if train.WORLD > 1 else 'python '}r1.py {' '.join(argv)}")
+            f"   {'torchrun ... ' if distributed.WORLD > 1 else 'python '}r1.py {' '.join(argv)}")
         raise SystemExit(130) from None
     extra["seconds"]["total"] = time.time() - t0
-    if train.RANK == 0:
+    if distributed.RANK == 0:
         md = results_markdown(rows, w["buckets"], cfg, extra)
         open(os.path.join(cfg.out_dir, "results.md"), "w").write(md)
         json.dump({"rows": rows, **extra}, open(os.path.join(cfg.out_dir, "results.json"), "w"), indent=1,
                   default=str)
         log(md)
         log(f"== done in {time.time() - t0:.0f}s: {os.path.join(cfg.out_dir, 'results.md')}")
-    if train.WORLD > 1:
+    if distributed.WORLD > 1:
         torch.distributed.destroy_process_group()
     return {"rows": rows, **extra}
 

@@ -15,7 +15,8 @@ reward. RL finds every loophole, so each rule here is strict and bounded:
     judged in the parent from the values the program prints.
 
 The file reads from the entry point down: score() and its weights, then the format rule, answer extraction,
-the per-task check, Countdown, and language consistency. No tensors here: text in, floats out.
+the per-task check, Countdown, and language consistency. overlong_penalty, beside score(), is the one rule
+that reads a token count instead of the text. No tensors here: text in, floats out.
 
 Simplifications vs the paper / production graders:
   1. Math answers: see mathcheck.py (what it parses; lists are sets; no tolerance, so 0.333 != 1/3;
@@ -63,6 +64,18 @@ def score(completion, problem, weights=None, think_prefilled=False, lang="en"):
         language = language_consistency(think, lang)
     reward = w["accuracy"] * acc + w["format"] * fmt + w["language"] * language
     return {"reward": reward, "format": fmt, "accuracy": acc, "language": language, "answer": answer}
+
+
+def overlong_penalty(n_tokens, max_new_tokens, buffer):
+    """DAPO's soft overlong punishment (arXiv 2503.14476, "overlong reward shaping"): a rule on the response's
+    token count, which train.py adds to score()'s reward with --overlong_buffer=buffer. It is 0 up to
+    max_new_tokens - buffer, then falls linearly to -1 at max_new_tokens, and is -1 past it. A response that runs
+    on is penalised before the cap cuts it, so the policy learns to stop instead of learning nothing from a
+    truncated sample."""
+    free = max_new_tokens - buffer
+    if n_tokens <= free:
+        return 0.0
+    return -1.0 if n_tokens >= max_new_tokens else (free - n_tokens) / buffer
 
 
 # ----------------------------------------------------------------------------- format

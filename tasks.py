@@ -89,6 +89,7 @@ BUCKETS = {
     "addition": ["E", "M", "H", "VH"],
     "countdown": ["E", "M", "H"],
     "count": ["E", "M", "H", "VH"],
+    "max": ["E", "M", "H"],
 }
 # multiplication shapes (digits of a, digits of b) per bucket
 MUL_SHAPES = {"E": [(1, 1), (2, 1)], "M": [(2, 2), (3, 1)], "H": [(3, 2), (4, 1)], "VH": [(4, 2)]}
@@ -103,6 +104,9 @@ COUNTDOWN_SIZES = {"E": 3, "M": 4, "H": 5, "VH": 5}
 COUNT_LENGTHS = {"E": (3, 5), "M": (6, 9), "H": (10, 14), "VH": (15, 20)}
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 COUNT_CLASS = set("abcdefghijklm")
+# max: which of a list of distinct numbers (1-99) is largest; list lengths per bucket. The reference solution of
+# docs/assignments.md exercise 6 (a new task): a generator, its buckets and its canonical key, nothing else.
+MAX_SIZES = {"E": 3, "M": 6, "H": 10}
 TEST_PERCENT = 10
 
 
@@ -176,18 +180,23 @@ def _count_problem(rng, bucket) -> Problem:
     return Problem(q, str(sum(x in COUNT_CLASS for x in letters)), "count", bucket, {"letters": letters})
 
 
+def _max_problem(rng, bucket) -> Problem:
+    xs = rng.sample(range(1, 100), MAX_SIZES[bucket])
+    return Problem("Which is the largest of: " + " ".join(map(str, xs)), str(max(xs)), "max", bucket, {"numbers": xs})
+
+
 def _canonical_key(p: Problem):
     if p.task == "count":
         return "".join(p.meta["letters"])
     if p.task == "multiplication":
         return tuple(sorted((p.meta["a"], p.meta["b"])))
-    if p.task == "addition":
+    if p.task in ("addition", "max"):
         return tuple(sorted(p.meta["numbers"]))
     return (tuple(sorted(p.meta["numbers"])), p.meta["target"])
 
 
 _MAKERS = {"multiplication": _mul_problem, "addition": _add_problem, "countdown": _countdown_problem,
-           "count": _count_problem}
+           "count": _count_problem, "max": _max_problem}
 
 
 def make_problems(task: str, n: int, split: str = "train", seed: int = 0, buckets=None) -> list[Problem]:
@@ -533,7 +542,7 @@ def mode_prefix(problem: Problem, mode: str) -> str:
 
 # How each task's long (L) and verifying (LV) modes open, whatever numbers the model copies into them (a slip in
 # copying the operands is still an attempt at the mode).
-_MODE_OPENERS = {
+MODE_OPENERS = {  # its keys are the tasks with a forced-mode probe (train.py)
     "addition": (r" <think> add and check \d+ \+ \d+ :", r" <think> add \d+ \+ \d+ :"),
     "multiplication": (None, r" <think> \d+ \* \d+ :\n"),
     "count": (None, r" <think> step\b"),
@@ -544,9 +553,9 @@ def response_mode(problem: Problem, text: str) -> str | None:
     """Which corpus mode a response opens: 'LV' (a long scratchpad that checks itself: it opens the LV mode, or
     opens the long mode and then says 'check'), 'L' (the long scratchpad), or 'other' (direct, short, or none);
     None for tasks without these modes (real problem files)."""
-    if problem.task not in _MODE_OPENERS:
+    if problem.task not in MODE_OPENERS:
         return None
-    lv, long = _MODE_OPENERS[problem.task]
+    lv, long = MODE_OPENERS[problem.task]
     if lv and re.match(lv, text):
         return "LV"
     if re.match(long, text):

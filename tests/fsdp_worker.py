@@ -16,6 +16,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import grpo  # noqa: E402
 import checkpoint  # noqa: E402
+import distributed  # noqa: E402
 import train  # noqa: E402
 from model import ModelConfig, Transformer  # noqa: E402
 
@@ -37,14 +38,14 @@ def global_rollouts(seed: int) -> dict:
 
 
 def local(batch: dict) -> dict:
-    per = batch["tokens"].shape[0] // train.WORLD
-    return {k: v[train.RANK * per:(train.RANK + 1) * per] for k, v in batch.items()}
+    per = batch["tokens"].shape[0] // distributed.WORLD
+    return {k: v[distributed.RANK * per:(distributed.RANK + 1) * per] for k, v in batch.items()}
 
 
 def grpo_step(model, opt, gcfg, seed: int) -> float:
     batch = local(global_rollouts(seed))
-    diag = grpo.rl_step(model, opt, batch, gcfg, normaliser=train.global_normaliser(batch, gcfg))
-    return train.all_mean(diag["loss"])  # each rank holds its share of the global loss, times WORLD
+    diag = grpo.rl_step(model, opt, batch, gcfg, normaliser=distributed.global_normaliser(batch, gcfg))
+    return distributed.all_mean(diag["loss"])  # each rank holds its share of the global loss, times WORLD
 
 
 def full_state(model) -> dict:
@@ -59,18 +60,18 @@ def max_diff(a: dict, b: dict) -> float:
 
 def main():
     mode, out = sys.argv[1], sys.argv[2]
-    train.dist_init("cpu")
+    distributed.dist_init("cpu")
     torch.manual_seed(0)
-    model = train.shard(Transformer(ModelConfig.from_preset("tiny-moe", vocab_size=V)))
+    model = distributed.shard(Transformer(ModelConfig.from_preset("tiny-moe", vocab_size=V)))
     opt = train.make_optimizer(model, 1e-2, 0.1)
     gcfg = grpo.GRPOConfig(group_size=4, token_level=True, micro_batch=2, clip_high=0.28)
     from safetensors.torch import save_file
     if mode == "train":
         g = torch.Generator().manual_seed(1)
         batch = torch.randint(0, V, (4, 17), generator=g)  # (B, T+1) the global pretraining batch
-        losses = [train.pretrain_step(model, opt, batch[train.RANK::train.WORLD], 1e-2) for _ in range(2)]
-        ref = train.frozen_copy(model)  # the KL reference, copied shard by shard
-        replica = train.Replica(model)
+        losses = [train.pretrain_step(model, opt, batch[distributed.RANK::distributed.WORLD], 1e-2) for _ in range(2)]
+        ref = distributed.frozen_copy(model)  # the KL reference, copied shard by shard
+        replica = distributed.Replica(model)
         diffs = [max_diff(full_state(replica.get()), full_state(model))]
         grpo_losses = [grpo_step(model, opt, gcfg, seed=2)]
         diffs.append(max_diff(full_state(replica.get()), full_state(model)))  # refreshed after the update
@@ -79,8 +80,8 @@ def main():
         diffs.append(max_diff(full_state(replica.get()), full_state(model)))
         state = full_state(model)
         ref_moved = max_diff(full_state(ref), state)  # the reference stays at the pretrained weights
-        if train.RANK == 0:
-            json.dump({"pretrain": losses, "grpo": grpo_losses, "world": train.WORLD, "replica_diff": diffs,
+        if distributed.RANK == 0:
+            json.dump({"pretrain": losses, "grpo": grpo_losses, "world": distributed.WORLD, "replica_diff": diffs,
                        "ref_vs_model": ref_moved, "fused": opt.defaults.get("fused")},
                       open(os.path.join(out, "result.json"), "w"))
             save_file(state, os.path.join(out, "state.safetensors"))
@@ -90,10 +91,10 @@ def main():
         train.load_optimizer(model, opt, ckpt)
         loss = grpo_step(model, opt, gcfg, seed=3)
         state = full_state(model)
-        if train.RANK == 0:
-            json.dump({"grpo": [loss], "world": train.WORLD}, open(os.path.join(out, "resumed.json"), "w"))
+        if distributed.RANK == 0:
+            json.dump({"grpo": [loss], "world": distributed.WORLD}, open(os.path.join(out, "resumed.json"), "w"))
             save_file(state, os.path.join(out, "resumed.safetensors"))
-    if train.WORLD > 1:
+    if distributed.WORLD > 1:
         torch.distributed.destroy_process_group()
 
 

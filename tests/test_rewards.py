@@ -297,3 +297,13 @@ def test_tasks_contract():
                 assert (r["format"], r["accuracy"]) == (1.0, 1.0), (task, mode, r)
             bad = score(f" <think> guess </think> <answer> {p.answer}1 </answer>", p)
             assert (bad["format"], bad["accuracy"]) == (1.0, 0.0), (task, bad)
+
+
+def test_overlong_penalty_hand_values():
+    from rewards import overlong_penalty
+    assert overlong_penalty(50, 72, 16) == 0.0     # under 72 - 16 = 56: free
+    assert overlong_penalty(56, 72, 16) == 0.0
+    assert overlong_penalty(64, 72, 16) == -0.5    # (56 - 64) / 16
+    assert overlong_penalty(68, 72, 16) == -0.75
+    assert overlong_penalty(72, 72, 16) == -1.0
+    assert overlong_penalty(90, 72, 16) == -1.0

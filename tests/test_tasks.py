@@ -408,3 +408,16 @@ def test_response_mode_counts_attempts_with_miscopied_operands():
     q = make_problems("multiplication", 1, seed=0, buckets=["H"])[0]
     assert response_mode(q, " <think> 12 * 34 :\n12 * 4 : 2 * 4 = 8") == "L"
     assert response_mode(q, " <think> 12 * 34 = 408") == "other"
+
+
+def test_max_task_the_reference_of_exercise_6():
+    probs = make_problems("max", 300, seed=0)
+    assert {p.bucket for p in probs} == {"E", "M", "H"}
+    assert all(p.answer == str(max(p.meta["numbers"])) and len(set(p.meta["numbers"])) == len(p.meta["numbers"])
+               for p in probs)
+    assert [len(p.meta["numbers"]) for p in probs[:3]] == [3, 6, 10]
+    test = make_problems("max", 300, split="test", seed=0)
+    assert not {tasks._canonical_key(p) for p in probs} & {tasks._canonical_key(p) for p in test}
+    p = probs[0]
+    import rewards
+    assert rewards.score(f" <think> ... </think> <answer> {p.answer} </answer>", p)["accuracy"] == 1.0

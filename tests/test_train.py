@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import cli
+import distributed
 import runlog
 import tasks
 import train
@@ -241,9 +242,9 @@ def test_sft_gives_each_rank_its_own_slice(monkeypatch):
     seen = {}
     real = train.sft_batch
     for rank, world in ((0, 1), (0, 2), (1, 2)):
-        monkeypatch.setattr(train, "RANK", rank)
-        monkeypatch.setattr(train, "WORLD", world)
-        monkeypatch.setattr(train, "all_mean", lambda x: x)
+        monkeypatch.setattr(distributed, "RANK", rank)
+        monkeypatch.setattr(distributed, "WORLD", world)
+        monkeypatch.setattr(distributed, "all_mean", lambda x: x)
         monkeypatch.setattr(train, "sft_batch", lambda b, pad_id: (seen.setdefault((rank, world), []).append(
             [c[0] for _, c in b]), real(b, pad_id))[1])
         train.sft(model, examples, steps=2, batch_size=4, lr=1e-3, pad_id=0, log=lambda m: None)
@@ -316,6 +317,7 @@ def test_problem_files_are_checked_before_any_work(tmp_path, monkeypatch):
     (["--preset", "smoke", "--const_norm=160"], "--const_norm=160 needs --token_level=false"),
     (["--preset", "smoke", "--clip_low=1.5"], "--clip_low=1.5 must be in \\[0, 1\\)"),
     (["--preset", "smoke", "--eval_batch=1"], "eval_batch must be 0"),
+    (["--preset", "smoke", "--overlong_buffer=25"], "--overlong_buffer=25 must be in \\[0, --max_new_tokens=24\\]"),
 ])
 def test_bad_arguments_fail_before_any_work(argv, msg):
     with pytest.raises(SystemExit, match=msg):
@@ -420,7 +422,7 @@ def smoke_step_parts(smoke_run, *flags):
     problems = tasks.make_problems(cfg.task, cfg.prompts_per_step, seed=0, buckets=["E"])
     opt = train.make_optimizer(model, cfg.rl_lr, 0.0)
     return dict(model=model, sampler=model, opt=opt, problems=problems, tok=tok, cfg=cfg, gcfg=train.grpo_config(cfg),
-                seed=0, ref_model=train.frozen_copy(model))
+                seed=0, ref_model=distributed.frozen_copy(model))
 
 
 def test_overlap_scores_on_a_thread_while_the_frozen_logprobs_run(smoke_run, monkeypatch):
@@ -439,6 +441,20 @@ def test_overlap_scores_on_a_thread_while_the_frozen_logprobs_run(smoke_run, mon
     assert diag["kl"] > 0 and diag["score_seconds"] > 0 and len(rows) == 8
 
 
+def test_overlong_buffer_adds_dapos_length_penalty_to_the_reward(smoke_run, monkeypatch):
+    seen, real = [], train.grpo.rl_step
+    monkeypatch.setattr(train.grpo, "rl_step", lambda model, opt, batch, *a, **kw: (
+        seen.append(batch["rewards"].clone()), real(model, opt, batch, *a, **kw))[1])
+    n = {}
+    for buffer in (0, 24):  # 24 = smoke's cap: the penalty starts at the first token
+        _, rows = train.grpo_step(score=varied_reward, **smoke_step_parts(smoke_run, f"--overlong_buffer={buffer}"))
+        n[buffer] = [r["length"] for r in rows]
+    assert n[0] == n[24]  # the same rollouts (same seed): only the reward differs
+    expected = torch.tensor([(-n / 24 if n < 24 else -1.0) for n in n[24]])  # (0 - n) / 24, -1 at the cap
+    assert torch.allclose(seen[1] - seen[0], expected) and (expected < 0).all()
+    assert rows[0]["overlong"] == expected[0].item()
+
+
 @pytest.mark.parametrize("overlap", ["true", "false"])
 def test_an_error_in_the_reward_surfaces_in_the_main_thread(smoke_run, overlap):
     def broken(texts, problems):
@@ -453,7 +469,7 @@ def test_frozen_logprobs_need_no_rewards_and_feed_rl_step_unchanged():
     import grpo
     torch.manual_seed(0)
     model = train.Transformer(train.ModelConfig.from_preset("tiny-mla", vocab_size=64))
-    ref = train.frozen_copy(model)
+    ref = distributed.frozen_copy(model)
     with torch.no_grad():
         for p in ref.parameters():
             p.add_(0.01 * torch.randn_like(p))  # a reference that differs: kl > 0
