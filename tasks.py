@@ -4,7 +4,7 @@ tasks.py: verifiable problems, prompt templates, and the synthetic pretraining c
 What is here:
   - Problem records and synthetic tasks, deterministic from a seed, with difficulty buckets:
       multiplication  E: (1-2 digit) x 1 digit, M: 2x2 and 3x1, H: 3x2 and 4x1, VH: 4x2
-      addition        two numbers; E: 1+1 and 2+1 digits, M: 2+2, H: 3+3, VH: 4+4 (the zero-mini and
+      addition        two numbers; E: 1+1 digits, M: 2+2, H: 3+3, VH: 4+4 (the zero-mini and
                       zero-small task: the long mode takes one column per digit)
       countdown       E: 3 numbers, M: 4 numbers, H (and VH): 5 numbers; answer = an equation
       count           how many of a list of distinct letters lie in a..m; E: 3-5 letters, M: 6-9,
@@ -17,9 +17,9 @@ What is here:
     amplify behaviour pretraining put within reach, so the corpus holds, like web text, worked
     problems in several styles without ever saying which style pays where:
       drill     skill drills outside any template: times tables, one-digit x many-digit products
-                with explicit carries, column additions, one-digit sums, two-digit + one-digit sums
-                answered directly, digit-sum (casting out nines) checks; for count, running-count walks and
-                counting up;
+                with explicit carries, column additions (some checked column by column), one-digit sums
+                and differences, two-digit + one-digit sums answered directly, digit-sum (casting out nines)
+                checks of products; for count, running-count walks and counting up;
       textbook  "Problem: ... Solution: ... Answer: ..." worked examples in modes D/S/L/LV;
       dialogue  the exact R1-Zero template + " <think> ... </think> <answer> N </answer>", the mode
                 drawn independently of difficulty (mostly D/S, a minority L/LV), ~30% with format
@@ -33,9 +33,9 @@ What is here:
     partial product where a third of traces inject a slip, then "wait, that's wrong", then the
     redone step. For addition: D '4736 + 2819 = 7555'; S 'split 2819 = 2810 + 9 : ...'; L one column per
     digit, same layout ('add 4736 + 2819 : 6 + 9 = 15 carry 1 -> 5 ; 473 + 281 : ...'); LV opens 'add and
-    check', adds by columns, states the sum, checks it by casting out nines digit by digit (another route,
-    no far copy), and on a mismatch says "wait, that's wrong" and redoes the sum (a third of traces inject a
-    slip of a small model's kinds: a wrong column fact, a miscopied remainder digit, a miscopied sum).
+    check' and checks every column fact right after it by the inverse operation ('6 + 9 = 15 , check 15 - 9
+    = 6 ok': another route, from numbers written a few tokens before); a third of traces inject a wrong
+    fact, whose check fails and says "wait, that's wrong" before the right fact.
     For count: D "count : 4"; S "matches c a e m so 4"; L "step a yes 1 b no 1 ... m no 4 so 4" (one look-up
     per letter of a..m with a running count: no copying of the list, which a tiny model trained for minutes
     does not learn); LV = L with a possible slip + "wait, that's wrong" and a check. With the corpus-trained
@@ -50,8 +50,9 @@ Simplifications vs the paper / production data pipelines:
   2. The corpus mix is sampled per document (not per token); corpus_stats reports both shares.
   3. Train/test split by a 10% hash of the canonical key; no near-duplicate detection.
   4. The chat template is one user message (DeepSeek's recommended math prompt), no system prompt.
-  5. Times-table facts (both factors < 10) are skills every mode uses, so they are exempt from the
-     split; Countdown searches may multiply two small numbers that happen to be a test problem.
+  5. Times-table facts (both factors < 10) and one-digit sums are skills every mode uses, so they are
+     exempt from the split: addition's E bucket (one-digit sums) measures recall of a drilled fact, not
+     generalisation. Countdown searches may multiply two small numbers that happen to be a test problem.
 
 No tensors here: problems and text only.
 
@@ -94,8 +95,9 @@ BUCKETS = {
 # multiplication shapes (digits of a, digits of b) per bucket
 MUL_SHAPES = {"E": [(1, 1), (2, 1)], "M": [(2, 2), (3, 1)], "H": [(3, 2), (4, 1)], "VH": [(4, 2)]}
 # addition: two numbers, (digits of x, digits of y) per bucket. The long scratchpad takes one column per digit, so
-# its length grows with the bucket; a one-shot answer must carry through every column at once.
-ADD_SHAPES = {"E": [(1, 1), (2, 1)], "M": [(2, 2)], "H": [(3, 3)], "VH": [(4, 4)]}
+# its length grows with the bucket; a one-shot answer must carry through every column at once. E is one-digit
+# sums only: a fact the direct answer knows, so thinking cannot pay there.
+ADD_SHAPES = {"E": [(1, 1)], "M": [(2, 2)], "H": [(3, 3)], "VH": [(4, 4)]}
 COUNTDOWN_SIZES = {"E": 3, "M": 4, "H": 5, "VH": 5}
 # count: how many of a list of distinct letters lie in the first half of the alphabet (a to m); list lengths per
 # bucket. Counting in one shot gets hard as lists grow; a running count does not (copy the next letter, one
@@ -253,13 +255,17 @@ def mul_line(a: int, m: int, slip_step: int = -1, slip: int = 0) -> tuple[str, i
 
 
 def add_line(x: int, y: int, slip_step: int = -1, slip: int = 0, head: str = "add",
-             copy_slip: int = -1) -> tuple[str, int]:
+             copy_slip: int = -1, check: bool = False) -> tuple[str, int]:
     """x + y by columns on zero-padded numbers of equal length, carry per column, digits so far;
     like mul_line, each column opens with the digits still to add ("0284 + 2369 :"), so the digits to use
     are the last ones just written. Column slip_step adds slip to its sum (a wrong fact or a dropped carry);
     at column copy_slip the restated digits of x are miscopied (one digit off by one), and the columns after it
     go on from the miscopy, as a model that slips does. Either slip propagates like a real one.
-    head opens the line ("add", "add and check", "redo")."""
+    check=True (the LV mode) checks every column fact right after it by the inverse operation, from the
+    numbers written just before: '7 + 6 = 13 , check 13 - 6 = 7 ok'. A slipped fact fails its check, which
+    says so and writes the fact again: '7 + 6 = 14 , check 14 - 6 = 8 , wait, that's wrong . 7 + 6 = 13'
+    (the verdict compares the difference with the digit the column added, so it catches a slip the model
+    makes itself). head opens the line ("add", "add and check")."""
     n = max(len(str(x)), len(str(y)))
     xs, ys = str(x).zfill(n), str(y).zfill(n)
     steps, carry, written = [], 0, ""
@@ -270,6 +276,13 @@ def add_line(x: int, y: int, slip_step: int = -1, slip: int = 0, head: str = "ad
         cx, cy = xs[-1 - k], ys[-1 - k]
         s = int(cx) + int(cy) + (slip if k == slip_step else 0)
         t = f"{xs[:n - k]} + {ys[:n - k]} : {cx} + {cy} = {s}" if k else f"{cx} + {cy} = {s}"
+        if check:
+            t += f" , check {s} - {cy} = {s - int(cy)}"
+            if s - int(cy) == int(cx):
+                t += " ok"
+            else:  # the check caught the slip: say so, then the right fact
+                s = int(cx) + int(cy)
+                t += f" , {WRONG[k % len(WRONG)]} . {cx} + {cy} = {s}"
         if carry:
             t += f" + {carry} = {s + carry}"
             s += carry
@@ -280,35 +293,6 @@ def add_line(x: int, y: int, slip_step: int = -1, slip: int = 0, head: str = "ad
         written = str(carry) + written
         steps.append(f"carry {carry} -> {written}")
     return f"{head} {str(x).zfill(n)} + {ys} : " + " ; ".join(steps), int(written)
-
-
-def nines_walk(n: int) -> tuple[str, int]:
-    """Casting out nines one digit at a time, left to right, as a running digital root that never exceeds 9:
-    '4736 : 4 + 7 = 11 -> 2 ; 36 : 2 + 3 = 5 ; 6 : 5 + 6 = 11 -> 2'. Like add_line, each step after the first
-    opens with the digits still to use, so the digit to add is the first one just written: every step reads only
-    the last few tokens. A two-digit sum s (at most 18) reduces to s - 9, its digit sum."""
-    ds = str(n)
-    root, steps = int(ds[0]), []
-    for k in range(1, len(ds)):
-        s = root + int(ds[k])
-        fact = f"{root} + {ds[k]} = {s}" + (f" -> {s - 9}" if s >= 10 else "")
-        steps.append(f"{ds if k == 1 else ds[k:]} : {fact}")
-        root = s - 9 if s >= 10 else s
-    return (" ; ".join(steps) if steps else f"{ds} : {root}"), root
-
-
-def check_by_nines(x: int, y: int, c: int) -> tuple[str, bool]:
-    """The LV check of 'x + y = c' by another route than the columns: casting out nines. Each number's digital
-    root by nines_walk on its own line, then root(x) + root(y) reduced, compared with root(c):
-    'check 4736 : ... -> 2' / '2819 : ...' / '7555 : ...' / '2 + 2 = 4 ; 4 = 4 ok'. Any slip that changes the sum
-    by other than a multiple of 9 (a wrong fact, a dropped carry, a miscopied digit) shows as a mismatch."""
-    (tx, rx), (ty, ry), (tc, rc) = nines_walk(x), nines_walk(y), nines_walk(c)
-    s = rx + ry
-    rs = s - 9 if s >= 10 else s
-    ok = rs == rc
-    combine = f"{rx} + {ry} = {s}" + (f" -> {rs}" if s >= 10 else "")
-    verdict = f"{rs} = {rc} ok" if ok else f"{rs} != {rc}"
-    return f"check {tx}\n{ty}\n{tc}\n{combine} ; {verdict}", ok
 
 
 def digit_root(n: int) -> tuple[str, int]:
@@ -389,11 +373,10 @@ def _mul_think(a: int, b: int, mode: str, rng: random.Random, slip_rate: float =
 def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 1 / 3) -> str:
     """D: '4736 + 2819 = 7555'; S: 'split 2819 = 2810 + 9 : 4736 + 2810 = 7546 , 7546 + 9 = 7555';
     L: the column scratchpad (add_line) then 'so the sum is N';
-    LV: opens 'add and check', adds by columns, states the sum, then checks it by another route, casting out
-    nines (check_by_nines: digit by digit, no far copy). When the check fails it says so ('wait, that's wrong'),
-    redoes the sum and takes the redo. A third of LV traces inject a slip of the kinds a small model makes: a
-    wrong column fact, a miscopied digit in the restated remainder, or a miscopied final sum. The verdict is
-    computed from what was written, so the same check catches the model's own slips."""
+    LV: opens 'add and check' and adds by columns, checking every column fact by another route, the inverse
+    operation ('7 + 6 = 13 , check 13 - 6 = 7 ok'), from the numbers written just before it (no far copy).
+    A third of LV traces inject a slip of the kind a column makes, a wrong fact; its check fails, says so
+    ("wait, that's wrong") and writes the right fact, and the columns go on from it."""
     if len(xs) != 2:  # sums of more numbers: running totals (D/S) or one column addition per number (L/LV)
         if mode == "D":
             return f"{' + '.join(map(str, xs))} = {sum(xs)}"
@@ -417,28 +400,14 @@ def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 
         return f"{x} + {y} = {x + y}"
     if mode == "L":
         return add_line(x, y)[0] + f"\nso the sum is {x + y}"
-    n = max(len(str(x)), len(str(y)))
-    kw, final_slip = {}, False
-    if rng.random() < slip_rate:  # the kinds of slip this model makes: a wrong fact, a miscopy, a miscopied sum
-        kind = rng.choice(["fact", "copy", "final"] if n > 1 else ["fact", "final"])
-        if kind == "fact":  # one column goes wrong (a bad fact or a dropped carry)
-            at = rng.randrange(n)
-            col = int(str(x).zfill(n)[-1 - at]) + int(str(y).zfill(n)[-1 - at])
-            kw = {"slip_step": at, "slip": rng.choice([s for s in (-2, -1, 1, 2) if col + s >= 0])}
-        elif kind == "copy":  # the digits still to add are restated wrongly
-            kw = {"copy_slip": rng.randrange(1, n)}
-        final_slip = kind == "final"
-    first, s1 = add_line(x, y, head="add and check", **kw)
-    if final_slip:  # "so the sum is" copies one digit of the column result wrongly
-        ds = str(s1)
-        i = rng.randrange(len(ds))
-        d = int(ds[i])
-        s1 = int(ds[:i] + str(d + 1 if d < 9 else d - 1) + ds[i + 1:])
-    check, ok = check_by_nines(x, y, s1)
-    if ok:
-        return f"{first}\nso the sum is {s1}\n{check}"
-    redo, s3 = add_line(x, y, head="redo")
-    return f"{first}\nso the sum is {s1}\n{check} , {rng.choice(WRONG)} .\n{redo}\nso the sum is {s3}"
+    kw = {}
+    if rng.random() < slip_rate:  # one column writes a wrong fact (never below the digit it checks against)
+        n = max(len(str(x)), len(str(y)))
+        at = rng.randrange(n)
+        cx = int(str(x).zfill(n)[-1 - at])
+        kw = {"slip_step": at, "slip": rng.choice([d for d in (-2, -1, 1, 2) if cx + d >= 0])}
+    text, total = add_line(x, y, head="add and check", check=True, **kw)
+    return f"{text}\nso the sum is {total}"
 
 
 def _countdown_think(p: Problem, mode: str, rng: random.Random) -> str:
@@ -573,7 +542,7 @@ DEFAULT_MIX = {
     "tasks": {"multiplication": 0.8, "addition": 0.1, "countdown": 0.1, "count": 0.0},
     "buckets": {"E": 0.25, "M": 0.25, "H": 0.25, "VH": 0.25},
     "drills": {"times": 0.2, "mul_line": 0.4, "add_line": 0.25, "digit_root": 0.15, "count_run": 0.0,
-               "successor": 0.0, "add_facts": 0.0, "add_small": 0.0, "nines": 0.0},
+               "successor": 0.0, "add_facts": 0.0, "add_small": 0.0, "add_check": 0.0},
     "defect_rate": 0.3,
     "slip_rate": 1 / 3,
     "drift_rate": 0.0,  # share of dialogues whose reasoning drifts into a second language (general.drift; R1 presets)
@@ -649,11 +618,14 @@ def _drill(rng, kind) -> str:
             p = _train_problem(rng, "count", rng.choice(BUCKETS["count"]))
             lines.append(f"{p.question} : {_count_think(p.meta['letters'], 'L', rng)}")
         return "\n".join(lines)
-    if kind == "add_facts":  # one-digit sums, with and without an incoming carry: the facts of a column
-        lines = []
+    if kind == "add_facts":  # one-digit sums, with and without an incoming carry, and their inverses: the facts
+        lines = []             # of a column and of its check
         for _ in range(rng.randint(6, 12)):
             x, y = rng.randint(0, 9), rng.randint(0, 9)
-            lines.append(f"{x} + {y} = {x + y}" + (f" + 1 = {x + y + 1}" if rng.random() < 0.4 else ""))
+            if rng.random() < 0.3:
+                lines.append(f"{x + y} - {y} = {x}")
+            else:
+                lines.append(f"{x} + {y} = {x + y}" + (f" + 1 = {x + y + 1}" if rng.random() < 0.4 else ""))
         return "\n".join(lines)
     if kind == "add_small":  # two-digit plus one-digit sums answered directly: what a direct answer on E needs
         lines, n = [], rng.randint(6, 12)
@@ -662,12 +634,16 @@ def _drill(rng, kind) -> str:
             if split_of("addition", tuple(sorted((x, y)))) == "train":
                 lines.append(f"{x} + {y} = {x + y}" if rng.random() < 0.5 else f"{y} + {x} = {x + y}")
         return "\n".join(lines)
-    if kind == "nines":  # casting out nines of a (possibly wrong) sum: the LV check on its own
+    if kind == "add_check":  # column additions checked column by column (LV's scratchpad), some with a slip
         lines = []
-        for _ in range(rng.randint(2, 3)):
+        for _ in range(rng.randint(2, 4)):
             x, y = _train_sum(rng)
-            c = x + y + (rng.choice([-10, -1, 1, 2, 10, 100]) if rng.random() < 0.3 else 0)
-            lines.append(check_by_nines(x, y, c)[0])
+            n, kw = max(len(str(x)), len(str(y))), {}
+            if rng.random() < 1 / 3:
+                at = rng.randrange(n)
+                cx = int(str(x).zfill(n)[-1 - at])
+                kw = {"slip_step": at, "slip": rng.choice([d for d in (-2, -1, 1, 2) if cx + d >= 0])}
+            lines.append(add_line(x, y, check=True, **kw)[0])
         return "\n".join(lines)
     if kind == "times":
         d = rng.randint(2, 9)

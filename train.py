@@ -154,7 +154,7 @@ ZERO_MICRO_MIX = {"tasks": {"count": 1.0}, "drills": {"count_run": 0.9, "success
 # The corpus of the addition presets (zero-mini, zero-small): column-addition and one-digit-fact drills, worked
 # examples, and R1-Zero dialogues whose mode (D/S/L/LV) is drawn independently of the problem's difficulty.
 ZERO_MINI_MIX = {"tasks": {"addition": 1.0},
-                 "drills": {"add_line": 0.45, "add_facts": 0.15, "add_small": 0.2, "nines": 0.2},
+                 "drills": {"add_line": 0.4, "add_check": 0.25, "add_facts": 0.25, "add_small": 0.1},
                  "kinds": {"drill": 0.35, "textbook": 0.15, "dialogue": 0.45, "filler": 0.05},
                  "textbook_modes": {"D": 0.2, "S": 0.15, "L": 0.3, "LV": 0.35},
                  "dialogue_modes": {"D": 0.5, "S": 0.1, "L": 0.25, "LV": 0.15}}
@@ -179,7 +179,7 @@ TRAIN_PRESETS = {
                        prompts_per_step=8, group_size=8, eval_every=5, transcript_every=5, ckpt_every=10,
                        eval_problems=16),
     # zero-mini: the CPU preset on zero-small's task family (two-number addition with carries): a scratchpad whose
-    # length grows with the digits (one column per digit) and a verifying mode (check by casting out nines, redo on
+    # length grows with the digits (one column per digit) and a verifying mode (each column checked by subtraction, fixed on
     # a mismatch). Same recipe as zero-small. 1600 pretraining steps (6.6M tokens): at 800 the model could not copy
     # multi-digit numbers. Run end to end on two seeds: pass@1 0.19 -> 1.00 and 0.48 -> 0.76; the check needs far
     # copies this model cannot make, so RL drops it (docs/zero-mini.md).
