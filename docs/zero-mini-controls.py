@@ -3,12 +3,16 @@ finished `python train.py --preset zero-mini` run, with the run's own config, se
 
   e-only    GRPO with training problems from bucket E only (evaluated on every bucket): if lengths grow only where
             the problems are hard, RL on easy problems should not make thinking longer.
+  kl        GRPO with a KL penalty to the base, beta 0.04 (DeepSeekMath's GRPO value; R1 used 0.001): where rewards
+            do not separate the modes (E), only the KL term acts, and it pulls back toward the corpus's mode mix.
   dr-grpo   GRPO with Dr. GRPO's loss (no std normalisation, a constant normaliser instead of the per-response
             mean): the length of wrong answers under each aggregation.
+  e-half    GRPO on every bucket, with E drawn as often as M, H and VH together (half the prompts): does the
+            easy bucket's own pressure (RL on E alone moves every bucket to the direct answer) separate the modes?
   pretrain  compute-matched continued pretraining on the same corpus: as many next-token steps as the RL run's
             FLOPs (2N per rollout token, 6N per trained token; 6N per pretraining token), then the same evaluation.
 
-Usage (from the repository root): python docs/zero-mini-controls.py RUN_DIR {e-only,dr-grpo,pretrain}
+Usage (from the repository root): python docs/zero-mini-controls.py RUN_DIR {e-only,e-half,kl,dr-grpo,pretrain}
 Writes RUN_DIR-<control>/ (metrics.jsonl, log.txt, ...); a pretraining control writes eval lines only."""
 import dataclasses
 import json
@@ -25,7 +29,7 @@ import train  # noqa: E402
 from model import count_params  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
-CONTROLS = ("e-only", "dr-grpo", "pretrain")
+CONTROLS = ("e-only", "e-half", "kl", "dr-grpo", "pretrain")
 
 
 def rl_flops(run: str, cfg: train.TrainConfig, n_params: int) -> float:
@@ -58,6 +62,14 @@ def main(run: str, control: str) -> None:
         c = dataclasses.replace(cfg, out_dir=out, probe=False)
         train.stage_rl(c, tok, base, torch.device("cpu"), False, log,
                        problems=([p for p in pool if p.bucket == "E"], held))
+    elif control == "e-half":
+        easy, rest = [p for p in pool if p.bucket == "E"], [p for p in pool if p.bucket != "E"]
+        c = dataclasses.replace(cfg, out_dir=out, probe=False)
+        train.stage_rl(c, tok, base, torch.device("cpu"), False, log,
+                       problems=(rest + easy * max(1, round(len(rest) / len(easy))), held))
+    elif control == "kl":
+        c = dataclasses.replace(cfg, out_dir=out, probe=False, beta=0.04)
+        train.stage_rl(c, tok, base, torch.device("cpu"), False, log, problems=(pool, held))
     elif control == "dr-grpo":
         c = dataclasses.replace(cfg, out_dir=out, probe=False, std_norm=False, token_level=False,
                                 const_norm=cfg.max_new_tokens)

@@ -10,7 +10,8 @@ Stages and what each costs:
               the cap (max_new_tokens): an upper bound;
   rl train    the same rows (prompt + response) forward + backward once (mu=1, beta=0: no old or reference pass);
   eval        held-out problems x k at every eval_every steps and step 0, in calls of eval_batch rows, plus the
-              step-0 forced-mode probe (D, L, LV: 3 more evaluations).
+              step-0 forced-mode probe (D, L, LV: 3 more evaluations); one sampler call per evaluation
+              unless --eval_batch says otherwise (train.eval_batch on GPU).
 Compute-bound stages take max(FLOPs / (peak x MFU), steps x kernel launches x launch time): small models on a GPU
 are often launch-bound, and the larger of the two is what a step costs when launches overlap the kernels.
 
@@ -39,6 +40,7 @@ def stage_flops(cfg: train.TrainConfig, vocab: int, prompt_len: int, mean_respon
     row_len = prompt_len + mean_response
     n_evals = cfg.rl_steps // cfg.eval_every + 1 + (3 if cfg.probe else 0)
     eval_rows = n_evals * cfg.eval_problems * len(cfg.buckets.split(",")) * cfg.eval_k
+    per_call = cfg.eval_batch or eval_rows // n_evals  # --eval_batch 0: one sampler call per evaluation on GPU
     return {
         "params": count_params(m), "active": count_params(m, active=True),
         "pretrain": {"tokens": pre_tokens, "flops": 3 * fwd(pre_tokens, cfg.seq_len), "steps": cfg.pretrain_steps},
@@ -47,7 +49,7 @@ def stage_flops(cfg: train.TrainConfig, vocab: int, prompt_len: int, mean_respon
         "rl train": {"tokens": rows * row_len, "flops": 3 * fwd(rows * row_len, row_len),
                      "steps": cfg.rl_steps * -(-cfg.prompts_per_step * cfg.group_size // cfg.micro_batch)},
         "eval": {"tokens": eval_rows * mean_response, "flops": fwd(eval_rows * mean_response, row_len),
-                 "decode_steps": n_evals * -(-eval_rows // n_evals // cfg.eval_batch) * cfg.max_new_tokens},
+                 "decode_steps": n_evals * -(-eval_rows // n_evals // per_call) * cfg.max_new_tokens},
     }
 
 

@@ -85,3 +85,42 @@ def test_zero_small_real_size_one_pretraining_and_one_rl_step():
     diag = grpo.rl_step(model.train(), rl_opt, rollouts, gcfg)
     assert diag["grad_norm"] > 0 and abs(diag["ratio"] - 1) < 1e-4
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def load_doc_script(name: str):
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parent.parent / "docs" / name
+    spec = importlib.util.spec_from_file_location(name.replace("-", "_").removesuffix(".py"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_zero_small_projection_runs_on_the_preset_and_stays_under_8_minutes():
+    """The README's projected H200 time comes from this function on the preset as it is (eval_batch 0 = one
+    sampler call per evaluation, which once divided by zero here)."""
+    proj = load_doc_script("zero-mini-projection.py")
+    cfg = preset("zero-small")
+    sec = proj.project(cfg)["seconds"]
+    assert 60 < sec["total"] < 8 * 60
+    assert proj.project(cfg, decode_step_s=2e-3, batch_build_s=0.028)["seconds"]["total"] < 8 * 60
+    cfg.eval_batch = 256  # smaller sampler calls: more decode steps, never fewer
+    assert proj.project(cfg)["seconds"]["eval"] > sec["eval"]
+
+
+def test_zero_mini_checks_reads_verdicts_right_on_the_corpus_own_lv_traces():
+    """zero-mini-checks.py's column reader against LV traces whose truth is known: every slip the generator injects
+    is read as a slip the check caught (and rewrote right), every other column as a right fact said ok."""
+    checks = load_doc_script("zero-mini-checks.py")
+    rng = random.Random(3)
+    total = {}
+    for p in tasks.make_problems("addition", 200, seed=1, buckets=["M", "H", "VH"]):
+        slipped = tasks.think_text(p, "LV", rng, slip_rate=1.0)
+        clean = tasks.think_text(p, "LV", rng, slip_rate=0.0)
+        for key, text in (("slipped", slipped), ("clean", clean)):
+            c = checks.read_columns(text)
+            total[key] = {k: total.get(key, {}).get(k, 0) + v for k, v in c.items()}
+    assert total["slipped"][("slip", "wrong")] == 200 == total["slipped"]["rewrite right"]
+    assert ("right", "wrong") not in total["slipped"] and ("slip", "ok") not in total["slipped"]
+    assert set(total["clean"]) == {("right", "ok")} and total["clean"][("right", "ok")] > 400

@@ -1,0 +1,79 @@
+"""Does zero-mini's check catch the model's own slips? Forced-mode samples of a finished run's base (or an RL
+checkpoint) at one temperature, on the held-out problems of M, H and VH:
+
+  1. forced L and forced LV accuracy per bucket (the issue's condition 3, here at any temperature: the rollout
+     temperature 1.0 is what RL sees, 0.6 is the held-out protocol);
+  2. every column of the forced-LV samples, '7 + 6 = 13 , check 13 - 6 = 7 ok', read back: how often the column
+     fact is wrong (the model's own slip, not the corpus's), how often the verdict says "wrong" on a slip (caught)
+     and on a right fact (a false alarm), and how often a caught slip is rewritten right.
+
+Usage (from the repository root): python docs/zero-mini-checks.py RUN_DIR [base|final] [TEMPERATURE]
+Prints two tables (markdown)."""
+import collections
+import json
+import os
+import re
+import sys
+
+sys.path.insert(0, ".")
+import torch  # noqa: E402
+
+import checkpoint  # noqa: E402
+import runlog  # noqa: E402
+import tasks  # noqa: E402
+import train  # noqa: E402
+from tokenizer import Tokenizer  # noqa: E402
+
+# one checked column as LV writes it: fact, check, verdict (and after a "wrong" verdict, the rewritten fact)
+COLUMN = re.compile(r"(\d) \+ (\d) = (\d+) , check (\d+) - (\d) = (-?\d+) (ok|, [^.]*\. (\d) \+ (\d) = (\d+))")
+
+
+def read_columns(text: str) -> collections.Counter:
+    """Counts of (fact right?, verdict) over the checked columns of one LV response, and of rewrites."""
+    c = collections.Counter()
+    for cx, cy, s, _, _, _, verdict, rx, ry, rs in COLUMN.findall(text):
+        right = int(cx) + int(cy) == int(s)
+        c[("right" if right else "slip", "ok" if verdict == "ok" else "wrong")] += 1
+        if verdict != "ok":
+            c["rewrite right"] += (rx, ry) == (cx, cy) and int(rs) == int(cx) + int(cy)
+    return c
+
+
+def main(run: str, which: str = "base", temperature: float = 1.0) -> None:
+    if which not in ("base", "final"):
+        raise SystemExit(f"error: unknown checkpoint {which!r}; valid: base, final")
+    cfg = train.TrainConfig(**json.load(open(os.path.join(run, "train_config.json"))))
+    torch.set_num_threads(cfg.threads or 1)
+    tok = Tokenizer.load(os.path.join(run, "tokenizer"))
+    path = os.path.join(run, "base") if which == "base" else runlog.checkpoints(run)[-1]
+    model = checkpoint.load(path)[0].eval()
+    held = [p for p in train.load_problems(cfg)[1] if p.bucket in ("M", "H", "VH")]
+    top_p = 1.0 if temperature >= 1.0 else 0.95
+    acc, cols = {}, collections.Counter()
+    for mode in ("L", "LV"):
+        _, _, texts = train.rollout(model, tok, held, cfg, cfg.seed, temperature=temperature, group_size=cfg.eval_k,
+                                    top_p=top_p, prefixes=[tasks.mode_prefix(p, mode) for p in held])
+        probs = [held[r // cfg.eval_k] for r in range(len(texts))]
+        scores = train.rule_rewards(texts, probs)
+        for b in ("M", "H", "VH"):
+            rows = [i for i, p in enumerate(probs) if p.bucket == b]
+            acc[(mode, b)] = sum(scores[i]["accuracy"] for i in rows) / len(rows)
+        if mode == "LV":
+            for t in texts:
+                cols += read_columns(t)
+    print(f"{run} ({which}), temperature {temperature}, {len(held)} problems x {cfg.eval_k} samples\n")
+    print("| forced mode | M | H | VH |\n|---|---|---|---|")
+    for mode in ("L", "LV"):
+        print(f"| {mode} | " + " | ".join(f"{acc[(mode, b)]:.2f}" for b in ("M", "H", "VH")) + " |")
+    slips, right = cols[("slip", "ok")] + cols[("slip", "wrong")], cols[("right", "ok")] + cols[("right", "wrong")]
+    print(f"\n| checked columns | own slips | caught | false alarms | rewrites right (after any 'wrong') |\n|---|---|---|---|---|")
+    print(f"| {slips + right} | {slips} ({slips / max(1, slips + right):.1%}) | {cols[('slip', 'wrong')]} "
+          f"({cols[('slip', 'wrong')] / max(1, slips):.0%}) | {cols[('right', 'wrong')]} "
+          f"({cols[('right', 'wrong')] / max(1, right):.0%}) | {cols['rewrite right']} of "
+          f"{cols[('slip', 'wrong')] + cols[('right', 'wrong')]} |")
+
+
+if __name__ == "__main__":
+    if not 2 <= len(sys.argv) <= 4:
+        raise SystemExit(__doc__.split("\n\n")[-1].split("\n")[0])
+    main(sys.argv[1], *(sys.argv[2:3]), *(float(t) for t in sys.argv[3:4]))
