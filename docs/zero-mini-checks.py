@@ -66,7 +66,8 @@ def main(run: str, which: str = "base", temperature: float = 1.0) -> None:
     for mode in ("L", "LV"):
         print(f"| {mode} | " + " | ".join(f"{acc[(mode, b)]:.2f}" for b in ("M", "H", "VH")) + " |")
     slips, right = cols[("slip", "ok")] + cols[("slip", "wrong")], cols[("right", "ok")] + cols[("right", "wrong")]
-    print(f"\n| checked columns | own slips | caught | false alarms | rewrites right (after any 'wrong') |\n|---|---|---|---|---|")
+    print("\n| checked columns | own slips | caught | false alarms | rewrites right (after any 'wrong') |\n"
+          "|---|---|---|---|---|")
     print(f"| {slips + right} | {slips} ({slips / max(1, slips + right):.1%}) | {cols[('slip', 'wrong')]} "
           f"({cols[('slip', 'wrong')] / max(1, slips):.0%}) | {cols[('right', 'wrong')]} "
           f"({cols[('right', 'wrong')] / max(1, right):.0%}) | {cols['rewrite right']} of "

@@ -3,8 +3,6 @@ finished `python train.py --preset zero-mini` run, with the run's own config, se
 
   e-only    GRPO with training problems from bucket E only (evaluated on every bucket): if lengths grow only where
             the problems are hard, RL on easy problems should not make thinking longer.
-  kl        GRPO with a KL penalty to the base, beta 0.04 (DeepSeekMath's GRPO value; R1 used 0.001): where rewards
-            do not separate the modes (E), only the KL term acts, and it pulls back toward the corpus's mode mix.
   dr-grpo   GRPO with Dr. GRPO's loss (no std normalisation, a constant normaliser instead of the per-response
             mean): the length of wrong answers under each aggregation.
   e-half    GRPO on every bucket, with E drawn as often as M, H and VH together (half the prompts): does the
@@ -12,7 +10,7 @@ finished `python train.py --preset zero-mini` run, with the run's own config, se
   pretrain  compute-matched continued pretraining on the same corpus: as many next-token steps as the RL run's
             FLOPs (2N per rollout token, 6N per trained token; 6N per pretraining token), then the same evaluation.
 
-Usage (from the repository root): python docs/zero-mini-controls.py RUN_DIR {e-only,e-half,kl,dr-grpo,pretrain}
+Usage (from the repository root): python docs/zero-mini-controls.py RUN_DIR {e-only,e-half,dr-grpo,pretrain}
 Writes RUN_DIR-<control>/ (metrics.jsonl, log.txt, ...); a pretraining control writes eval lines only."""
 import dataclasses
 import json
@@ -29,16 +27,16 @@ import train  # noqa: E402
 from model import count_params  # noqa: E402
 from tokenizer import Tokenizer  # noqa: E402
 
-CONTROLS = ("e-only", "e-half", "kl", "dr-grpo", "pretrain")
+CONTROLS = ("e-only", "e-half", "dr-grpo", "pretrain")
 
 
 def rl_flops(run: str, cfg: train.TrainConfig, n_params: int) -> float:
-    """FLOPs of the RL run from its own step metrics: rollouts (2N per token, prompt and response) and the
-    policy's forward/backward on them (6N per token)."""
+    """FLOPs of the RL run from its own step metrics: rollouts (2N per token, prompt and response), the
+    policy's forward/backward on them (6N per token) and, with a KL term, the reference model's forward (2N)."""
     prompt = 20  # tokens of an R1-Zero prompt for "Compute 4736 + 2819" (measured with the corpus tokenizer: 18-21)
     steps = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
     tokens = sum(cfg.prompts_per_step * cfg.group_size * (prompt + s["length"]) for s in steps if s["kind"] == "train")
-    return (2 + 6) * n_params * tokens
+    return (2 + 6 + 2 * (cfg.beta > 0)) * n_params * tokens
 
 
 def main(run: str, control: str) -> None:
@@ -67,9 +65,6 @@ def main(run: str, control: str) -> None:
         c = dataclasses.replace(cfg, out_dir=out, probe=False)
         train.stage_rl(c, tok, base, torch.device("cpu"), False, log,
                        problems=(rest + easy * max(1, round(len(rest) / len(easy))), held))
-    elif control == "kl":
-        c = dataclasses.replace(cfg, out_dir=out, probe=False, beta=0.04)
-        train.stage_rl(c, tok, base, torch.device("cpu"), False, log, problems=(pool, held))
     elif control == "dr-grpo":
         c = dataclasses.replace(cfg, out_dir=out, probe=False, std_norm=False, token_level=False,
                                 const_norm=cfg.max_new_tokens)

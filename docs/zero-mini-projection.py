@@ -8,7 +8,8 @@ Stages and what each costs:
   rollouts    rl_steps x prompts_per_step x group_size responses; decoding is overhead-bound at these sizes, so its
               time is decode steps x a per-step time; a sampler call decodes until its longest row stops, taken as
               the cap (max_new_tokens): an upper bound;
-  rl train    the same rows (prompt + response) forward + backward once (mu=1, beta=0: no old or reference pass);
+  rl train    the same rows (prompt + response) forward + backward once (mu=1: no old-policy pass), plus a
+              reference-model forward when beta > 0 (the KL term);
   eval        held-out problems x k at every eval_every steps and step 0, in calls of eval_batch rows, plus the
               step-0 forced-mode probe (D, L, LV: 3 more evaluations); one sampler call per evaluation
               unless --eval_batch says otherwise (train.eval_batch on GPU).
@@ -46,7 +47,7 @@ def stage_flops(cfg: train.TrainConfig, vocab: int, prompt_len: int, mean_respon
         "pretrain": {"tokens": pre_tokens, "flops": 3 * fwd(pre_tokens, cfg.seq_len), "steps": cfg.pretrain_steps},
         "rollouts": {"tokens": rows * mean_response, "flops": fwd(rows * mean_response, row_len),
                      "decode_steps": cfg.rl_steps * cfg.max_new_tokens},
-        "rl train": {"tokens": rows * row_len, "flops": 3 * fwd(rows * row_len, row_len),
+        "rl train": {"tokens": rows * row_len, "flops": (3 + (cfg.beta > 0)) * fwd(rows * row_len, row_len),
                      "steps": cfg.rl_steps * -(-cfg.prompts_per_step * cfg.group_size // cfg.micro_batch)},
         "eval": {"tokens": eval_rows * mean_response, "flops": fwd(eval_rows * mean_response, row_len),
                  "decode_steps": n_evals * -(-eval_rows // n_evals // per_call) * cfg.max_new_tokens},

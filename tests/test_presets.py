@@ -82,8 +82,10 @@ def test_zero_small_real_size_one_pretraining_and_one_rl_step():
     gcfg = train.grpo_config(cfg)
     rl_opt = train.make_optimizer(model, cfg.rl_lr, 0.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    diag = grpo.rl_step(model.train(), rl_opt, rollouts, gcfg)
-    assert diag["grad_norm"] > 0 and abs(diag["ratio"] - 1) < 1e-4
+    assert cfg.beta > 0  # the preset's KL term: the step runs with its frozen reference, as train.stage_rl does
+    ref = train.distributed.frozen_copy(model)
+    diag = grpo.rl_step(model.train(), rl_opt, rollouts, gcfg, ref_model=ref)
+    assert diag["grad_norm"] > 0 and abs(diag["ratio"] - 1) < 1e-4 and abs(diag["kl"]) < 1e-4  # policy == ref
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
