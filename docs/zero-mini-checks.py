@@ -5,7 +5,7 @@ checkpoint) at one temperature, on the held-out problems of M, H and VH:
      temperature 1.0 is what RL sees, 0.6 is the held-out protocol);
   2. every column of the forced-LV samples, '7 + 6 = 13 , check 13 - 6 = 7 ok', read back: how often the column
      fact is wrong (the model's own slip, not the corpus's), how often the verdict says "wrong" on a slip (caught)
-     and on a right fact (a false alarm), and how often a caught slip is rewritten right.
+     and on a right fact (a false alarm), and how often the fact rewritten after a "wrong" is right.
 
 Usage (from the repository root): python docs/zero-mini-checks.py RUN_DIR [base|final] [TEMPERATURE]
 Prints two tables (markdown)."""

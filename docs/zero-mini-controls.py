@@ -6,9 +6,11 @@ finished `python train.py --preset zero-mini` run, with the run's own config, se
   dr-grpo   GRPO with Dr. GRPO's loss (no std normalisation, a constant normaliser instead of the per-response
             mean): the length of wrong answers under each aggregation.
   e-half    GRPO on every bucket, with E drawn as often as M, H and VH together (half the prompts): does the
-            easy bucket's own pressure (RL on E alone moves every bucket to the direct answer) separate the modes?
+            easy bucket's own pressure (without KL, RL on E alone moves every bucket to the direct answer)
+            separate the modes?
   pretrain  compute-matched continued pretraining on the same corpus: as many next-token steps as the RL run's
-            FLOPs (2N per rollout token, 6N per trained token; 6N per pretraining token), then the same evaluation.
+            FLOPs (2N per rollout token, 6N per trained token, 2N per reference token with a KL term; 6N per
+            pretraining token), then the same evaluation.
 
 Usage (from the repository root): python docs/zero-mini-controls.py RUN_DIR {e-only,e-half,dr-grpo,pretrain}
 Writes RUN_DIR-<control>/ (metrics.jsonl, log.txt, ...); a pretraining control writes eval lines only."""
