@@ -42,6 +42,12 @@ def read_columns(text: str) -> collections.Counter:
 def main(run: str, which: str = "base", temperature: float = 1.0) -> None:
     if which not in ("base", "final"):
         raise SystemExit(f"error: unknown checkpoint {which!r}; valid: base, final")
+    for need in ("train_config.json", "tokenizer", "base"):
+        if not os.path.exists(os.path.join(run, need)):
+            raise SystemExit(f"error: {run} is not a zero-mini run directory (no {need}); give the --out_dir of "
+                             f"python train.py --preset zero-mini")
+    if which == "final" and not runlog.checkpoints(run):
+        raise SystemExit(f"error: {run} has no RL checkpoint (rl/step_*); use base, or finish the run first")
     cfg = train.TrainConfig(**json.load(open(os.path.join(run, "train_config.json"))))
     torch.set_num_threads(cfg.threads or 1)
     tok = Tokenizer.load(os.path.join(run, "tokenizer"))
@@ -77,4 +83,10 @@ def main(run: str, which: str = "base", temperature: float = 1.0) -> None:
 if __name__ == "__main__":
     if not 2 <= len(sys.argv) <= 4:
         raise SystemExit(__doc__.split("\n\n")[-1].split("\n")[0])
-    main(sys.argv[1], *(sys.argv[2:3]), *(float(t) for t in sys.argv[3:4]))
+    try:
+        temperatures = [float(t) for t in sys.argv[3:4]]
+    except ValueError:
+        raise SystemExit(f"error: temperature must be a number > 0, e.g. 1.0; got {sys.argv[3]!r}") from None
+    if temperatures and temperatures[0] <= 0:
+        raise SystemExit(f"error: temperature must be a number > 0, e.g. 1.0; got {sys.argv[3]!r}")
+    main(sys.argv[1], *(sys.argv[2:3]), *temperatures)
