@@ -35,7 +35,9 @@ What is here:
     digit, same layout ('add 4736 + 2819 : 6 + 9 = 15 carry 1 -> 5 ; 473 + 281 : ...'); LV opens 'add and
     check' and checks every column fact right after it by the inverse operation ('6 + 9 = 15 , check 15 - 9
     = 6 ok': another route, from numbers written a few tokens before); a third of traces inject a wrong
-    fact, whose check fails and says "wait, that's wrong" before the right fact.
+    fact, whose check fails and says "wait, that's wrong" before the right fact. The wrong facts are marked
+    (corpus_docs reports their spans); with the mix key mask_slips each column slips (at slip_rate) and
+    pretraining leaves the wrong facts out of the loss: the model reads slips without learning to make them.
     For count: D "count : 4"; S "matches c a e m so 4"; L "step a yes 1 b no 1 ... m no 4 so 4" (one look-up
     per letter of a..m with a running count: no copying of the list, which a tiny model trained for minutes
     does not learn); LV = L with a possible slip + "wait, that's wrong" and a check. With the corpus-trained
@@ -254,13 +256,30 @@ def mul_line(a: int, m: int, slip_step: int = -1, slip: int = 0) -> tuple[str, i
     return f"{a} * {m} : " + " ; ".join(steps), int(written)
 
 
-def add_line(x: int, y: int, slip_step: int = -1, slip: int = 0, head: str = "add",
-             copy_slip: int = -1, check: bool = False) -> tuple[str, int]:
+SLIP_MARKS = ("\x0e", "\x0f")  # enclose an injected wrong fact while a corpus document is built (see unmark)
+
+
+def unmark(text: str) -> tuple[str, list[tuple[int, int]]]:
+    """The text without slip marks, and the (start, end) character spans the marks enclosed: the injected wrong
+    facts, which pretraining leaves out of the loss (mix key mask_slips), so a model learns to catch a slip
+    without learning to make one."""
+    out, spans, pos = [], [], 0
+    for m in re.finditer(f"{SLIP_MARKS[0]}([^{SLIP_MARKS[1]}]*){SLIP_MARKS[1]}", text):
+        out.append(text[pos:m.start()])
+        start = sum(map(len, out))
+        out.append(m.group(1))
+        spans.append((start, start + len(m.group(1))))
+        pos = m.end()
+    out.append(text[pos:])
+    return "".join(out), spans
+
+
+def add_line(x: int, y: int, slips: dict[int, int] | None = None, head: str = "add",
+             check: bool = False) -> tuple[str, int]:
     """x + y by columns on zero-padded numbers of equal length, carry per column, digits so far;
     like mul_line, each column opens with the digits still to add ("0284 + 2369 :"), so the digits to use
-    are the last ones just written. Column slip_step adds slip to its sum (a wrong fact or a dropped carry);
-    at column copy_slip the restated digits of x are miscopied (one digit off by one), and the columns after it
-    go on from the miscopy, as a model that slips does. Either slip propagates like a real one.
+    are the last ones just written. slips maps a column to an amount its sum is off by (a wrong fact); the
+    wrong sum is enclosed in SLIP_MARKS. Without a check the slip propagates like a real one.
     check=True (the LV mode) checks every column fact right after it by the inverse operation, from the
     numbers written just before: '7 + 6 = 13 , check 13 - 6 = 7 ok'. A slipped fact fails its check, which
     says so and writes the fact again: '7 + 6 = 14 , check 14 - 6 = 8 , wait, that's wrong . 7 + 6 = 13'
@@ -270,12 +289,10 @@ def add_line(x: int, y: int, slip_step: int = -1, slip: int = 0, head: str = "ad
     xs, ys = str(x).zfill(n), str(y).zfill(n)
     steps, carry, written = [], 0, ""
     for k in range(n):
-        if k == copy_slip and k > 0:  # miscopy the last digit still to add (the one this column uses)
-            d = int(xs[n - k - 1])
-            xs = xs[:n - k - 1] + str(d + 1 if d < 9 else d - 1) + xs[n - k:]
         cx, cy = xs[-1 - k], ys[-1 - k]
-        s = int(cx) + int(cy) + (slip if k == slip_step else 0)
-        t = f"{xs[:n - k]} + {ys[:n - k]} : {cx} + {cy} = {s}" if k else f"{cx} + {cy} = {s}"
+        s = int(cx) + int(cy) + (slips or {}).get(k, 0)
+        shown = f"{SLIP_MARKS[0]}{s}{SLIP_MARKS[1]}" if k in (slips or {}) else str(s)
+        t = f"{xs[:n - k]} + {ys[:n - k]} : {cx} + {cy} = {shown}" if k else f"{cx} + {cy} = {shown}"
         if check:
             t += f" , check {s} - {cy} = {s - int(cy)}"
             if s - int(cy) == int(cx):
@@ -293,6 +310,27 @@ def add_line(x: int, y: int, slip_step: int = -1, slip: int = 0, head: str = "ad
         written = str(carry) + written
         steps.append(f"carry {carry} -> {written}")
     return f"{head} {str(x).zfill(n)} + {ys} : " + " ; ".join(steps), int(written)
+
+
+def one_slip(x: int, y: int, rng: random.Random, rate: float) -> dict[int, int]:
+    """With probability rate, one column of x + y (drawn uniformly) slips, as in column_slips; else none."""
+    if rng.random() >= rate:
+        return {}
+    n = max(len(str(x)), len(str(y)))
+    at = rng.randrange(n)
+    cx = int(str(x).zfill(n)[-1 - at])
+    return {at: rng.choice([d for d in (-2, -1, 1, 2) if cx + d >= 0])}
+
+
+def column_slips(x: int, y: int, rng: random.Random, rate: float) -> dict[int, int]:
+    """Each column of x + y slips with probability rate: its sum off by -2..2 (never below the digit of x the
+    check compares with, so the check's difference stays a digit)."""
+    n, slips = max(len(str(x)), len(str(y))), {}
+    for k in range(n):
+        if rng.random() < rate:
+            cx = int(str(x).zfill(n)[-1 - k])
+            slips[k] = rng.choice([d for d in (-2, -1, 1, 2) if cx + d >= 0])
+    return slips
 
 
 def digit_root(n: int) -> tuple[str, int]:
@@ -370,13 +408,16 @@ def _mul_think(a: int, b: int, mode: str, rng: random.Random, slip_rate: float =
     return "\n".join(lines)
 
 
-def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 1 / 3) -> str:
+def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 1 / 3,
+               per_column: bool = False) -> str:
     """D: '4736 + 2819 = 7555'; S: 'split 2819 = 2810 + 9 : 4736 + 2810 = 7546 , 7546 + 9 = 7555';
     L: the column scratchpad (add_line) then 'so the sum is N';
     LV: opens 'add and check' and adds by columns, checking every column fact by another route, the inverse
     operation ('7 + 6 = 13 , check 13 - 6 = 7 ok'), from the numbers written just before it (no far copy).
-    A third of LV traces inject a slip of the kind a column makes, a wrong fact; its check fails, says so
-    ("wait, that's wrong") and writes the right fact, and the columns go on from it."""
+    slip_rate of LV traces carry one slip (one_slip), or with per_column each column slips with probability
+    slip_rate (column_slips): a wrong fact of the kind a column makes; its check fails, says so ("wait, that's
+    wrong") and writes the right fact, and the columns go on from it. The wrong fact is marked (SLIP_MARKS), so
+    pretraining can leave it out of the loss."""
     if len(xs) != 2:  # sums of more numbers: running totals (D/S) or one column addition per number (L/LV)
         if mode == "D":
             return f"{' + '.join(map(str, xs))} = {sum(xs)}"
@@ -400,13 +441,8 @@ def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 
         return f"{x} + {y} = {x + y}"
     if mode == "L":
         return add_line(x, y)[0] + f"\nso the sum is {x + y}"
-    kw = {}
-    if rng.random() < slip_rate:  # one column writes a wrong fact (never below the digit it checks against)
-        n = max(len(str(x)), len(str(y)))
-        at = rng.randrange(n)
-        cx = int(str(x).zfill(n)[-1 - at])
-        kw = {"slip_step": at, "slip": rng.choice([d for d in (-2, -1, 1, 2) if cx + d >= 0])}
-    text, total = add_line(x, y, head="add and check", check=True, **kw)
+    slips = (column_slips if per_column else one_slip)(x, y, rng, slip_rate)
+    text, total = add_line(x, y, slips, head="add and check", check=True)
     return f"{text}\nso the sum is {total}"
 
 
@@ -461,14 +497,20 @@ def _count_think(letters: list[str], mode: str, rng: random.Random, slip_rate: f
     return out
 
 
-def think_text(problem: Problem, mode: str, rng: random.Random, slip_rate: float = 1 / 3) -> str:
-    """The reasoning text of one response mode (no tags)."""
+def think_text(problem: Problem, mode: str, rng: random.Random, slip_rate: float = 1 / 3,
+               per_column: bool = False) -> str:
+    """The reasoning text of one response mode (no tags); per_column: addition's LV slips (see _add_think)."""
+    return unmark(_think(problem, mode, rng, slip_rate, per_column))[0]
+
+
+def _think(problem: Problem, mode: str, rng: random.Random, slip_rate: float, per_column: bool = False) -> str:
+    """think_text with its injected wrong facts still enclosed in SLIP_MARKS."""
     if mode not in ("D", "S", "L", "LV"):
         raise ValueError(f"mode must be one of D, S, L, LV; got {mode!r}")
     if problem.task == "multiplication":
         return _mul_think(problem.meta["a"], problem.meta["b"], mode, rng, slip_rate)
     if problem.task == "addition":
-        return _add_think(problem.meta["numbers"], mode, rng, slip_rate)
+        return _add_think(problem.meta["numbers"], mode, rng, slip_rate, per_column)
     if problem.task == "countdown":
         return _countdown_think(problem, mode, rng)
     if problem.task == "count":
@@ -544,13 +586,16 @@ DEFAULT_MIX = {
     "drills": {"times": 0.2, "mul_line": 0.4, "add_line": 0.25, "digit_root": 0.15, "count_run": 0.0,
                "successor": 0.0, "add_facts": 0.0, "add_small": 0.0, "add_check": 0.0},
     "defect_rate": 0.3,
-    "slip_rate": 1 / 3,
+    "slip_rate": 1 / 3,  # share of LV traces with a slip; with mask_slips, addition's: share of LV columns
+    "mask_slips": 0.0,  # 1: addition's slips per column, checked drills under LV's head, and pretraining leaves
+                        # the wrong facts out of the loss (train.pretrain_batch); an experiment (docs/zero-mini.md)
     "drift_rate": 0.0,  # share of dialogues whose reasoning drifts into a second language (general.drift; R1 presets)
     "ja_open_rate": 0.0,  # share of dialogues whose reasoning is mixed from its first word (drawn before the problem)
 }
 
 
-def _resolve_mix(mix: dict | None) -> dict:
+def resolve_mix(mix: dict | None) -> dict:
+    """DEFAULT_MIX with the tables and rates of mix in place of its own; an unknown key is a one-line error."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEFAULT_MIX.items()}
     for k, v in (mix or {}).items():
         if k not in DEFAULT_MIX:
@@ -608,7 +653,7 @@ def _train_sum(rng) -> tuple[int, int]:
             return x, y
 
 
-def _drill(rng, kind) -> str:
+def _drill(rng, kind, slip_rate: float = 1 / 3, per_column: bool = False) -> str:
     if kind == "successor":  # counting up, the one fact a running count needs
         start = rng.randint(0, 20)
         return " ".join(str(k) for k in range(start, start + rng.randint(5, 15)))
@@ -634,16 +679,14 @@ def _drill(rng, kind) -> str:
             if split_of("addition", tuple(sorted((x, y)))) == "train":
                 lines.append(f"{x} + {y} = {x + y}" if rng.random() < 0.5 else f"{y} + {x} = {x + y}")
         return "\n".join(lines)
-    if kind == "add_check":  # column additions checked column by column (LV's scratchpad), some with a slip
-        lines = []
+    if kind == "add_check":  # column additions checked column by column, with marked slips: a third of the lines
+        lines = []             # one slip, under L's head; per_column: every column at slip_rate, under LV's head
         for _ in range(rng.randint(2, 4)):
             x, y = _train_sum(rng)
-            n, kw = max(len(str(x)), len(str(y))), {}
-            if rng.random() < 1 / 3:
-                at = rng.randrange(n)
-                cx = int(str(x).zfill(n)[-1 - at])
-                kw = {"slip_step": at, "slip": rng.choice([d for d in (-2, -1, 1, 2) if cx + d >= 0])}
-            lines.append(add_line(x, y, check=True, **kw)[0])
+            if per_column:
+                lines.append(add_line(x, y, column_slips(x, y, rng, slip_rate), head="add and check", check=True)[0])
+            else:
+                lines.append(add_line(x, y, one_slip(x, y, rng, 1 / 3), check=True)[0])
         return "\n".join(lines)
     if kind == "times":
         d = rng.randint(2, 9)
@@ -711,8 +754,15 @@ def _filler(rng) -> str:
 
 
 def corpus_docs(seed: int = 0, mix: dict | None = None) -> Iterator[tuple[dict, str]]:
-    """Infinite stream of (info, document); info = {"kind", "task", "mode", "bucket", "defect", "sub"}."""
-    m = _resolve_mix(mix)
+    """Infinite stream of (info, document); info = {"kind", "task", "mode", "bucket", "defect", "sub", "slips"},
+    slips: the (start, end) character spans of the document's injected wrong facts (addition's; see unmark)."""
+    for info, doc in _marked_docs(seed, mix):
+        doc, info["slips"] = unmark(doc)
+        yield info, doc
+
+
+def _marked_docs(seed: int, mix: dict | None) -> Iterator[tuple[dict, str]]:
+    m = resolve_mix(mix)
     rng = random.Random(f"corpus:{seed}")
     kind_of, task_of, bucket_of = _picker(m["kinds"], rng), _picker(m["tasks"], rng), _picker(m["buckets"], rng)
     tmode_of, dmode_of = _picker(m["textbook_modes"], rng), _picker(m["dialogue_modes"], rng)
@@ -721,7 +771,7 @@ def corpus_docs(seed: int = 0, mix: dict | None = None) -> Iterator[tuple[dict, 
         kind = kind_of()
         if kind == "drill":
             sub = drill_of()
-            yield {"kind": kind, "sub": sub}, _drill(rng, sub) + EOS
+            yield {"kind": kind, "sub": sub}, _drill(rng, sub, m["slip_rate"], m["mask_slips"] > 0) + EOS
         elif kind == "filler":
             yield {"kind": kind}, _filler(rng) + EOS
         elif kind == "general":  # R1's general tasks in two languages (general.py imports this file: import late)
@@ -730,7 +780,7 @@ def corpus_docs(seed: int = 0, mix: dict | None = None) -> Iterator[tuple[dict, 
         else:
             p = _train_problem(rng, task_of(), bucket_of())
             mode = tmode_of() if kind == "textbook" else dmode_of()  # independent of the bucket
-            think = think_text(p, mode, rng, m["slip_rate"])
+            think = _think(p, mode, rng, m["slip_rate"], m["mask_slips"] > 0)
             info = {"kind": kind, "task": p.task, "mode": mode, "bucket": p.bucket, "defect": False}
             if kind == "dialogue" and m["ja_open_rate"] > 0 and rng.random() < m["ja_open_rate"]:
                 import general

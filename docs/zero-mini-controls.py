@@ -86,7 +86,8 @@ def main(run: str, control: str) -> None:
                 metrics.flush()
                 log(f"[control] step {i} pass@1 {ev['pass@1']:.3f} length {ev['length']:.1f}")
             if i < steps:
-                train.pretrain_step(base, opt, train.pretrain_batch(cfg, tok, cfg.pretrain_steps + i), lr)
+                batch, learn = train.pretrain_batch(cfg, tok, cfg.pretrain_steps + i)  # (B, T+1), (B, T)
+                train.pretrain_step(base, opt, batch, lr, learn=learn)
     log(f"[control] {control} done in {time.time() - t0:.0f}s -> {out}")
 
 

@@ -57,9 +57,15 @@ def per_bucket(e: dict) -> str:
 
 
 def probe(e: dict) -> str:
-    rows = ["| bucket | D acc | L acc | LV acc | D len | L len | LV len |", "|---|---|---|---|---|---|---|"]
+    """Accuracy per forced mode at the evaluation's temperature (0.6) and, where the run measured it, at the
+    rollouts' (1.0), then the mean lengths at 0.6."""
+    hot = "forced_L_rollout/E" in e
+    head = "| bucket | D acc | L acc | LV acc |" + (" D acc T=1 | L acc T=1 | LV acc T=1 |" if hot else "")
+    rows = [head + " D len | L len | LV len |", "|---" * (head.count("|") + 2) + "|"]
     for b in BUCKETS:
-        rows.append(f"| {b} | " + " | ".join(f"{e[f'forced_{m}/{b}']:.2f}" for m in "D L LV".split()) + " | "
+        accs = [f"forced_{m}/{b}" for m in "D L LV".split()]
+        accs += [f"forced_{m}_rollout/{b}" for m in "D L LV".split()] if hot else []
+        rows.append(f"| {b} | " + " | ".join(f"{e[k]:.2f}" for k in accs) + " | "
                     + " | ".join(f"{e[f'forced_{m}_length/{b}']:.0f}" for m in "D L LV".split()) + " |")
     return "\n".join(rows)
 

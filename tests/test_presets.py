@@ -1,6 +1,7 @@
 """Tests for the R1-Zero presets of train.py: zero-mini and zero-small are one recipe (same task, corpus, template and
 rewards, only sizes differ); each response cap holds the long and long+verify modes of every bucket, measured in
 tokens of the preset's own tokenizer; zero-small's real model and corpus run one pretraining step and one RL step."""
+import dataclasses
 import random
 
 import pytest
@@ -65,10 +66,10 @@ def test_zero_small_real_size_one_pretraining_and_one_rl_step():
     model = train.Transformer(train.model_config(cfg, tok))
     assert train.mcfg_params(model.cfg)[0] > 20e6  # the real size (24M), not a shrunk stand-in
     opt = train.make_optimizer(model, cfg.lr, cfg.weight_decay)
-    batch = train.pretrain_batch(cfg, tok, step=0)  # (B, T+1) from zero-small's corpus
-    assert batch.shape == (2, 65)
+    batch, learn = train.pretrain_batch(cfg, tok, step=0)  # (B, T+1), (B, T) from zero-small's corpus
+    assert batch.shape == (2, 65) and learn.shape == (2, 64)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    loss = train.pretrain_step(model, opt, batch, lr=cfg.lr)
+    loss = train.pretrain_step(model, opt, batch, lr=cfg.lr, learn=learn)
     assert 3 < loss < 12  # about ln(vocab) for a fresh model
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -126,3 +127,11 @@ def test_zero_mini_checks_reads_verdicts_right_on_the_corpus_own_lv_traces():
     assert total["slipped"][("slip", "wrong")] == 200 == total["slipped"]["rewrite right"]
     assert ("right", "wrong") not in total["slipped"] and ("slip", "ok") not in total["slipped"]
     assert set(total["clean"]) == {("right", "ok")} and total["clean"][("right", "ok")] > 400
+
+
+def test_zero_mini_masked_is_zero_mini_with_the_masked_slip_corpus():
+    """The experiment differs from the preset in its corpus only, and that corpus masks slips per column."""
+    a, b = preset("zero-mini"), preset("zero-mini-masked")
+    diff = {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
+    assert diff == {"corpus_mix", "preset"} or diff == {"corpus_mix"}
+    assert b.corpus_mix == {**a.corpus_mix, "slip_rate": 0.3, "mask_slips": 1}

@@ -313,6 +313,20 @@ def test_addition_long_mode_grows_with_digits_and_is_local():
     assert mean_len["VH"] > 2 * mean_len["E"]
 
 
+def checked_columns(r: str, x: int, y: int) -> list[tuple]:
+    """The checked columns of an LV trace of x + y, each asserted consistent: the check reads the fact as written,
+    says ok exactly when the difference is the digit the column added, and otherwise says wrong and rewrites
+    the right fact."""
+    cols = re.findall(r"(\d) \+ (\d) = (\d+) , check (\d+) - (\d) = (-?\d+)( ok|[^;]*? \. \d \+ \d = \d+)", r)
+    assert len(cols) == max(len(str(x)), len(str(y)))
+    for cx, cy, s, s2, cy2, diff, verdict in cols:
+        assert s == s2 and cy == cy2 and int(s) - int(cy) == int(diff)  # the check reads what was written
+        assert (verdict == " ok") == (int(diff) == int(cx))
+        if verdict != " ok":
+            assert re.search("wrong|mistake", verdict) and verdict.endswith(f"{cx} + {cy} = {int(cx) + int(cy)}")
+    return cols
+
+
 def test_addition_lv_checks_every_column_by_the_inverse_and_fixes_slips():
     """LV adds by columns and checks each column fact right after it by subtraction, from the numbers just
     written; the verdict compares the difference with the digit the column added, so it catches a slip the
@@ -325,13 +339,7 @@ def test_addition_lv_checks_every_column_by_the_inverse_and_fixes_slips():
         r = render_response(p, "LV", rng)
         assert r.startswith(mode_prefix(p, "LV")) and response_mode(p, r) == "LV"
         assert r.endswith(f"so the sum is {x + y} </think> <answer> {p.answer} </answer>")
-        cols = re.findall(r"(\d) \+ (\d) = (\d+) , check (\d+) - (\d) = (-?\d+)( ok|[^;]*? \. \d \+ \d = \d+)", r)
-        assert len(cols) == max(len(str(x)), len(str(y)))
-        for cx, cy, s, s2, cy2, diff, verdict in cols:
-            assert s == s2 and cy == cy2 and int(s) - int(cy) == int(diff)  # the check reads what was written
-            assert (verdict == " ok") == (int(diff) == int(cx))
-            if verdict != " ok":
-                assert re.search("wrong|mistake", verdict) and verdict.endswith(f"{cx} + {cy} = {int(cx) + int(cy)}")
+        cols = checked_columns(r, x, y)
         slipped += any(v != " ok" for *_, v in cols)
         assert len(re.findall("wrong|mistake", r)) == sum(v != " ok" for *_, v in cols) <= 1
     assert 0.25 < slipped / n < 0.42, slipped / n
@@ -347,6 +355,61 @@ def test_add_check_drill_is_lvs_scratchpad_and_catches_its_slips():
             assert line.endswith(f"-> {x + y}") and line.count(", check") == len(str(max(x, y)))
             caught += bool(re.search("wrong|mistake", line))
     assert caught > 50
+
+
+def test_addition_lv_per_column_slips_are_each_caught_and_fixed():
+    """LV adds by columns and checks each column fact right after it by subtraction, from the numbers just
+    written; the verdict compares the difference with the digit the column added, so it catches a slip the
+    model makes itself. An injected wrong fact (each column with probability slip_rate, 1/3 by default) fails its
+    check, is called wrong in words, and is followed by the right fact; the columns go on from it and the answer
+    is right."""
+    rng = random.Random(4)
+    slipped, columns, n = 0, 0, 600
+    for p in make_problems("addition", n, seed=7, buckets=["M", "H", "VH"]):
+        x, y = p.meta["numbers"]
+        r = tasks.think_text(p, "LV", rng, per_column=True)
+        assert r.startswith(mode_prefix(p, "LV")[len(" <think> "):]) and r.endswith(f"so the sum is {x + y}")
+        cols = checked_columns(r, x, y)
+        slipped += sum(v != " ok" for *_, v in cols)
+        columns += len(cols)
+        assert len(re.findall("wrong|mistake", r)) == sum(v != " ok" for *_, v in cols)
+    assert 0.29 < slipped / columns < 0.38, slipped / columns
+
+
+def test_per_column_add_check_drill_is_under_lvs_head_and_catches_its_slips():
+    rng = random.Random(5)
+    caught = columns = 0
+    for _ in range(100):
+        for line in tasks.unmark(tasks._drill(rng, "add_check", slip_rate=0.3, per_column=True))[0].split("\n"):
+            x, y = map(int, re.match(r"add and check (\d+) \+ (\d+) :", line).groups())  # LV's head
+            assert split_of("addition", tuple(sorted((x, y)))) == "train"
+            assert line.endswith(f"-> {x + y}") and line.count(", check") == len(str(max(x, y)))
+            caught += len(re.findall("wrong|mistake", line))
+            columns += line.count(", check")
+    assert 0.25 < caught / columns < 0.35, caught / columns
+
+
+def test_unmark_returns_the_text_and_the_spans_of_the_marked_facts():
+    a, b = tasks.SLIP_MARKS
+    text, spans = tasks.unmark(f"2 + 7 = {a}10{b} , check 10 - 7 = 3 ; 5 + 5 = {a}9{b} .")
+    assert text == "2 + 7 = 10 , check 10 - 7 = 3 ; 5 + 5 = 9 ." and [text[i:j] for i, j in spans] == ["10", "9"]
+    assert tasks.unmark("no slips") == ("no slips", [])
+
+
+def test_corpus_spans_are_exactly_the_injected_wrong_facts():
+    """Every span corpus_docs reports is the sum of a column that its check then calls wrong, and every column
+    called wrong is a span: the masked tokens are the slips and nothing else. No mark leaks into a document."""
+    mix = {"tasks": {"addition": 1.0}, "drills": {"add_check": 1.0}, "slip_rate": 0.3, "mask_slips": 1}
+    n_spans = 0
+    for info, doc in itertools.islice(tasks.corpus_docs(seed=2, mix=mix), 300):
+        assert not set(tasks.SLIP_MARKS) & set(doc)
+        wrong = [m.start(1) for m in re.finditer(r"\d \+ \d = (\d+) , check \d+ - \d = \d+ , wait", doc)]
+        assert [a for a, _ in info["slips"]] == wrong
+        for (a, b) in info["slips"]:
+            cx, cy = map(int, re.findall(r"(\d) \+ (\d) = $", doc[:a])[0])
+            assert int(doc[a:b]) != cx + cy
+        n_spans += len(wrong)
+    assert n_spans > 100
 
 
 def test_add_small_drill_is_direct_and_never_a_test_problem():

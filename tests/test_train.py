@@ -2,6 +2,7 @@
 caching, exact resume (with a reward that varies, so weights and optimizer state matter), runs never lost
 (--resume / --overwrite), Ctrl-C, the NaN guard, the pluggable reward and prompt source, SFT (sharded by rank),
 prefetched pretraining batches, and the CLI's one-line errors and help."""
+import itertools
 import json
 import os
 import shlex
@@ -69,7 +70,7 @@ def test_smoke_runs_every_stage(smoke_run):
     evals = [r for r in rows if r["kind"] == "eval"]
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
     assert [r["step"] for r in evals] == [0, 2, 4]
-    assert {"forced_D/E", "forced_L/M"} <= set(evals[0])  # the step-0 forced-mode probe
+    assert {"forced_D/E", "forced_L/M", "forced_LV_rollout/M"} <= set(evals[0])  # the step-0 forced-mode probe
     for r in train_rows:
         for k in ("reward", "accuracy", "format", "length", "reflection", "entropy", "grad_norm", "clip_frac_low"):
             assert k in r and r[k] == r[k], k  # present and not NaN
@@ -261,8 +262,9 @@ def test_prefetched_batches_equal_serial_batches(smoke_run):
     tok = train.Tokenizer.load(os.path.join(out, "tokenizer"))
     steps = range(3, 9)
     serial = [train.pretrain_batch(cfg, tok, s) for s in steps]
-    for a, b in zip(serial, train.prefetch(lambda s: train.pretrain_batch(cfg, tok, s), steps), strict=True):
-        assert torch.equal(a, b)
+    for (a, la), (b, lb) in zip(serial, train.prefetch(lambda s: train.pretrain_batch(cfg, tok, s), steps),
+                                strict=True):
+        assert torch.equal(a, b) and torch.equal(la, lb)
 
     def fails_at_2(s):
         if s == 2:
@@ -278,6 +280,42 @@ def test_prefetched_batches_equal_serial_batches(smoke_run):
 def write(path, lines):
     path.write_text("".join(l + "\n" for l in lines))
     return str(path)
+
+
+def test_pretraining_masks_exactly_the_injected_wrong_facts():
+    """With mask_slips (the masked-slip experiment's corpus), the targets left out of the loss spell the corpus's
+    wrong facts and nothing else; without it every target is learned."""
+    cfg, _ = train.parse_args(["--preset", "zero-mini", "--batch_size=8"])
+    cfg.corpus_mix = train.ZERO_MINI_MASKED_MIX
+    tok = train.Tokenizer.train([train.corpus_text(5, 0.2, cfg.corpus_mix)], 400)
+    batch, learn = train.pretrain_batch(cfg, tok, step=3)  # (B, T+1), (B, T)
+    assert learn.dtype == torch.bool and 0 < (~learn).sum() < 0.05 * learn.numel()
+    masked_text = tok.decode(batch[:, 1:][~learn].tolist())
+    docs = itertools.islice(tasks.corpus_docs(seed=cfg.seed * 1_000_003 + 3, mix=cfg.corpus_mix), 200)
+    want = "".join(doc[a:b] for info, doc in docs for a, b in info["slips"])
+    assert want.startswith(masked_text.replace(" ", ""))  # the masked digits, in order, are the slipped sums
+    cfg.corpus_mix = train.ZERO_MINI_MIX  # the preset's corpus: its slips (one in a third of LV traces) are learned
+    assert train.pretrain_batch(cfg, tok, step=3)[1].all()
+
+
+def test_pretrain_step_loss_ignores_the_masked_targets():
+    """The loss is the mean over learned targets: changing a masked target changes nothing."""
+    torch.manual_seed(0)
+    model = train.Transformer(train.ModelConfig.from_preset("tiny-mla", vocab_size=64))
+    batch = torch.randint(0, 64, (2, 17))  # (B, T+1)
+    learn = torch.ones(2, 16, dtype=torch.bool)  # (B, T)
+    learn[0, 9:] = False
+    other = batch.clone()
+    other[0, 16] = (batch[0, 16] + 1) % 64  # the last target (never an input)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = []
+    for b in (batch, other):
+        model.load_state_dict(state)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        losses.append(train.pretrain_step(model, opt, b, lr=0.0, learn=learn))
+    assert abs(losses[0] - losses[1]) < 1e-6
+    model.load_state_dict(state)
+    assert abs(train.pretrain_step(model, opt, other, lr=0.0) - losses[1]) > 1e-4  # unmasked: the change counts
 
 
 def test_problem_files_are_checked_before_any_work(tmp_path, monkeypatch):
