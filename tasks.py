@@ -263,13 +263,12 @@ def unmark(text: str) -> tuple[str, list[tuple[int, int]]]:
     """The text without slip marks, and the (start, end) character spans the marks enclosed: the injected wrong
     facts, which pretraining leaves out of the loss (mix key mask_slips), so a model learns to catch a slip
     without learning to make one."""
-    out, spans, pos = [], [], 0
+    out, spans, pos, length = [], [], 0, 0
     for m in re.finditer(f"{SLIP_MARKS[0]}([^{SLIP_MARKS[1]}]*){SLIP_MARKS[1]}", text):
-        out.append(text[pos:m.start()])
-        start = sum(map(len, out))
-        out.append(m.group(1))
-        spans.append((start, start + len(m.group(1))))
-        pos = m.end()
+        out += [text[pos:m.start()], m.group(1)]
+        length += m.start() - pos
+        spans.append((length, length + len(m.group(1))))
+        length, pos = spans[-1][1], m.end()
     out.append(text[pos:])
     return "".join(out), spans
 
@@ -285,13 +284,13 @@ def add_line(x: int, y: int, slips: dict[int, int] | None = None, head: str = "a
     says so and writes the fact again: '7 + 6 = 14 , check 14 - 6 = 8 , wait, that's wrong . 7 + 6 = 13'
     (the verdict compares the difference with the digit the column added, so it catches a slip the model
     makes itself). head opens the line ("add", "add and check")."""
-    n = max(len(str(x)), len(str(y)))
+    n, slips = max(len(str(x)), len(str(y))), slips or {}
     xs, ys = str(x).zfill(n), str(y).zfill(n)
     steps, carry, written = [], 0, ""
     for k in range(n):
         cx, cy = xs[-1 - k], ys[-1 - k]
-        s = int(cx) + int(cy) + (slips or {}).get(k, 0)
-        shown = f"{SLIP_MARKS[0]}{s}{SLIP_MARKS[1]}" if k in (slips or {}) else str(s)
+        s = int(cx) + int(cy) + slips.get(k, 0)
+        shown = f"{SLIP_MARKS[0]}{s}{SLIP_MARKS[1]}" if k in slips else str(s)
         t = f"{xs[:n - k]} + {ys[:n - k]} : {cx} + {cy} = {shown}" if k else f"{cx} + {cy} = {shown}"
         if check:
             t += f" , check {s} - {cy} = {s - int(cy)}"
