@@ -604,8 +604,10 @@ def resolve_mix(mix: dict | None) -> dict:
             if bad or any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
                 raise ValueError(f"mix[{k!r}] must map {sorted(DEFAULT_MIX[k])} to weights >= 0 (sum > 0), got {v}")
             out[k] = dict(v)  # a given table replaces the default table
-        else:
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0:
             out[k] = float(v)
+        else:
+            raise ValueError(f"mix[{k!r}] must be a number >= 0, got {v!r}")
     return out
 
 

@@ -268,6 +268,10 @@ def validate(cfg: TrainConfig) -> None:
         if not cond:
             raise SystemExit(f"error: {msg}")
     need(cfg.model in MODEL_PRESETS, f"--model={cfg.model!r} is not a model preset; valid: {', '.join(MODEL_PRESETS)}")
+    try:
+        tasks.resolve_mix(cfg.corpus_mix or None)
+    except (ValueError, TypeError, AttributeError) as e:
+        need(False, f"--corpus_mix: {e}")
     for k in ("pretrain_steps", "rl_steps", "halt_after", "const_norm", "warmup", "threads", "eval_batch"):
         need(getattr(cfg, k) >= 0, f"--{k} must be >= 0 (got {getattr(cfg, k)})")
     for k in ("batch_size", "seq_len", "prompts_per_step", "max_new_tokens", "mu", "micro_batch", "fused_head_chunk",

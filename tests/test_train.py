@@ -347,6 +347,8 @@ def test_problem_files_are_checked_before_any_work(tmp_path, monkeypatch):
     (["--preset", "smoke", "--rl_stepz=1"], "did you mean 'rl_steps'"),
     (["--preset", "smoke", "--model.bogus=1"], "unknown model field"),
     (["--preset", "smoke", "--rl_steps=abc"], "not a valid int"),
+    (["--preset", "zero-mini", '--corpus_mix={"mask_slip": 1}'], "unknown mix key 'mask_slip'; valid:"),
+    (["--preset", "zero-mini", '--corpus_mix={"mask_slips": "yes"}'], "must be a number >= 0, got 'yes'"),
     (["--preset", "smoke", "--group_size=1"], "group_size must be >= 2"),
     (["--preset", "smoke", "--buckets=E,Z"], "unknown \\['Z'\\]"),
     (["--preset", "smoke", "--model=gpt5"], "not a model preset"),
