@@ -274,7 +274,7 @@ def unmark(text: str) -> tuple[str, list[tuple[int, int]]]:
 
 
 def add_line(x: int, y: int, slips: dict[int, int] | None = None, head: str = "add",
-             check: bool = False) -> tuple[str, int]:
+             check: bool = False, learned: frozenset = frozenset()) -> tuple[str, int]:
     """x + y by columns on zero-padded numbers of equal length, carry per column, digits so far;
     like mul_line, each column opens with the digits still to add ("0284 + 2369 :"), so the digits to use
     are the last ones just written. slips maps a column to an amount its sum is off by (a wrong fact); the
@@ -283,14 +283,15 @@ def add_line(x: int, y: int, slips: dict[int, int] | None = None, head: str = "a
     numbers written just before: '7 + 6 = 13 , check 13 - 6 = 7 ok'. A slipped fact fails its check, which
     says so and writes the fact again: '7 + 6 = 14 , check 14 - 6 = 8 , wait, that's wrong . 7 + 6 = 13'
     (the verdict compares the difference with the digit the column added, so it catches a slip the model
-    makes itself). head opens the line ("add", "add and check")."""
+    makes itself). head opens the line ("add", "add and check"). The slips of the columns in learned are left
+    unmarked: they stay in the pretraining loss, so the model learns to make them (see own_slips)."""
     n, slips = max(len(str(x)), len(str(y))), slips or {}
     xs, ys = str(x).zfill(n), str(y).zfill(n)
     steps, carry, written = [], 0, ""
     for k in range(n):
         cx, cy = xs[-1 - k], ys[-1 - k]
         s = int(cx) + int(cy) + slips.get(k, 0)
-        shown = f"{SLIP_MARKS[0]}{s}{SLIP_MARKS[1]}" if k in slips else str(s)
+        shown = f"{SLIP_MARKS[0]}{s}{SLIP_MARKS[1]}" if k in slips and k not in learned else str(s)
         t = f"{xs[:n - k]} + {ys[:n - k]} : {cx} + {cy} = {shown}" if k else f"{cx} + {cy} = {shown}"
         if check:
             t += f" , check {s} - {cy} = {s - int(cy)}"
@@ -330,6 +331,22 @@ def column_slips(x: int, y: int, rng: random.Random, rate: float) -> dict[int, i
             cx = int(str(x).zfill(n)[-1 - k])
             slips[k] = rng.choice([d for d in (-2, -1, 1, 2) if cx + d >= 0])
     return slips
+
+
+def own_slips(x: int, y: int, rng: random.Random, own: float, rate: float = 0.0) -> tuple[dict, frozenset]:
+    """Per column of x + y: with probability own a slip the model learns to make (its own: unmarked, so it stays in
+    the loss), else with the probability that brings the column's slips to rate a marked one (masked, there only
+    to teach the check). Returns (slips as in column_slips, the learned columns)."""
+    n, slips, learned = max(len(str(x)), len(str(y))), {}, set()
+    extra = max(0.0, rate - own) / (1 - own) if own < 1 else 0.0
+    for k in range(n):
+        u = rng.random()
+        if u < own or u < own + (1 - own) * extra:
+            cx = int(str(x).zfill(n)[-1 - k])
+            slips[k] = rng.choice([d for d in (-2, -1, 1, 2) if cx + d >= 0])
+            if u < own:
+                learned.add(k)
+    return slips, frozenset(learned)
 
 
 def digit_root(n: int) -> tuple[str, int]:
@@ -408,7 +425,7 @@ def _mul_think(a: int, b: int, mode: str, rng: random.Random, slip_rate: float =
 
 
 def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 1 / 3,
-               per_column: bool = False) -> str:
+               per_column: bool = False, own: float = 0.0) -> str:
     """D: '4736 + 2819 = 7555'; S: 'split 2819 = 2810 + 9 : 4736 + 2810 = 7546 , 7546 + 9 = 7555';
     L: the column scratchpad (add_line) then 'so the sum is N';
     LV: opens 'add and check' and adds by columns, checking every column fact by another route, the inverse
@@ -416,7 +433,10 @@ def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 
     slip_rate of LV traces carry one slip (one_slip), or with per_column each column slips with probability
     slip_rate (column_slips): a wrong fact of the kind a column makes; its check fails, says so ("wait, that's
     wrong") and writes the right fact, and the columns go on from it. The wrong fact is marked (SLIP_MARKS), so
-    pretraining can leave it out of the loss."""
+    pretraining can leave it out of the loss.
+    own > 0 (with per_column): the model's own slips (own_slips). Each column fact of L and LV slips with
+    probability own, unmarked, so the model learns to slip as often in both modes; in L the slip carries into the
+    sum and the answer, in LV the check catches it. LV's marked slips top its columns up to slip_rate."""
     if len(xs) != 2:  # sums of more numbers: running totals (D/S) or one column addition per number (L/LV)
         if mode == "D":
             return f"{' + '.join(map(str, xs))} = {sum(xs)}"
@@ -439,9 +459,16 @@ def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 
             return f"split {x} = {hi} + {lo} : {lo} + {y} = {lo + y} , {hi} + {lo + y} = {x + y}"
         return f"{x} + {y} = {x + y}"
     if mode == "L":
+        if own > 0:
+            slips, learned = own_slips(x, y, rng, own)
+            text, total = add_line(x, y, slips, learned=learned)
+            return f"{text}\nso the sum is {total}"
         return add_line(x, y)[0] + f"\nso the sum is {x + y}"
-    slips = (column_slips if per_column else one_slip)(x, y, rng, slip_rate)
-    text, total = add_line(x, y, slips, head="add and check", check=True)
+    if own > 0:
+        slips, learned = own_slips(x, y, rng, own, slip_rate)
+    else:
+        slips, learned = (column_slips if per_column else one_slip)(x, y, rng, slip_rate), frozenset()
+    text, total = add_line(x, y, slips, head="add and check", check=True, learned=learned)
     return f"{text}\nso the sum is {total}"
 
 
@@ -497,19 +524,20 @@ def _count_think(letters: list[str], mode: str, rng: random.Random, slip_rate: f
 
 
 def think_text(problem: Problem, mode: str, rng: random.Random, slip_rate: float = 1 / 3,
-               per_column: bool = False) -> str:
-    """The reasoning text of one response mode (no tags); per_column: addition's LV slips (see _add_think)."""
-    return unmark(_think(problem, mode, rng, slip_rate, per_column))[0]
+               per_column: bool = False, own: float = 0.0) -> str:
+    """The reasoning text of one response mode (no tags); per_column, own: addition's slips (see _add_think)."""
+    return unmark(_think(problem, mode, rng, slip_rate, per_column, own))[0]
 
 
-def _think(problem: Problem, mode: str, rng: random.Random, slip_rate: float, per_column: bool = False) -> str:
+def _think(problem: Problem, mode: str, rng: random.Random, slip_rate: float, per_column: bool = False,
+           own: float = 0.0) -> str:
     """think_text with its injected wrong facts still enclosed in SLIP_MARKS."""
     if mode not in ("D", "S", "L", "LV"):
         raise ValueError(f"mode must be one of D, S, L, LV; got {mode!r}")
     if problem.task == "multiplication":
         return _mul_think(problem.meta["a"], problem.meta["b"], mode, rng, slip_rate)
     if problem.task == "addition":
-        return _add_think(problem.meta["numbers"], mode, rng, slip_rate, per_column)
+        return _add_think(problem.meta["numbers"], mode, rng, slip_rate, per_column, own)
     if problem.task == "countdown":
         return _countdown_think(problem, mode, rng)
     if problem.task == "count":
@@ -588,6 +616,8 @@ DEFAULT_MIX = {
     "slip_rate": 1 / 3,  # share of LV traces with a slip; with mask_slips, addition's: share of LV columns
     "mask_slips": 0.0,  # 1: addition's slips per column, checked drills under LV's head, and pretraining leaves
                         # the wrong facts out of the loss (train.pretrain_batch); an experiment (docs/zero-mini.md)
+    "own_slip_rate": 0.0,  # with mask_slips: each column fact of addition's L and LV traces and drills slips with
+                           # this probability and stays in the loss (the model's own slips); an experiment
     "drift_rate": 0.0,  # share of dialogues whose reasoning drifts into a second language (general.drift; R1 presets)
     "ja_open_rate": 0.0,  # share of dialogues whose reasoning is mixed from its first word (drawn before the problem)
 }
@@ -604,10 +634,10 @@ def resolve_mix(mix: dict | None) -> dict:
             if bad or any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
                 raise ValueError(f"mix[{k!r}] must map {sorted(DEFAULT_MIX[k])} to weights >= 0 (sum > 0), got {v}")
             out[k] = dict(v)  # a given table replaces the default table
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0:
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= (1 if k.endswith("_rate") else v):
             out[k] = float(v)
         else:
-            raise ValueError(f"mix[{k!r}] must be a number >= 0, got {v!r}")
+            raise ValueError(f"mix[{k!r}] must be a number >= 0{' and <= 1' * k.endswith('_rate')}, got {v!r}")
     return out
 
 
@@ -654,7 +684,7 @@ def _train_sum(rng) -> tuple[int, int]:
             return x, y
 
 
-def _drill(rng, kind, slip_rate: float = 1 / 3, per_column: bool = False) -> str:
+def _drill(rng, kind, slip_rate: float = 1 / 3, per_column: bool = False, own: float = 0.0) -> str:
     if kind == "successor":  # counting up, the one fact a running count needs
         start = rng.randint(0, 20)
         return " ".join(str(k) for k in range(start, start + rng.randint(5, 15)))
@@ -684,7 +714,10 @@ def _drill(rng, kind, slip_rate: float = 1 / 3, per_column: bool = False) -> str
         lines = []             # one slip, under L's head; per_column: every column at slip_rate, under LV's head
         for _ in range(rng.randint(2, 4)):
             x, y = _train_sum(rng)
-            if per_column:
+            if own > 0:  # the model's own slips (learned) and marked ones, as in LV traces (_add_think)
+                slips, learned = own_slips(x, y, rng, own, slip_rate)
+                lines.append(add_line(x, y, slips, head="add and check", check=True, learned=learned)[0])
+            elif per_column:
                 lines.append(add_line(x, y, column_slips(x, y, rng, slip_rate), head="add and check", check=True)[0])
             else:
                 lines.append(add_line(x, y, one_slip(x, y, rng, 1 / 3), check=True)[0])
@@ -700,7 +733,9 @@ def _drill(rng, kind, slip_rate: float = 1 / 3, per_column: bool = False) -> str
         if kind == "mul_line":
             lines.append(mul_line(*_train_pair(rng, rng.randint(2, 5)))[0])
         elif kind == "add_line":
-            lines.append(add_line(*_train_sum(rng))[0])
+            x, y = _train_sum(rng)
+            slips, learned = own_slips(x, y, rng, own) if own > 0 else ({}, frozenset())
+            lines.append(add_line(x, y, slips, learned=learned)[0])
         else:  # digit_root: a casting-out-nines check of a (possibly wrong) product
             a, d = _train_pair(rng, rng.randint(2, 4))
             c = a * d + (rng.choice([-1, 1, 10]) if rng.random() < 0.3 else 0)
@@ -768,11 +803,12 @@ def _marked_docs(seed: int, mix: dict | None) -> Iterator[tuple[dict, str]]:
     kind_of, task_of, bucket_of = _picker(m["kinds"], rng), _picker(m["tasks"], rng), _picker(m["buckets"], rng)
     tmode_of, dmode_of = _picker(m["textbook_modes"], rng), _picker(m["dialogue_modes"], rng)
     drill_of = _picker(m["drills"], rng)
+    own = m["own_slip_rate"] if m["mask_slips"] > 0 else 0.0
     while True:
         kind = kind_of()
         if kind == "drill":
             sub = drill_of()
-            yield {"kind": kind, "sub": sub}, _drill(rng, sub, m["slip_rate"], m["mask_slips"] > 0) + EOS
+            yield {"kind": kind, "sub": sub}, _drill(rng, sub, m["slip_rate"], m["mask_slips"] > 0, own) + EOS
         elif kind == "filler":
             yield {"kind": kind}, _filler(rng) + EOS
         elif kind == "general":  # R1's general tasks in two languages (general.py imports this file: import late)
@@ -781,7 +817,9 @@ def _marked_docs(seed: int, mix: dict | None) -> Iterator[tuple[dict, str]]:
         else:
             p = _train_problem(rng, task_of(), bucket_of())
             mode = tmode_of() if kind == "textbook" else dmode_of()  # independent of the bucket
-            think = _think(p, mode, rng, m["slip_rate"], m["mask_slips"] > 0)
+            think = _think(p, mode, rng, m["slip_rate"], m["mask_slips"] > 0, own)
+            said = re.search(r"so the sum is (\d+)$", think) if own else None
+            answer = said.group(1) if said else p.answer  # an own slip in L carries into the answer
             info = {"kind": kind, "task": p.task, "mode": mode, "bucket": p.bucket, "defect": False}
             if kind == "dialogue" and m["ja_open_rate"] > 0 and rng.random() < m["ja_open_rate"]:
                 import general
@@ -790,12 +828,12 @@ def _marked_docs(seed: int, mix: dict | None) -> Iterator[tuple[dict, str]]:
                 import general
                 think, info["drift"] = general.drift(think, rng), True  # R1-Zero's language mixing
             if kind == "textbook":
-                yield info, f"Problem: {p.question}.\nSolution: {think}\nAnswer: {p.answer}{EOS}"
+                yield info, f"Problem: {p.question}.\nSolution: {think}\nAnswer: {answer}{EOS}"
             elif rng.random() < m["defect_rate"]:
                 info["defect"] = True
-                yield info, r1_zero_prompt(p.question) + _defect(rng, think, p.answer) + EOS
+                yield info, r1_zero_prompt(p.question) + _defect(rng, think, answer) + EOS
             else:
-                yield info, (r1_zero_prompt(p.question) + f" <think> {think} </think> <answer> {p.answer} </answer>"
+                yield info, (r1_zero_prompt(p.question) + f" <think> {think} </think> <answer> {answer} </answer>"
                              + EOS)
 
 

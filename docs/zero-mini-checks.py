@@ -5,7 +5,11 @@ checkpoint) at one temperature, on the held-out problems of M, H and VH:
      temperature 1.0 is what RL sees, 0.6 is the held-out protocol);
   2. every column of the forced-LV samples, '7 + 6 = 13 , check 13 - 6 = 7 ok', read back: how often the column
      fact is wrong (the model's own slip, not the corpus's), how often the verdict says "wrong" on a slip (caught)
-     and on a right fact (a false alarm), and how often the fact rewritten after a "wrong" is right.
+     and on a right fact (a false alarm), and how often the fact rewritten after a "wrong" is right;
+  3. where each wrong forced-L sample first leaves the right scratchpad: the part of the column it was writing
+     (the digits still to add, the digits of the column, the fact, the carry added, the carry out, the digits so
+     far, the closing "so the sum is", the answer, or the format);
+  4. up to three forced-LV samples in which the model's own wrong fact was caught, rewritten and the answer right.
 
 Usage (from the repository root): python docs/zero-mini-checks.py RUN_DIR [base|final] [TEMPERATURE]
 Prints two tables (markdown)."""
@@ -39,6 +43,41 @@ def read_columns(text: str) -> collections.Counter:
     return c
 
 
+def l_parts(x: int, y: int, answer: str) -> list[tuple[str, str]]:
+    """The right forced-L completion after its prefix, cut into (text, part) pieces; joined they equal
+    tasks.add_line's scratchpad, then the closing line and the answer."""
+    n = max(len(str(x)), len(str(y)))
+    xs, ys = str(x).zfill(n), str(y).zfill(n)
+    parts, carry, written = [], 0, ""
+    for k in range(n):
+        cx, cy = xs[-1 - k], ys[-1 - k]
+        s = int(cx) + int(cy)
+        parts += [(" ; ", "format"), (f"{xs[:n - k]} + {ys[:n - k]}", "digits to add"), (" : ", "format")] if k else \
+            [(" ", "format")]
+        parts += [(f"{cx} + {cy}", "column digits"), (" = ", "format"), (str(s), "fact")]
+        if carry:
+            parts += [(" + ", "format"), (str(carry), "carry added"), (" = ", "format"), (str(s + carry), "carry added")]
+            s += carry
+        carry = s // 10
+        written = str(s % 10) + written
+        parts += [(" carry ", "format"), (str(carry), "carry out"), (" -> ", "format"), (written, "digits so far")]
+    if carry:
+        written = str(carry) + written
+        parts += [(" ; carry ", "format"), ("1", "carry out"), (" -> ", "format"), (written, "digits so far")]
+    return parts + [("\nso the sum is ", "format"), (str(x + y), "so the sum is"),
+                    (" </think> <answer> ", "format"), (answer, "answer"), (" </answer>", "format")]
+
+
+def first_wrong(text: str, parts: list[tuple[str, str]]) -> str:
+    """The part in which text (a completion after its prefix) first differs from the right one."""
+    at = 0
+    for piece, part in parts:
+        if text[at:at + len(piece)] != piece:
+            return part
+        at += len(piece)
+    return "after the answer"
+
+
 def main(run: str, which: str = "base", temperature: float = 1.0) -> None:
     if which not in ("base", "final"):
         raise SystemExit(f"error: unknown checkpoint {which!r}; valid: base, final")
@@ -55,7 +94,7 @@ def main(run: str, which: str = "base", temperature: float = 1.0) -> None:
     model = checkpoint.load(path)[0].eval()
     held = [p for p in train.load_problems(cfg)[1] if p.bucket in ("M", "H", "VH")]
     top_p = 1.0 if temperature >= 1.0 else 0.95
-    acc, cols = {}, collections.Counter()
+    acc, cols, first, caught = {}, collections.Counter(), collections.Counter(), []
     for mode in ("L", "LV"):
         _, _, texts = train.rollout(model, tok, held, cfg, cfg.seed, temperature=temperature, group_size=cfg.eval_k,
                                     top_p=top_p, prefixes=[tasks.mode_prefix(p, mode) for p in held])
@@ -65,8 +104,16 @@ def main(run: str, which: str = "base", temperature: float = 1.0) -> None:
             rows = [i for i, p in enumerate(probs) if p.bucket == b]
             acc[(mode, b)] = sum(scores[i]["accuracy"] for i in rows) / len(rows)
         if mode == "LV":
-            for t in texts:
-                cols += read_columns(t)
+            for t, p, s in zip(texts, probs, scores):
+                c = read_columns(t)
+                cols += c
+                if c[("slip", "wrong")] and s["accuracy"] and len(caught) < 3:
+                    caught.append((p, t))
+        else:
+            for t, p, s in zip(texts, probs, scores):
+                if not s["accuracy"]:
+                    first[first_wrong(t[len(tasks.mode_prefix(p, "L")):] if t.startswith(tasks.mode_prefix(p, "L"))
+                                      else t, l_parts(*p.meta["numbers"], p.answer))] += 1
     print(f"{run} ({which}), temperature {temperature}, {len(held)} problems x {cfg.eval_k} samples\n")
     print("| forced mode | M | H | VH |\n|---|---|---|---|")
     for mode in ("L", "LV"):
@@ -78,6 +125,12 @@ def main(run: str, which: str = "base", temperature: float = 1.0) -> None:
           f"({cols[('slip', 'wrong')] / max(1, slips):.0%}) | {cols[('right', 'wrong')]} "
           f"({cols[('right', 'wrong')] / max(1, right):.0%}) | {cols['rewrite right']} of "
           f"{cols[('slip', 'wrong')] + cols[('right', 'wrong')]} |")
+    print(f"\n| wrong forced-L samples ({sum(first.values())}), first wrong part | count |\n|---|---|")
+    for part, count in first.most_common():
+        print(f"| {part} | {count} |")
+    print(f"\nOwn slips caught and fixed, answer right ({len(caught)} shown):")
+    for p, t in caught:
+        print(f"\n**{p.question}** (bucket {p.bucket}, gold {p.answer})\n\n```\n{t}\n```")
 
 
 if __name__ == "__main__":

@@ -135,3 +135,24 @@ def test_zero_mini_masked_is_zero_mini_with_the_masked_slip_corpus():
     diff = {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
     assert diff == {"corpus_mix", "preset"} or diff == {"corpus_mix"}
     assert b.corpus_mix == {**a.corpus_mix, "slip_rate": 0.3, "mask_slips": 1}
+
+
+def test_zero_mini_slips_is_zero_mini_masked_with_the_models_own_slips():
+    a, b = preset("zero-mini-masked"), preset("zero-mini-slips")
+    diff = {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
+    assert diff == {"corpus_mix", "preset"} or diff == {"corpus_mix"}
+    assert b.corpus_mix == {**a.corpus_mix, "own_slip_rate": 0.1}
+
+
+def test_zero_mini_checks_finds_the_part_where_an_l_scratchpad_first_goes_wrong():
+    """The right L completion has no wrong part; one changed character is blamed on the part that holds it."""
+    checks = load_doc_script("zero-mini-checks.py")
+    p = tasks.Problem("Compute 9335 + 7898", "17233", "addition", "VH", {"numbers": [9335, 7898]})
+    right = tasks.render_response(p, "L")[len(tasks.mode_prefix(p, "L")):]
+    parts = checks.l_parts(9335, 7898, p.answer)
+    assert checks.first_wrong(right, parts) == "after the answer"
+    for old, new, part in [("933 + 789", "933 + 788", "digits to add"), ("3 + 9 = 12", "3 + 9 = 13", "fact"),
+                           ("12 + 1 = 13", "12 + 1 = 14", "carry added"), ("-> 33", "-> 38", "digits so far"),
+                           ("is 17233", "is 17234", "so the sum is"), ("<answer> 17233", "<answer> 17234", "answer"),
+                           ("17233 </think>", "17233 <think>", "format"), ("3 carry 1", "3 carry 0", "carry out")]:
+        assert checks.first_wrong(right.replace(old, new, 1), parts) == part, (old, part)

@@ -349,6 +349,7 @@ def test_problem_files_are_checked_before_any_work(tmp_path, monkeypatch):
     (["--preset", "smoke", "--rl_steps=abc"], "not a valid int"),
     (["--preset", "zero-mini", '--corpus_mix={"mask_slip": 1}'], "unknown mix key 'mask_slip'; valid:"),
     (["--preset", "zero-mini", '--corpus_mix={"mask_slips": "yes"}'], "must be a number >= 0, got 'yes'"),
+    (["--preset", "zero-mini-slips", '--corpus_mix={"own_slip_rate": 1.5}'], "own_slip_rate.*<= 1, got 1.5"),
     (["--preset", "smoke", "--group_size=1"], "group_size must be >= 2"),
     (["--preset", "smoke", "--buckets=E,Z"], "unknown \\['Z'\\]"),
     (["--preset", "smoke", "--model=gpt5"], "not a model preset"),
