@@ -201,10 +201,13 @@ TRAIN_PRESETS = {
     "zero-mini-masked": dict(task="addition", corpus_mix=ZERO_MINI_MASKED_MIX, pretrain_steps=1600, batch_size=16,
                              threads=1, max_new_tokens=448, rl_steps=40, prompts_per_step=16, group_size=8, beta=0.5,
                              eval_every=10, transcript_every=10, ckpt_every=10, eval_problems=32),
-    # zero-mini-slips: an experiment, zero-mini-masked's corpus where the model learns to slip in its column facts
-    # (ZERO_MINI_SLIPS_MIX): L's slips reach the answer, LV's check catches them (docs/zero-mini.md, experiment 4).
+    # zero-mini-slips: zero-mini-masked's corpus where the model learns to slip in its column facts
+    # (ZERO_MINI_SLIPS_MIX; L's slips reach the answer, LV's check catches them) and no KL term: RL selects the
+    # verifying mode (LV share on H/VH .06/.11 -> .67/.81 and .11/.05 -> 1.00/.98 on two seeds) and reflective words
+    # triple, but the scratchpad also takes one-digit sums; with the KL of zero-mini (0.5) verification rises for ten
+    # steps, then fades as RL trains the slips out of L (docs/zero-mini.md, experiment 4).
     "zero-mini-slips": dict(task="addition", corpus_mix=ZERO_MINI_SLIPS_MIX, pretrain_steps=1600, batch_size=16,
-                            threads=1, max_new_tokens=448, rl_steps=40, prompts_per_step=16, group_size=8, beta=0.5,
+                            threads=1, max_new_tokens=448, rl_steps=40, prompts_per_step=16, group_size=8, beta=0.0,
                             eval_every=10, transcript_every=10, ckpt_every=10, eval_problems=32),
     # Full scale: a real base model (--init, a Hugging Face dir) on real problems, the paper's settings (Nature
     # version): 16 samples per prompt, 32 prompts per step, KL 0.001, rollout temperature 1.0, DeepSeekMath
