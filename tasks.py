@@ -341,7 +341,7 @@ def own_slips(x: int, y: int, rng: random.Random, own: float, rate: float = 0.0)
     extra = max(0.0, rate - own) / (1 - own) if own < 1 else 0.0
     for k in range(n):
         u = rng.random()
-        if u < own or u < own + (1 - own) * extra:
+        if u < own + (1 - own) * extra:
             cx = int(str(x).zfill(n)[-1 - k])
             slips[k] = rng.choice([d for d in (-2, -1, 1, 2) if cx + d >= 0])
             if u < own:
@@ -634,10 +634,14 @@ def resolve_mix(mix: dict | None) -> dict:
             if bad or any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
                 raise ValueError(f"mix[{k!r}] must map {sorted(DEFAULT_MIX[k])} to weights >= 0 (sum > 0), got {v}")
             out[k] = dict(v)  # a given table replaces the default table
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= (1 if k.endswith("_rate") else v):
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and not (k.endswith("_rate") and v > 1):
             out[k] = float(v)
         else:
-            raise ValueError(f"mix[{k!r}] must be a number >= 0{' and <= 1' * k.endswith('_rate')}, got {v!r}")
+            bound = " and <= 1 (a probability)" if k.endswith("_rate") else ""
+            raise ValueError(f"mix[{k!r}] must be a number >= 0{bound}, got {v!r}")
+    if out["own_slip_rate"] > 0 and not out["mask_slips"]:
+        raise ValueError(f"mix['own_slip_rate'] = {out['own_slip_rate']} needs mix['mask_slips'] = 1 (per-column "
+                         f"checks whose taught slips are masked); got mask_slips = {out['mask_slips']}")
     return out
 
 
