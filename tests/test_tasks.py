@@ -1,6 +1,7 @@
 """Tests for tasks.py: templates, synthetic tasks and splits, response modes, the corpus, loaders."""
 
 import ast
+import collections
 import itertools
 import json
 import random
@@ -418,39 +419,35 @@ def test_own_slips_are_learned_in_l_and_lv_carried_to_ls_answer_and_caught_by_lv
     its columns up to slip_rate; the masked spans are exactly those."""
     mix = {"tasks": {"addition": 1.0}, "kinds": {"dialogue": 1.0}, "dialogue_modes": {"L": 0.5, "LV": 0.5},
            "defect_rate": 0.0, "slip_rate": 0.3, "mask_slips": 1, "own_slip_rate": 0.1}
-    col = re.compile(r"(\d) \+ (\d) = (\d+)( , check \d+ - \d = \d+ (?:ok|, wait))?")
-    n = {"L": [0, 0], "LV own": [0, 0], "LV masked": [0, 0]}
-    l_wrong = 0
+    column = re.compile(r"(\d) \+ (\d) = (\d+)( , check \d+ - \d = \d+ (?:ok|, wait))?")  # a rewrite has no check
+    c = collections.Counter()
     for info, doc in itertools.islice(tasks.corpus_docs(seed=3, mix=mix), 2000):
         x, y = map(int, re.search(r"Compute (\d+) \+ (\d+)", doc).groups())
-        think = doc[doc.index("Assistant: <think>"):doc.rindex("</think>")]
+        start = doc.index("Assistant: <think>")
+        think = doc[start:doc.rindex("</think>")]
         said = int(re.search(r"so the sum is (\d+)", think).group(1))
         assert f"<answer> {said} </answer>" in doc  # the answer is what the trace says
-        masked = {a for a, _ in info["slips"]}
-        base = doc.index("Assistant: <think>")
-        for m in col.finditer(think):
-            cx, cy, s = int(m.group(1)), int(m.group(2)), int(m.group(3))
+        masked = {a - start for a, _ in info["slips"]}
+        for m in column.finditer(think):
             if info["mode"] == "LV" and not m.group(4):
-                continue  # the rewritten fact after a "wrong" verdict
-            slipped = cx + cy != s
+                continue  # the right fact rewritten after a "wrong" verdict
+            slipped = int(m.group(1)) + int(m.group(2)) != int(m.group(3))
             if info["mode"] == "L":
-                n["L"][0] += slipped
-                n["L"][1] += 1
-                assert base + m.start(3) not in masked
+                assert m.start(3) not in masked
+                c["L columns"], c["L slips"] = c["L columns"] + 1, c["L slips"] + slipped
             else:
-                is_masked = base + m.start(3) in masked
                 assert slipped == ("wait" in m.group(4))  # every slip is caught, and only slips
-                assert not is_masked or slipped
-                n["LV masked" if is_masked else "LV own"][0] += slipped
-                n["LV masked"][1] += 1
+                assert slipped or m.start(3) not in masked
+                kind = "LV masked slips" if m.start(3) in masked else "LV own slips"
+                c["LV columns"], c[kind] = c["LV columns"] + 1, c[kind] + slipped
         if info["mode"] == "L":
-            l_wrong += said != x + y
+            c["L wrong answers"] += said != x + y
         else:
             assert said == x + y
-    assert 0.08 < n["L"][0] / n["L"][1] < 0.12, n  # L's own slips, in the loss
-    assert 0.08 < n["LV own"][0] / n["LV masked"][1] < 0.12, n  # LV slips as often, in the loss
-    assert 0.27 < (n["LV own"][0] + n["LV masked"][0]) / n["LV masked"][1] < 0.33, n  # and is taught the check at 0.3
-    assert l_wrong > 100
+    assert 0.08 < c["L slips"] / c["L columns"] < 0.12, c  # L's own slips, in the loss
+    assert 0.08 < c["LV own slips"] / c["LV columns"] < 0.12, c  # LV slips as often, in the loss
+    assert 0.27 < (c["LV own slips"] + c["LV masked slips"]) / c["LV columns"] < 0.33, c  # the check taught at 0.3
+    assert c["L wrong answers"] > 100, c
 
 
 def test_add_small_drill_is_direct_and_never_a_test_problem():
