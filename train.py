@@ -368,9 +368,8 @@ def load_model(path: str, device) -> tuple[Transformer, dict]:
 
 
 def latest_rl_checkpoint(out_dir: str) -> str | None:
-    d = os.path.join(out_dir, "rl")
-    steps = sorted(x for x in os.listdir(d) if re.fullmatch(r"step_\d+", x)) if os.path.isdir(d) else []
-    return os.path.join(d, steps[-1]) if steps else None
+    """The newest RL checkpoint directory under out_dir/rl (runlog.checkpoints), or None."""
+    return (runlog.checkpoints(out_dir) or [None])[-1]
 
 # -----------------------------------------------------------------------------
 # Stage 1: the tokenizer (a small byte-level BPE trained on the corpus; digits stay single tokens).
