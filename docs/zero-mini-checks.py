@@ -12,7 +12,7 @@ checkpoint) at one temperature, on the held-out problems of M, H and VH:
   4. up to three forced-LV samples in which the model's own wrong fact was caught, rewritten and the answer right.
 
 Usage (from the repository root): python docs/zero-mini-checks.py RUN_DIR [base|final] [TEMPERATURE]
-Prints two tables (markdown)."""
+Prints three tables and the examples (markdown)."""
 import collections
 import json
 import os
