@@ -51,8 +51,8 @@ import collections
 import copy
 import dataclasses
 import hashlib
-import itertools
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -163,6 +163,10 @@ ZERO_MINI_MASKED_MIX = {**ZERO_MINI_MIX, "slip_rate": 0.3, "mask_slips": 1}
 # the masked-slip corpus with the model's own slips: each column fact of L and LV slips 10% of the time, in the loss,
 # so L is error-prone where it has many columns and LV's check has the model's own slips to catch
 ZERO_MINI_SLIPS_MIX = {**ZERO_MINI_MASKED_MIX, "own_slip_rate": 0.1}
+# zero-mini's run (its experiments below change only the corpus and the KL)
+ZERO_MINI = dict(task="addition", corpus_mix=ZERO_MINI_MIX, pretrain_steps=1600, batch_size=16, threads=1,
+                 max_new_tokens=448, rl_steps=40, prompts_per_step=16, group_size=8, beta=0.5, eval_every=10,
+                 transcript_every=10, ckpt_every=10, eval_problems=32)
 
 TRAIN_PRESETS = {
     "smoke": dict(vocab_size=300, tokenizer_mb=0.2, model="tiny-mla", pretrain_steps=6, batch_size=4, seq_len=64,
@@ -190,24 +194,18 @@ TRAIN_PRESETS = {
     # rewards cannot choose, and the KL pulls them back toward the base's direct answer while the scratchpad takes
     # over where it pays. Two seeds: pass@1 .51 -> .95 and .58 -> .96, long share on H minus E .49 and .31; with
     # beta 0 the scratchpad takes every bucket (docs/zero-mini.md).
-    "zero-mini": dict(task="addition", corpus_mix=ZERO_MINI_MIX, pretrain_steps=1600, batch_size=16, threads=1,
-                      max_new_tokens=448, rl_steps=40, prompts_per_step=16, group_size=8, beta=0.5, eval_every=10,
-                      transcript_every=10, ckpt_every=10, eval_problems=32),
+    "zero-mini": ZERO_MINI,
     # zero-mini-masked: an experiment, zero-mini with the masked-slip corpus (ZERO_MINI_MASKED_MIX): the model's own
     # column facts in LV stop slipping (0.2% at temperature 1.0, from 9-12%), but LV still does not beat L and
     # reflection does not rise: the model's sums are nearly all right, so the check has little to catch
     # (docs/zero-mini.md, experiment 3).
-    "zero-mini-masked": dict(task="addition", corpus_mix=ZERO_MINI_MASKED_MIX, pretrain_steps=1600, batch_size=16,
-                             threads=1, max_new_tokens=448, rl_steps=40, prompts_per_step=16, group_size=8, beta=0.5,
-                             eval_every=10, transcript_every=10, ckpt_every=10, eval_problems=32),
+    "zero-mini-masked": {**ZERO_MINI, "corpus_mix": ZERO_MINI_MASKED_MIX},
     # zero-mini-slips: zero-mini-masked's corpus where the model learns to slip in its column facts
     # (ZERO_MINI_SLIPS_MIX; L's slips reach the answer, LV's check catches them) and no KL term: RL selects the
     # verifying mode (LV share on H/VH .06/.11 -> .67/.81 and .11/.05 -> 1.00/.98 on two seeds) and reflective words
     # triple, but the scratchpad also takes one-digit sums; with the KL of zero-mini (0.5) verification rises for ten
     # steps, then fades as RL trains the slips out of L (docs/zero-mini.md, experiment 4).
-    "zero-mini-slips": dict(task="addition", corpus_mix=ZERO_MINI_SLIPS_MIX, pretrain_steps=1600, batch_size=16,
-                            threads=1, max_new_tokens=448, rl_steps=40, prompts_per_step=16, group_size=8, beta=0.0,
-                            eval_every=10, transcript_every=10, ckpt_every=10, eval_problems=32),
+    "zero-mini-slips": {**ZERO_MINI, "corpus_mix": ZERO_MINI_SLIPS_MIX, "beta": 0.0},
     # Full scale: a real base model (--init, a Hugging Face dir) on real problems, the paper's settings (Nature
     # version): 16 samples per prompt, 32 prompts per step, KL 0.001, rollout temperature 1.0, DeepSeekMath
     # aggregation, symmetric clip 0.2. Launch with torchrun across GPUs (see README).
