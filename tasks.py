@@ -284,7 +284,7 @@ def add_line(x: int, y: int, slips: dict[int, int] | None = None, head: str = "a
     says so and writes the fact again: '7 + 6 = 14 , check 14 - 6 = 8 , wait, that's wrong . 7 + 6 = 13'
     (the verdict compares the difference with the digit the column added, so it catches a slip the model
     makes itself). head opens the line ("add", "add and check"). The slips of the columns in learned are left
-    unmarked: they stay in the pretraining loss, so the model learns to make them (see own_slips)."""
+    unmarked: they stay in the pretraining loss, so the model learns to make them (see column_slips)."""
     n, slips = max(len(str(x)), len(str(y))), slips or {}
     xs, ys = str(x).zfill(n), str(y).zfill(n)
     steps, carry, written = [], 0, ""
@@ -322,26 +322,16 @@ def one_slip(x: int, y: int, rng: random.Random, rate: float) -> dict[int, int]:
     return {at: rng.choice([d for d in (-2, -1, 1, 2) if cx + d >= 0])}
 
 
-def column_slips(x: int, y: int, rng: random.Random, rate: float) -> dict[int, int]:
+def column_slips(x: int, y: int, rng: random.Random, rate: float,
+                 own: float = 0.0) -> tuple[dict[int, int], frozenset]:
     """Each column of x + y slips with probability rate: its sum off by -2..2 (never below the digit of x the
-    check compares with, so the check's difference stays a digit)."""
-    n, slips = max(len(str(x)), len(str(y))), {}
-    for k in range(n):
-        if rng.random() < rate:
-            cx = int(str(x).zfill(n)[-1 - k])
-            slips[k] = rng.choice([d for d in (-2, -1, 1, 2) if cx + d >= 0])
-    return slips
-
-
-def own_slips(x: int, y: int, rng: random.Random, own: float, rate: float = 0.0) -> tuple[dict, frozenset]:
-    """Per column of x + y: with probability own a slip the model learns to make (its own: unmarked, so it stays in
-    the loss), else with the probability that brings the column's slips to rate a marked one (masked, there only
-    to teach the check). Returns (slips as in column_slips, the learned columns)."""
+    check compares with, so the check's difference stays a digit). A share own of the columns (own <= rate) slip
+    as the model's own: left unmarked by add_line, so they stay in the pretraining loss and the model learns to
+    make them; the rest are marked (masked), there only to teach the check. Returns (slips, the own columns)."""
     n, slips, learned = max(len(str(x)), len(str(y))), {}, set()
-    extra = max(0.0, rate - own) / (1 - own) if own < 1 else 0.0
     for k in range(n):
         u = rng.random()
-        if u < own + (1 - own) * extra:
+        if u < max(rate, own):
             cx = int(str(x).zfill(n)[-1 - k])
             slips[k] = rng.choice([d for d in (-2, -1, 1, 2) if cx + d >= 0])
             if u < own:
@@ -434,7 +424,7 @@ def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 
     slip_rate (column_slips): a wrong fact of the kind a column makes; its check fails, says so ("wait, that's
     wrong") and writes the right fact, and the columns go on from it. The wrong fact is marked (SLIP_MARKS), so
     pretraining can leave it out of the loss.
-    own > 0 (with per_column): the model's own slips (own_slips). Each column fact of L and LV slips with
+    own > 0 (with per_column): the model's own slips (column_slips). Each column fact of L and LV slips with
     probability own, unmarked, so the model learns to slip as often in both modes; in L the slip carries into the
     sum and the answer, in LV the check catches it. LV's marked slips top its columns up to slip_rate."""
     if len(xs) != 2:  # sums of more numbers: running totals (D/S) or one column addition per number (L/LV)
@@ -460,14 +450,12 @@ def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 
         return f"{x} + {y} = {x + y}"
     if mode == "L":
         if own > 0:
-            slips, learned = own_slips(x, y, rng, own)
+            slips, learned = column_slips(x, y, rng, own, own)
             text, total = add_line(x, y, slips, learned=learned)
             return f"{text}\nso the sum is {total}"
         return add_line(x, y)[0] + f"\nso the sum is {x + y}"
-    if own > 0:
-        slips, learned = own_slips(x, y, rng, own, slip_rate)
-    else:
-        slips, learned = (column_slips if per_column else one_slip)(x, y, rng, slip_rate), frozenset()
+    slips, learned = column_slips(x, y, rng, slip_rate, own) if per_column else \
+        (one_slip(x, y, rng, slip_rate), frozenset())
     text, total = add_line(x, y, slips, head="add and check", check=True, learned=learned)
     return f"{text}\nso the sum is {total}"
 
@@ -718,11 +706,9 @@ def _drill(rng, kind, slip_rate: float = 1 / 3, per_column: bool = False, own: f
         lines = []             # one slip, under L's head; per_column: every column at slip_rate, under LV's head
         for _ in range(rng.randint(2, 4)):
             x, y = _train_sum(rng)
-            if own > 0:  # the model's own slips (learned) and marked ones, as in LV traces (_add_think)
-                slips, learned = own_slips(x, y, rng, own, slip_rate)
+            if per_column:  # with own > 0, the model's own slips (learned) as well, as in LV traces (_add_think)
+                slips, learned = column_slips(x, y, rng, slip_rate, own)
                 lines.append(add_line(x, y, slips, head="add and check", check=True, learned=learned)[0])
-            elif per_column:
-                lines.append(add_line(x, y, column_slips(x, y, rng, slip_rate), head="add and check", check=True)[0])
             else:
                 lines.append(add_line(x, y, one_slip(x, y, rng, 1 / 3), check=True)[0])
         return "\n".join(lines)
@@ -738,7 +724,7 @@ def _drill(rng, kind, slip_rate: float = 1 / 3, per_column: bool = False, own: f
             lines.append(mul_line(*_train_pair(rng, rng.randint(2, 5)))[0])
         elif kind == "add_line":
             x, y = _train_sum(rng)
-            slips, learned = own_slips(x, y, rng, own) if own > 0 else ({}, frozenset())
+            slips, learned = column_slips(x, y, rng, own, own) if own > 0 else ({}, frozenset())
             lines.append(add_line(x, y, slips, learned=learned)[0])
         else:  # digit_root: a casting-out-nines check of a (possibly wrong) product
             a, d = _train_pair(rng, rng.randint(2, 4))
