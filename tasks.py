@@ -38,6 +38,8 @@ What is here:
     fact, whose check fails and says "wait, that's wrong" before the right fact. The wrong facts are marked
     (corpus_docs reports their spans); with the mix key mask_slips each column slips (at slip_rate) and
     pretraining leaves the wrong facts out of the loss: the model reads slips without learning to make them.
+    With the mix key operands_first, L and LV open with the operands and then their head ('4736 + 2819 by
+    columns : ...', '... by columns and check : ...'), as D opens '4736 + 2819 =' (see heads).
     For count: D "count : 4"; S "matches c a e m so 4"; L "step a yes 1 b no 1 ... m no 4 so 4" (one look-up
     per letter of a..m with a running count: no copying of the list, which a tiny model trained for minutes
     does not learn); LV = L with a possible slip + "wait, that's wrong" and a check. With the corpus-trained
@@ -274,7 +276,7 @@ def unmark(text: str) -> tuple[str, list[tuple[int, int]]]:
 
 
 def add_line(x: int, y: int, slips: dict[int, int] | None = None, head: str = "add",
-             check: bool = False, learned: frozenset = frozenset()) -> tuple[str, int]:
+             check: bool = False, learned: frozenset = frozenset(), lead: bool = False) -> tuple[str, int]:
     """x + y by columns on zero-padded numbers of equal length, carry per column, digits so far;
     like mul_line, each column opens with the digits still to add ("0284 + 2369 :"), so the digits to use
     are the last ones just written. slips maps a column to an amount its sum is off by (a wrong fact); the
@@ -284,7 +286,8 @@ def add_line(x: int, y: int, slips: dict[int, int] | None = None, head: str = "a
     says so and writes the fact again: '7 + 6 = 14 , check 14 - 6 = 8 , wait, that's wrong . 7 + 6 = 13'
     (the verdict compares the difference with the digit the column added, so it catches a slip the model
     makes itself). head opens the line ("add", "add and check"). The slips of the columns in learned are left
-    unmarked: they stay in the pretraining loss, so the model learns to make them (see column_slips)."""
+    unmarked: they stay in the pretraining loss, so the model learns to make them (see column_slips).
+    lead=True writes the operands before the head ("4736 + 2819 by columns : ..."; see heads)."""
     n, slips = max(len(str(x)), len(str(y))), slips or {}
     xs, ys = str(x).zfill(n), str(y).zfill(n)
     steps, carry, written = [], 0, ""
@@ -309,7 +312,15 @@ def add_line(x: int, y: int, slips: dict[int, int] | None = None, head: str = "a
     if carry:
         written = str(carry) + written
         steps.append(f"carry {carry} -> {written}")
-    return f"{head} {str(x).zfill(n)} + {ys} : " + " ; ".join(steps), int(written)
+    opening = f"{str(x).zfill(n)} + {ys} {head}" if lead else f"{head} {str(x).zfill(n)} + {ys}"
+    return f"{opening} : " + " ; ".join(steps), int(written)
+
+
+def heads(lead: bool) -> tuple[str, str]:
+    """The words that open addition's L and LV scratchpads. lead (mix key operands_first) puts them after the
+    operands, so every mode but S opens by copying the problem ('4736 + 2819' then '=' for D, 'by columns' for L,
+    'by columns and check' for LV): the mode is chosen right after the digits that make the problem hard."""
+    return ("by columns", "by columns and check") if lead else ("add", "add and check")
 
 
 def one_slip(x: int, y: int, rng: random.Random, rate: float) -> dict[int, int]:
@@ -415,7 +426,7 @@ def _mul_think(a: int, b: int, mode: str, rng: random.Random, slip_rate: float =
 
 
 def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 1 / 3,
-               per_column: bool = False, own: float = 0.0) -> str:
+               per_column: bool = False, own: float = 0.0, lead: bool = False) -> str:
     """D: '4736 + 2819 = 7555'; S: 'split 2819 = 2810 + 9 : 4736 + 2810 = 7546 , 7546 + 9 = 7555';
     L: the column scratchpad (add_line) then 'so the sum is N';
     LV: opens 'add and check' and adds by columns, checking every column fact by another route, the inverse
@@ -426,7 +437,8 @@ def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 
     pretraining can leave it out of the loss.
     own > 0 (with per_column): the model's own slips (column_slips). Each column fact of L and LV slips with
     probability own, unmarked, so the model learns to slip as often in both modes; in L the slip carries into the
-    sum and the answer, in LV the check catches it. LV's marked slips top its columns up to slip_rate."""
+    sum and the answer, in LV the check catches it. LV's marked slips top its columns up to slip_rate.
+    lead: L and LV open with the operands, then their head (heads)."""
     if len(xs) != 2:  # sums of more numbers: running totals (D/S) or one column addition per number (L/LV)
         if mode == "D":
             return f"{' + '.join(map(str, xs))} = {sum(xs)}"
@@ -448,15 +460,16 @@ def _add_think(xs: list[int], mode: str, rng: random.Random, slip_rate: float = 
             hi, lo = x - x % 10, x % 10
             return f"split {x} = {hi} + {lo} : {lo} + {y} = {lo + y} , {hi} + {lo + y} = {x + y}"
         return f"{x} + {y} = {x + y}"
+    head_l, head_lv = heads(lead)
     if mode == "L":
         if own > 0:
             slips, learned = column_slips(x, y, rng, own, own)
-            text, total = add_line(x, y, slips, learned=learned)
+            text, total = add_line(x, y, slips, head_l, learned=learned, lead=lead)
             return f"{text}\nso the sum is {total}"
-        return add_line(x, y)[0] + f"\nso the sum is {x + y}"
+        return add_line(x, y, head=head_l, lead=lead)[0] + f"\nso the sum is {x + y}"
     slips, learned = column_slips(x, y, rng, slip_rate, own) if per_column else \
         (one_slip(x, y, rng, slip_rate), frozenset())
-    text, total = add_line(x, y, slips, head="add and check", check=True, learned=learned)
+    text, total = add_line(x, y, slips, head=head_lv, check=True, learned=learned, lead=lead)
     return f"{text}\nso the sum is {total}"
 
 
@@ -512,20 +525,20 @@ def _count_think(letters: list[str], mode: str, rng: random.Random, slip_rate: f
 
 
 def think_text(problem: Problem, mode: str, rng: random.Random, slip_rate: float = 1 / 3,
-               per_column: bool = False, own: float = 0.0) -> str:
-    """The reasoning text of one response mode (no tags); per_column, own: addition's slips (see _add_think)."""
-    return unmark(_think(problem, mode, rng, slip_rate, per_column, own))[0]
+               per_column: bool = False, own: float = 0.0, lead: bool = False) -> str:
+    """The reasoning text of one response mode (no tags); per_column, own, lead: addition's (see _add_think)."""
+    return unmark(_think(problem, mode, rng, slip_rate, per_column, own, lead))[0]
 
 
 def _think(problem: Problem, mode: str, rng: random.Random, slip_rate: float, per_column: bool = False,
-           own: float = 0.0) -> str:
+           own: float = 0.0, lead: bool = False) -> str:
     """think_text with its injected wrong facts still enclosed in SLIP_MARKS."""
     if mode not in ("D", "S", "L", "LV"):
         raise ValueError(f"mode must be one of D, S, L, LV; got {mode!r}")
     if problem.task == "multiplication":
         return _mul_think(problem.meta["a"], problem.meta["b"], mode, rng, slip_rate)
     if problem.task == "addition":
-        return _add_think(problem.meta["numbers"], mode, rng, slip_rate, per_column, own)
+        return _add_think(problem.meta["numbers"], mode, rng, slip_rate, per_column, own, lead)
     if problem.task == "countdown":
         return _countdown_think(problem, mode, rng)
     if problem.task == "count":
@@ -533,18 +546,19 @@ def _think(problem: Problem, mode: str, rng: random.Random, slip_rate: float, pe
     raise ValueError(f"no response renderer for task {problem.task!r}; valid: {sorted(BUCKETS)}")
 
 
-def render_response(problem: Problem, mode: str, rng: random.Random | None = None) -> str:
+def render_response(problem: Problem, mode: str, rng: random.Random | None = None, lead: bool = False) -> str:
     """A well-formed R1-Zero completion (what follows "Assistant:") in mode D, S, L or LV:
     ' <think> ... </think> <answer> N </answer>'. Forced-mode probes can cut a prefix of it."""
     rng = rng or random.Random(0)
-    return f" <think> {think_text(problem, mode, rng)} </think> <answer> {problem.answer} </answer>"
+    return f" <think> {think_text(problem, mode, rng, lead=lead)} </think> <answer> {problem.answer} </answer>"
 
 
-def mode_prefix(problem: Problem, mode: str) -> str:
+def mode_prefix(problem: Problem, mode: str, lead: bool = False) -> str:
     """The start of a mode's completion that forces it (for step-0 forced-mode probes):
     multiplication D: ' <think> 347 * 28 =' ; S: ' <think> split' ; L/LV: ' <think> 347 * 28 :\\n347 * 8 :'.
     addition D: ' <think> 4736 + 2819 =' ; S: ' <think> split' ; L: ' <think> add 4736 + 2819 :' ;
-    LV: ' <think> add and check 4736 + 2819 :' (the one task whose verifying mode can be forced from its start)."""
+    LV: ' <think> add and check 4736 + 2819 :' (the one task whose verifying mode can be forced from its start);
+    with lead (mix key operands_first) L: ' <think> 4736 + 2819 by columns :', LV: '... by columns and check :'."""
     if mode not in ("D", "S", "L", "LV"):
         raise ValueError(f"mode must be one of D, S, L, LV; got {mode!r}")
     if problem.task == "count":
@@ -552,9 +566,12 @@ def mode_prefix(problem: Problem, mode: str) -> str:
     if problem.task == "addition" and len(problem.meta["numbers"]) == 2:
         x, y = problem.meta["numbers"]
         n = max(len(str(x)), len(str(y)))
-        return {"D": f" <think> {x} + {y} =", "S": " <think> split" if max(x, y) >= 10 else f" <think> {x} + {y} =",
-                "L": f" <think> add {str(x).zfill(n)} + {str(y).zfill(n)} :",
-                "LV": f" <think> add and check {str(x).zfill(n)} + {str(y).zfill(n)} :"}[mode]
+        operands = f"{str(x).zfill(n)} + {str(y).zfill(n)}"
+        head = dict(zip(("L", "LV"), heads(lead)))
+        if mode in head:
+            return f" <think> {operands} {head[mode]} :" if lead else f" <think> {head[mode]} {operands} :"
+        direct = f" <think> {x} + {y} ="
+        return {"D": direct, "S": " <think> split" if max(x, y) >= 10 else direct}[mode]
     if problem.task != "multiplication":
         raise ValueError("mode_prefix is defined for multiplication, two-number addition and count problems")
     a, b = problem.meta["a"], problem.meta["b"]
@@ -569,7 +586,8 @@ def mode_prefix(problem: Problem, mode: str) -> str:
 # How each task's long (L) and verifying (LV) modes open, whatever numbers the model copies into them (a slip in
 # copying the operands is still an attempt at the mode).
 MODE_OPENERS = {  # its keys are the tasks with a forced-mode probe (train.py)
-    "addition": (r" <think> add and check \d+ \+ \d+ :", r" <think> add \d+ \+ \d+ :"),
+    "addition": (r" <think> (?:add and check \d+ \+ \d+|\d+ \+ \d+ by columns and check) :",
+                 r" <think> (?:add \d+ \+ \d+|\d+ \+ \d+ by columns) :"),
     "multiplication": (None, r" <think> \d+ \* \d+ :\n"),
     "count": (None, r" <think> step\b"),
 }
@@ -606,6 +624,8 @@ DEFAULT_MIX = {
                         # the wrong facts out of the loss (train.pretrain_batch); an experiment (docs/zero-mini.md)
     "own_slip_rate": 0.0,  # with mask_slips: each column fact of addition's L and LV traces and drills slips with
                            # this probability and stays in the loss (the model's own slips); an experiment
+    "operands_first": 0.0,  # 1: addition's L and LV open with the operands, then their head ('4736 + 2819 by
+                            # columns :'), as D does ('4736 + 2819 ='); an experiment (tasks.heads)
     "drift_rate": 0.0,  # share of dialogues whose reasoning drifts into a second language (general.drift; R1 presets)
     "ja_open_rate": 0.0,  # share of dialogues whose reasoning is mixed from its first word (drawn before the problem)
 }
@@ -676,7 +696,8 @@ def _train_sum(rng) -> tuple[int, int]:
             return x, y
 
 
-def _drill(rng, kind, slip_rate: float = 1 / 3, per_column: bool = False, own: float = 0.0) -> str:
+def _drill(rng, kind, slip_rate: float = 1 / 3, per_column: bool = False, own: float = 0.0,
+           lead: bool = False) -> str:
     if kind == "successor":  # counting up, the one fact a running count needs
         start = rng.randint(0, 20)
         return " ".join(str(k) for k in range(start, start + rng.randint(5, 15)))
@@ -708,7 +729,8 @@ def _drill(rng, kind, slip_rate: float = 1 / 3, per_column: bool = False, own: f
             x, y = _train_sum(rng)
             if per_column:  # with own > 0, the model's own slips (learned) as well, as in LV traces (_add_think)
                 slips, learned = column_slips(x, y, rng, slip_rate, own)
-                lines.append(add_line(x, y, slips, head="add and check", check=True, learned=learned)[0])
+                lines.append(add_line(x, y, slips, head=heads(lead)[1], check=True, learned=learned,
+                                      lead=lead)[0])
             else:
                 lines.append(add_line(x, y, one_slip(x, y, rng, 1 / 3), check=True)[0])
         return "\n".join(lines)
@@ -725,7 +747,7 @@ def _drill(rng, kind, slip_rate: float = 1 / 3, per_column: bool = False, own: f
         elif kind == "add_line":
             x, y = _train_sum(rng)
             slips, learned = column_slips(x, y, rng, own, own) if own > 0 else ({}, frozenset())
-            lines.append(add_line(x, y, slips, learned=learned)[0])
+            lines.append(add_line(x, y, slips, heads(lead)[0], learned=learned, lead=lead)[0])
         else:  # digit_root: a casting-out-nines check of a (possibly wrong) product
             a, d = _train_pair(rng, rng.randint(2, 4))
             c = a * d + (rng.choice([-1, 1, 10]) if rng.random() < 0.3 else 0)
@@ -794,11 +816,12 @@ def _marked_docs(seed: int, mix: dict | None) -> Iterator[tuple[dict, str]]:
     tmode_of, dmode_of = _picker(m["textbook_modes"], rng), _picker(m["dialogue_modes"], rng)
     drill_of = _picker(m["drills"], rng)
     own = m["own_slip_rate"] if m["mask_slips"] > 0 else 0.0
+    lead = m["operands_first"] > 0
     while True:
         kind = kind_of()
         if kind == "drill":
             sub = drill_of()
-            yield {"kind": kind, "sub": sub}, _drill(rng, sub, m["slip_rate"], m["mask_slips"] > 0, own) + EOS
+            yield {"kind": kind, "sub": sub}, _drill(rng, sub, m["slip_rate"], m["mask_slips"] > 0, own, lead) + EOS
         elif kind == "filler":
             yield {"kind": kind}, _filler(rng) + EOS
         elif kind == "general":  # R1's general tasks in two languages (general.py imports this file: import late)
@@ -807,7 +830,7 @@ def _marked_docs(seed: int, mix: dict | None) -> Iterator[tuple[dict, str]]:
         else:
             p = _train_problem(rng, task_of(), bucket_of())
             mode = tmode_of() if kind == "textbook" else dmode_of()  # independent of the bucket
-            think = _think(p, mode, rng, m["slip_rate"], m["mask_slips"] > 0, own)
+            think = _think(p, mode, rng, m["slip_rate"], m["mask_slips"] > 0, own, lead)
             said = re.search(r"so the sum is (\d+)$", think) if own else None
             answer = said.group(1) if said else p.answer  # an own slip in L carries into the answer
             info = {"kind": kind, "task": p.task, "mode": mode, "bucket": p.bucket, "defect": False}

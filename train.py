@@ -163,6 +163,9 @@ ZERO_MINI_MASKED_MIX = {**ZERO_MINI_MIX, "slip_rate": 0.3, "mask_slips": 1}
 # the masked-slip corpus with the model's own slips: each column fact of L and LV slips 10% of the time, in the loss,
 # so L is error-prone where it has many columns and LV's check has the model's own slips to catch
 ZERO_MINI_SLIPS_MIX = {**ZERO_MINI_MASKED_MIX, "own_slip_rate": 0.1}
+# the same with the operands written first in every mode but S ('4736 + 2819 =' for D, '4736 + 2819 by columns :'
+# for L): the choice of mode comes right after the digits that decide whether thinking pays
+ZERO_MINI_LEAD_MIX = {**ZERO_MINI_SLIPS_MIX, "operands_first": 1}
 # zero-mini's run (its experiments below change only the corpus and the KL)
 ZERO_MINI = dict(task="addition", corpus_mix=ZERO_MINI_MIX, pretrain_steps=1600, batch_size=16, threads=1,
                  max_new_tokens=448, rl_steps=40, prompts_per_step=16, group_size=8, beta=0.5, eval_every=10,
@@ -206,6 +209,11 @@ TRAIN_PRESETS = {
     # triple, but the scratchpad also takes one-digit sums; with the KL of zero-mini (0.5) verification rises for ten
     # steps, then fades as RL trains the slips out of L (docs/zero-mini.md, experiment 4).
     "zero-mini-slips": {**ZERO_MINI, "corpus_mix": ZERO_MINI_SLIPS_MIX, "beta": 0.0},
+    # zero-mini-lead: zero-mini (KL 0.5) on zero-mini-slips's corpus with the operands first (ZERO_MINI_LEAD_MIX), so
+    # that the mode is chosen right after the digits. Seed 1: thinking recedes on one-digit sums more than in
+    # zero-mini (long share on H minus E .57) and the LV share rises, but reflective words do not triple (x1.2); seed
+    # 0's base never learned the 3-4 digit scratchpad (docs/zero-mini.md, experiment 5)
+    "zero-mini-lead": {**ZERO_MINI, "corpus_mix": ZERO_MINI_LEAD_MIX},
     # Full scale: a real base model (--init, a Hugging Face dir) on real problems, the paper's settings (Nature
     # version): 16 samples per prompt, 32 prompts per step, KL 0.001, rollout temperature 1.0, DeepSeekMath
     # aggregation, symmetric clip 0.2. Launch with torchrun across GPUs (see README).
@@ -873,11 +881,11 @@ def forced_mode_probe(model, tok, problems, cfg: TrainConfig, seed: int) -> dict
     evaluation's temperature (0.6, keys forced_L/H) and at the rollouts' (keys forced_L_rollout/H), where RL
     compares the modes and where a model slips more. The gaps are the headroom RL can exploit by learning to
     choose the long (and verifying) mode where it pays."""
-    out = {}
+    out, lead = {}, tasks.resolve_mix(cfg.corpus_mix or None)["operands_first"] > 0
     for temperature, top_p, tag in ((0.6, 0.95, ""), (cfg.rollout_temperature, 1.0, "_rollout")):
         for mode in ("D", "L", "LV"):
             _, gen, texts = rollout(model, tok, problems, cfg, seed, temperature=temperature, group_size=cfg.eval_k,
-                                    top_p=top_p, prefixes=[tasks.mode_prefix(p, mode) for p in problems])
+                                    top_p=top_p, prefixes=[tasks.mode_prefix(p, mode, lead) for p in problems])
             scores = rule_rewards(texts, [problems[r // cfg.eval_k] for r in range(len(texts))])
             for b in sorted({p.bucket for p in problems}):
                 rows = [i for i in range(len(scores)) if problems[i // cfg.eval_k].bucket == b]

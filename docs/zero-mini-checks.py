@@ -93,11 +93,12 @@ def main(run: str, which: str = "base", temperature: float = 1.0) -> None:
     path = os.path.join(run, "base") if which == "base" else runlog.checkpoints(run)[-1]
     model = checkpoint.load(path)[0].eval()
     held = [p for p in train.load_problems(cfg)[1] if p.bucket in ("M", "H", "VH")]
+    lead = tasks.resolve_mix(cfg.corpus_mix or None)["operands_first"] > 0  # the layout the corpus taught
     top_p = 1.0 if temperature >= 1.0 else 0.95
     acc, cols, first, caught = {}, collections.Counter(), collections.Counter(), []
     for mode in ("L", "LV"):
         _, _, texts = train.rollout(model, tok, held, cfg, cfg.seed, temperature=temperature, group_size=cfg.eval_k,
-                                    top_p=top_p, prefixes=[tasks.mode_prefix(p, mode) for p in held])
+                                    top_p=top_p, prefixes=[tasks.mode_prefix(p, mode, lead) for p in held])
         probs = [held[r // cfg.eval_k] for r in range(len(texts))]
         scores = train.rule_rewards(texts, probs)
         for b in ("M", "H", "VH"):
@@ -112,8 +113,9 @@ def main(run: str, which: str = "base", temperature: float = 1.0) -> None:
         else:
             for t, p, s in zip(texts, probs, scores):
                 if not s["accuracy"]:
-                    first[first_wrong(t[len(tasks.mode_prefix(p, "L")):] if t.startswith(tasks.mode_prefix(p, "L"))
-                                      else t, l_parts(*p.meta["numbers"], p.answer))] += 1
+                    prefix = tasks.mode_prefix(p, "L", lead)
+                    first[first_wrong(t[len(prefix):] if t.startswith(prefix) else t,
+                                      l_parts(*p.meta["numbers"], p.answer))] += 1
     print(f"{run} ({which}), temperature {temperature}, {len(held)} problems x {cfg.eval_k} samples\n")
     print("| forced mode | M | H | VH |\n|---|---|---|---|")
     for mode in ("L", "LV"):

@@ -157,3 +157,27 @@ def test_zero_mini_checks_finds_the_part_where_an_l_scratchpad_first_goes_wrong(
                            ("is 17233", "is 17234", "so the sum is"), ("<answer> 17233", "<answer> 17234", "answer"),
                            ("17233 </think>", "17233 <think>", "format"), ("3 carry 1", "3 carry 0", "carry out")]:
         assert checks.first_wrong(right.replace(old, new, 1), parts) == part, (old, part)
+
+
+def test_zero_mini_lead_writes_the_operands_first_and_its_probe_forces_that_layout(monkeypatch):
+    """The experiment is zero-mini-slips's corpus with the operands first, and zero-mini's KL; the step-0 probe
+    forces the modes with the layout the corpus taught (a probe forcing 'add 47 + 28 :' on a model that writes
+    '47 + 28 by columns :' would measure nothing)."""
+    a, b = preset("zero-mini-slips"), preset("zero-mini-lead")
+    diff = {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
+    assert diff - {"preset"} == {"corpus_mix", "beta"} and b.corpus_mix == {**a.corpus_mix, "operands_first": 1}
+    assert b.beta == preset("zero-mini").beta == 0.5  # zero-mini's KL
+    problems = tasks.make_problems("addition", 3, split="test", seed=0, buckets=["H"])
+    seen = []
+
+    def fake_rollout(model, tok, probs, cfg, seed, temperature, group_size, top_p=1.0, prefixes=None):
+        seen.extend(prefixes)
+        texts = [pre + " 1 </think> <answer> 1 </answer>" for pre in prefixes for _ in range(group_size)]
+        return None, type("G", (), {"lengths": [1] * len(texts)})(), texts
+    monkeypatch.setattr(train, "rollout", fake_rollout)
+    for cfg, lead in ((a, False), (b, True)):
+        seen.clear()
+        train.forced_mode_probe(None, None, problems, cfg, 0)
+        want = [tasks.mode_prefix(p, m, lead) for _ in range(2) for m in ("D", "L", "LV") for p in problems]
+        assert seen == want
+        assert any("by columns" in s for s in seen) == lead

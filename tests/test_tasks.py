@@ -450,6 +450,34 @@ def test_own_slips_are_learned_in_l_and_lv_carried_to_ls_answer_and_caught_by_lv
     assert c["L wrong answers"] > 100, c
 
 
+def test_operands_first_opens_every_mode_but_s_with_the_operands_and_keeps_the_scratchpads():
+    """operands_first: L and LV dialogues (and their drills) open with the problem's operands, then their head, as
+    D opens with them then '='; the forced-mode prefixes (lead=True) are what the corpus writes, response_mode
+    reads both layouts, and past the opening every trace is the one of the default layout."""
+    mix = {"tasks": {"addition": 1.0}, "kinds": {"dialogue": 0.7, "drill": 0.3}, "defect_rate": 0.0,
+           "drills": {"add_line": 0.5, "add_check": 0.5}, "dialogue_modes": {"D": 0.3, "L": 0.35, "LV": 0.35},
+           "slip_rate": 0.3, "mask_slips": 1, "own_slip_rate": 0.1}
+    seen = collections.Counter()
+    old, new = tasks.corpus_docs(seed=4, mix=mix), tasks.corpus_docs(seed=4, mix={**mix, "operands_first": 1})
+    for (info, a), (_, b) in itertools.islice(zip(old, new), 600):
+        if info["kind"] == "drill":  # the same lines with the heads after the operands
+            head = r"(add|add and check) (\d+ \+ \d+) :"
+            assert re.sub(head, lambda m: f"{m[2]} {tasks.heads(True)[m[1] != 'add']} :", a) == b
+            seen["drill"] += 1
+            continue
+        x, y = map(int, re.search(r"Compute (\d+) \+ (\d+)", b).groups())
+        p = tasks.Problem(f"Compute {x} + {y}", str(x + y), "addition", info["bucket"], {"numbers": [x, y]})
+        response = b[b.index("Assistant:") + len("Assistant:"):]
+        assert response.startswith(tasks.mode_prefix(p, info["mode"], lead=True))
+        assert response_mode(p, response) == response_mode(p, a[a.index("Assistant:") + 10:]) == \
+            {"D": "other", "L": "L", "LV": "LV"}[info["mode"]]
+        if info["mode"] != "D":  # the same scratchpad after the opening
+            assert b.split(" :", 1)[1] == a.split(" :", 1)[1]
+            assert re.match(r" <think> \d+ \+ \d+ by columns", response)
+        seen[info["mode"]] += 1
+    assert min(seen.values()) > 50, seen
+
+
 def test_add_small_drill_is_direct_and_never_a_test_problem():
     rng = random.Random(2)
     for _ in range(50):
