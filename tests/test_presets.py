@@ -181,3 +181,11 @@ def test_zero_mini_lead_writes_the_operands_first_and_its_probe_forces_that_layo
         want = [tasks.mode_prefix(p, m, lead) for _ in range(2) for m in ("D", "L", "LV") for p in problems]
         assert seen == want
         assert any("by columns" in s for s in seen) == lead
+
+
+def test_zero_mini_half_is_zero_mini_with_half_the_column_facts_slipping():
+    """The experiment is zero-mini's run on the own-slips corpus with half the facts slipping, and a KL of 0.4."""
+    a, b = preset("zero-mini"), preset("zero-mini-half")
+    diff = {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
+    assert diff - {"preset"} == {"corpus_mix", "beta"} and (a.beta, b.beta) == (0.5, 0.4)
+    assert b.corpus_mix == {**preset("zero-mini-slips").corpus_mix, "slip_rate": 0.5, "own_slip_rate": 0.5}
