@@ -213,9 +213,9 @@ TRAIN_PRESETS = {
     # steps, then fades as RL trains the slips out of L (docs/zero-mini.md, experiment 4).
     "zero-mini-slips": {**ZERO_MINI, "corpus_mix": ZERO_MINI_SLIPS_MIX, "beta": 0.0},
     # zero-mini-lead: zero-mini (KL 0.5) on zero-mini-slips's corpus with the operands first (ZERO_MINI_LEAD_MIX), so
-    # that the mode is chosen right after the digits. Seed 1: thinking recedes on one-digit sums more than in
-    # zero-mini (long share on H minus E .57) and the LV share rises, but reflective words do not triple (x1.2); seed
-    # 0's base never learned the 3-4 digit scratchpad (docs/zero-mini.md, experiment 5)
+    # that the mode is chosen right after the digits. Seeds 1 and 2: thinking recedes on one-digit sums more than in
+    # zero-mini (long share on H minus E .57, .51) and the LV share rises, but reflective words do not triple (x1.2,
+    # x1.0); seed 0's base never learned the 3-4 digit scratchpad (docs/zero-mini.md, experiment 5)
     "zero-mini-lead": {**ZERO_MINI, "corpus_mix": ZERO_MINI_LEAD_MIX},
     # zero-mini-half: zero-mini where half the column facts of L and LV slip (ZERO_MINI_HALF_MIX), so the check
     # pays on long sums, with a KL of 0.4 (0.5 keeps verification under x3, 0.3 lets the scratchpad take one-digit
