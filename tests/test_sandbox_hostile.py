@@ -321,9 +321,11 @@ def results(host):
     progs = programs(host)
     t0 = time.monotonic()
     with ThreadPoolExecutor(8) as ex:
+        # an honest program alive while the hostile ones run; its own deadline leaves room for nine sandboxes
+        # starting at once on 2 cores (at TIMEOUT, 0.3 s above its sleep, it timed out once under that load)
         honest = ex.submit(run_sandboxed, {"solution.py": "import time, sys\nx = sys.stdin.read()\ntime.sleep(1.2)"
                                            "\nprint(len(x))"}, "solution.py", stdin="SIBLING-SECRET 987654321",
-                           timeout=TIMEOUT)
+                           timeout=TIMEOUT + 3.0)
         futs = {name: ex.submit(run_sandboxed, {"solution.py": src}, "solution.py", timeout=TIMEOUT, **KW.get(name, {}))
                 for name, src in progs.items()}
         out = {name: f.result() for name, f in futs.items()}
