@@ -525,9 +525,9 @@ def _count_think(letters: list[str], mode: str, rng: random.Random, slip_rate: f
 
 
 def think_text(problem: Problem, mode: str, rng: random.Random, slip_rate: float = 1 / 3,
-               per_column: bool = False, own: float = 0.0, lead: bool = False) -> str:
-    """The reasoning text of one response mode (no tags); per_column, own, lead: addition's (see _add_think)."""
-    return unmark(_think(problem, mode, rng, slip_rate, per_column, own, lead))[0]
+               per_column: bool = False, own: float = 0.0) -> str:
+    """The reasoning text of one response mode (no tags); per_column, own: addition's slips (see _add_think)."""
+    return unmark(_think(problem, mode, rng, slip_rate, per_column, own))[0]
 
 
 def _think(problem: Problem, mode: str, rng: random.Random, slip_rate: float, per_column: bool = False,
@@ -546,11 +546,11 @@ def _think(problem: Problem, mode: str, rng: random.Random, slip_rate: float, pe
     raise ValueError(f"no response renderer for task {problem.task!r}; valid: {sorted(BUCKETS)}")
 
 
-def render_response(problem: Problem, mode: str, rng: random.Random | None = None, lead: bool = False) -> str:
+def render_response(problem: Problem, mode: str, rng: random.Random | None = None) -> str:
     """A well-formed R1-Zero completion (what follows "Assistant:") in mode D, S, L or LV:
     ' <think> ... </think> <answer> N </answer>'. Forced-mode probes can cut a prefix of it."""
     rng = rng or random.Random(0)
-    return f" <think> {think_text(problem, mode, rng, lead=lead)} </think> <answer> {problem.answer} </answer>"
+    return f" <think> {think_text(problem, mode, rng)} </think> <answer> {problem.answer} </answer>"
 
 
 def mode_prefix(problem: Problem, mode: str, lead: bool = False) -> str:
