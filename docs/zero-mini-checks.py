@@ -9,7 +9,9 @@ checkpoint) at one temperature, on the held-out problems of M, H and VH:
   3. where each wrong forced-L sample first leaves the right scratchpad: the part of the column it was writing
      (the digits still to add, the digits of the column, the fact, the carry added, the carry out, the digits so
      far, the closing "so the sum is", the answer, or the format);
-  4. up to three forced-LV samples in which the model's own wrong fact was caught, rewritten and the answer right.
+  4. up to three forced-LV samples in which the model's own wrong fact was caught, rewritten and the answer right;
+  5. the model's own choice (no forced mode, the held-out prompt as RL sees it): the share of each mode per bucket,
+     how many samples chose LV, caught one of their own slips and ended right, and up to three of them.
 
 Usage (from the repository root): python docs/zero-mini-checks.py RUN_DIR [base|final] [TEMPERATURE]
 Prints three tables and the examples (markdown)."""
@@ -132,6 +134,24 @@ def main(run: str, which: str = "base", temperature: float = 1.0) -> None:
         print(f"| {part} | {count} |")
     print(f"\nOwn slips caught and fixed, answer right ({len(caught)} shown):")
     for p, t in caught:
+        print(f"\n**{p.question}** (bucket {p.bucket}, gold {p.answer})\n\n```\n{t}\n```")
+
+    # 5. unforced: the mode the model picks itself, and the self-corrections it makes without being asked to check
+    _, _, texts = train.rollout(model, tok, held, cfg, cfg.seed, temperature=temperature, group_size=cfg.eval_k,
+                                top_p=top_p)
+    probs = [held[r // cfg.eval_k] for r in range(len(texts))]
+    scores = train.rule_rewards(texts, probs)
+    modes = [tasks.response_mode(p, t) for p, t in zip(probs, texts)]
+    own = [(p, t) for p, t, m, s in zip(probs, texts, modes, scores)
+           if m == "LV" and s["accuracy"] and read_columns(t)[("slip", "wrong")]]
+    print("\n| unforced, share of samples | M | H | VH |\n|---|---|---|---|")
+    for mode in ("other", "L", "LV"):
+        print(f"| {mode} | " + " | ".join(
+            f"{sum(m == mode for m, p in zip(modes, probs) if p.bucket == b) / sum(p.bucket == b for p in probs):.2f}"
+            for b in ("M", "H", "VH")) + " |")
+    print(f"\nUnforced samples that chose LV, caught one of their own slips and ended right: {len(own)} of "
+          f"{len(texts)} ({min(3, len(own))} shown):")
+    for p, t in own[:3]:
         print(f"\n**{p.question}** (bucket {p.bucket}, gold {p.answer})\n\n```\n{t}\n```")
 
 

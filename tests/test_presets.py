@@ -130,8 +130,8 @@ def test_zero_mini_checks_reads_verdicts_right_on_the_corpus_own_lv_traces():
 
 
 def test_zero_mini_masked_is_zero_mini_with_the_masked_slip_corpus():
-    """The experiment differs from the preset in its corpus only, and that corpus masks slips per column."""
-    a, b = preset("zero-mini"), preset("zero-mini-masked")
+    """The experiment differs from zero-mini-clean in its corpus only, and that corpus masks slips per column."""
+    a, b = preset("zero-mini-clean"), preset("zero-mini-masked")
     diff = {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
     assert diff == {"corpus_mix", "preset"} or diff == {"corpus_mix"}
     assert b.corpus_mix == {**a.corpus_mix, "slip_rate": 0.3, "mask_slips": 1}
@@ -166,7 +166,7 @@ def test_zero_mini_lead_writes_the_operands_first_and_its_probe_forces_that_layo
     a, b = preset("zero-mini-slips"), preset("zero-mini-lead")
     diff = {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
     assert diff - {"preset"} == {"corpus_mix", "beta"} and b.corpus_mix == {**a.corpus_mix, "operands_first": 1}
-    assert b.beta == preset("zero-mini").beta == 0.5  # zero-mini's KL
+    assert b.beta == preset("zero-mini-clean").beta == 0.5  # zero-mini-clean's KL
     problems = tasks.make_problems("addition", 3, split="test", seed=0, buckets=["H"])
     seen = []
 
@@ -183,9 +183,22 @@ def test_zero_mini_lead_writes_the_operands_first_and_its_probe_forces_that_layo
         assert any("by columns" in s for s in seen) == lead
 
 
-def test_zero_mini_half_is_zero_mini_with_half_the_column_facts_slipping():
-    """The experiment is zero-mini's run on the own-slips corpus with half the facts slipping, and a KL of 0.4."""
-    a, b = preset("zero-mini"), preset("zero-mini-half")
+def test_zero_mini_half_is_zero_mini_clean_with_half_the_column_facts_slipping():
+    """The experiment is zero-mini-clean's run on the own-slips corpus with half the facts slipping, and a KL of 0.4."""
+    a, b = preset("zero-mini-clean"), preset("zero-mini-half")
     diff = {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
     assert diff - {"preset"} == {"corpus_mix", "beta"} and (a.beta, b.beta) == (0.5, 0.4)
     assert b.corpus_mix == {**preset("zero-mini-slips").corpus_mix, "slip_rate": 0.5, "own_slip_rate": 0.5}
+
+
+def test_zero_mini_is_zero_mini_half_with_lv_rarer_in_dialogues():
+    """The preset changes one table of zero-mini-half: the dialogues' modes, LV rarer and L commoner by as much,
+    so thinking keeps its share before RL; worked examples and drills (which teach the check) are unchanged."""
+    a, b = preset("zero-mini-half"), preset("zero-mini")
+    diff = {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
+    assert diff - {"preset"} == {"corpus_mix"}
+    changed = {k for k in a.corpus_mix.keys() | b.corpus_mix.keys() if a.corpus_mix.get(k) != b.corpus_mix.get(k)}
+    assert changed == {"dialogue_modes"}
+    old, new = a.corpus_mix["dialogue_modes"], b.corpus_mix["dialogue_modes"]
+    assert new["LV"] < old["LV"] / 2 and new["L"] + new["LV"] == pytest.approx(old["L"] + old["LV"])
+    assert (new["D"], new["S"]) == (old["D"], old["S"])
