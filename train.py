@@ -203,15 +203,16 @@ TRAIN_PRESETS = {
     # subtraction and rewrites it when the check fails. Same recipe as zero-small. 1600 pretraining steps (6.6M
     # tokens) on ZERO_MINI_MIX, where half the scratchpad's column facts slip: forced L is rarely right on 3-4 digit
     # sums at the rollout temperature, LV's check rescues part of it, and one-digit sums are safer answered directly.
-    # A strong KL to the base (beta 0.4; the paper's 0.001 is for thousands of steps): on one-digit sums every mode
-    # is right, rewards cannot choose, and the KL keeps them direct while thinking and verifying take over where they
-    # pay. Two seeds meet every bar of the issue: pass@1 .36 -> .82 and .80, H/VH length x1.7/x2.2 and x1.9/x2.0,
-    # E x1.09 and x1.18, LV share on H .01 -> .23 and .08 -> .66 (docs/zero-mini.md).
+    # A strong KL to the base (beta 0.4; the paper's 0.001 is for thousands of steps) keeps one-digit sums near the
+    # base's mostly direct answers once RL has sharpened the scratchpad, while thinking and verifying take over where
+    # they pay. Two seeds meet every bar of the issue: pass@1 .36 -> .82 and .80, H/VH length x1.7/x2.2 and
+    # x1.9/x2.0, E x1.09 and x1.18, LV share on H .01 -> .23 and .08 -> .66; a third misses one (H/VH length x1.43,
+    # x1.45) (docs/zero-mini.md).
     "zero-mini": ZERO_MINI,
     # The experiments that led to it (docs/zero-mini.md, numbered as there); each changes the corpus and the KL.
     # zero-mini-clean: the addition corpus whose column facts are right (ADDITION_MIX), KL 0.5 (zero-mini until
-    # 2026-12-03). Two seeds: pass@1 .51 -> .95 and .58 -> .96, long share on H minus E .49 and .31, but the model
-    # never verifies: its sums are right, so the check has nothing to catch.
+    # 2026-12-03). Two seeds: pass@1 .51 -> .95 and .58 -> .96, long share on H minus E .49 and .31, but reflective
+    # words do not rise: its sums are right, so the check has nothing to catch.
     "zero-mini-clean": {**ZERO_MINI, "corpus_mix": ADDITION_MIX, "beta": 0.5},
     # zero-mini-masked (experiment 3): the masked-slip corpus (ZERO_MINI_MASKED_MIX): the model's own column facts in
     # LV stop slipping (0.2% at temperature 1.0, from 9-12%), but LV still does not beat L and reflection does not
