@@ -205,9 +205,9 @@ TRAIN_PRESETS = {
     # sums at the rollout temperature, LV's check rescues part of it, and one-digit sums are safer answered directly.
     # A strong KL to the base (beta 0.4; the paper's 0.001 is for thousands of steps) keeps one-digit sums near the
     # base's mostly direct answers once RL has sharpened the scratchpad, while thinking and verifying take over where
-    # they pay. Two seeds meet every bar of the issue: pass@1 .36 -> .82 and .80, H/VH length x1.7/x2.2 and
-    # x1.9/x2.0, E x1.09 and x1.18, LV share on H .01 -> .23 and .08 -> .66; a third misses one (H/VH length x1.43,
-    # x1.45) (docs/zero-mini.md).
+    # they pay. Seeds 0 and 1 meet every bar of the issue: pass@1 .36 -> .82 and .80, H/VH length x1.7/x2.2 and
+    # x1.9/x2.0, E x1.09 and x1.18, LV share on H .01 -> .23 and .08 -> .66; seeds 2-4 each miss one (H/VH
+    # length x1.43/x1.45; E length x1.63; x1.34) (docs/zero-mini.md).
     "zero-mini": ZERO_MINI,
     # The experiments that led to it (docs/zero-mini.md, numbered as there); each changes the corpus and the KL.
     # zero-mini-clean: the addition corpus whose column facts are right (ADDITION_MIX), KL 0.5 (zero-mini until
