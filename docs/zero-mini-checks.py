@@ -80,6 +80,12 @@ def first_wrong(text: str, parts: list[tuple[str, str]]) -> str:
     return "after the answer"
 
 
+def show(samples: list) -> None:
+    """Print (problem, response) pairs as markdown: the question, its bucket and gold answer, the response."""
+    for p, t in samples:
+        print(f"\n**{p.question}** (bucket {p.bucket}, gold {p.answer})\n\n```\n{t}\n```")
+
+
 def main(run: str, which: str = "base", temperature: float = 1.0) -> None:
     if which not in ("base", "final"):
         raise SystemExit(f"error: unknown checkpoint {which!r}; valid: base, final")
@@ -133,8 +139,7 @@ def main(run: str, which: str = "base", temperature: float = 1.0) -> None:
     for part, count in first.most_common():
         print(f"| {part} | {count} |")
     print(f"\nOwn slips caught and fixed, answer right ({len(caught)} shown):")
-    for p, t in caught:
-        print(f"\n**{p.question}** (bucket {p.bucket}, gold {p.answer})\n\n```\n{t}\n```")
+    show(caught)
 
     # 5. unforced: the mode the model picks itself, and the self-corrections it makes without being asked to check
     _, _, texts = train.rollout(model, tok, held, cfg, cfg.seed, temperature=temperature, group_size=cfg.eval_k,
@@ -151,8 +156,7 @@ def main(run: str, which: str = "base", temperature: float = 1.0) -> None:
             for b in ("M", "H", "VH")) + " |")
     print(f"\nUnforced samples that chose LV, caught one of their own slips and ended right: {len(own)} of "
           f"{len(texts)} ({min(3, len(own))} shown):")
-    for p, t in own[:3]:
-        print(f"\n**{p.question}** (bucket {p.bucket}, gold {p.answer})\n\n```\n{t}\n```")
+    show(own[:3])
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def test_zero_mini_checks_reads_verdicts_right_on_the_corpus_own_lv_traces():
     assert set(total["clean"]) == {("right", "ok")} and total["clean"][("right", "ok")] > 400
 
 
-def test_zero_mini_masked_is_zero_mini_with_the_masked_slip_corpus():
+def test_zero_mini_masked_is_zero_mini_clean_with_the_masked_slip_corpus():
     """The experiment differs from zero-mini-clean in its corpus only, and that corpus masks slips per column."""
     a, b = preset("zero-mini-clean"), preset("zero-mini-masked")
     diff = {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
